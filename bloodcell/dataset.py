@@ -1,0 +1,68 @@
+"""The in-memory dataset that flows between pipeline steps."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bloodcell import CLASS_NAMES
+
+
+@dataclass
+class Dataset:
+    """Images, labels and traceable ids of one set of samples.
+
+    ``images`` is uint8 (N, H, W, 3); ``labels`` int64 (N,) indexing ``class_names``;
+    ``ids`` names where each sample came from (a file path, or ``file.npz:row``).
+    ``info`` carries provenance notes (source, conversions, ...) and must be JSON-serialisable.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.ids = [str(i) for i in self.ids]
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise ValueError(
+                f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}"
+            )
+        n = len(self.images)
+        if len(self.labels) != n or len(self.ids) != n:
+            raise ValueError(
+                f"{n} images but {len(self.labels)} labels and {len(self.ids)} ids"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the content: images, labels, ids and class names."""
+        h = hashlib.sha256()
+        h.update(repr((self.images.shape, list(self.class_names))).encode())
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        h.update("\n".join(self.ids).encode())
+        return h.hexdigest()
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+    def subset(self, index: np.ndarray | list[int], **info: Any) -> "Dataset":
+        """The samples at ``index`` (in that order), keeping class names and provenance."""
+        index = np.asarray(index, dtype=np.int64)
+        return Dataset(
+            images=self.images[index],
+            labels=self.labels[index],
+            ids=[self.ids[i] for i in index],
+            class_names=list(self.class_names),
+            info={**self.info, **info},
+        )

@@ -1,0 +1,239 @@
+"""Reading images from a class-per-folder tree, the 96x96 challenge ``.npz`` or a MedMNIST ``.npz``.
+
+Every problem with the input raises :class:`IngestError` naming the file (or the npz row) and
+the rule it broke. Nothing is returned, and so no artifact is written, unless all of it is good.
+
+Images of another size are resized to ``image_size`` x ``image_size``: a non-square image is first
+centre-cropped to a square (the shorter side), then resized with a Lanczos filter - the same
+method that made the 96x96 PBC derivative. Grayscale, RGBA/LA/palette and 16-bit images are
+converted to 8-bit RGB (alpha composited on white) and every conversion is counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bloodcell import CLASS_NAMES
+from bloodcell.dataset import Dataset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+MEDMNIST_PARTS = ("train", "val", "test")
+
+
+class IngestError(ValueError):
+    """The input breaks a rule; the message names the file or row and the rule."""
+
+
+def _to_rgb8(img: Image.Image, conversions: Counter) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, counting what was converted."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data keeps its full range: scale 0..65535 down to 0..255.
+        conversions["16bit_to_8bit"] += 1
+        arr8 = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+        conversions["grayscale_to_rgb"] += 1
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        conversions["alpha_removed"] += 1
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("L", "1"):
+        conversions["grayscale_to_rgb"] += 1
+        return img.convert("RGB")
+    conversions[f"{mode}_to_rgb"] += 1
+    return img.convert("RGB")
+
+
+def _fit_size(img: Image.Image, size: int, conversions: Counter) -> Image.Image:
+    if img.size == (size, size):
+        return img
+    conversions["resized"] += 1
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def load_image(path: Path, image_size: int, conversions: Counter) -> np.ndarray:
+    """One image file as uint8 (size, size, 3)."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode fully now: a truncated file fails here, not later
+            img = _to_rgb8(img, conversions)
+            img = _fit_size(img, image_size, conversions)
+            return np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise IngestError(f"{path}: not an image file PIL can read (rule: every file in a class folder is an image)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise IngestError(f"{path}: unreadable or truncated image ({exc}) (rule: every image decodes completely)") from None
+
+
+def read_folder(root: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
+    """A folder with one sub-folder per class (named as in ``class_names``)."""
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [d for d in subdirs if d not in class_names]
+    if unknown:
+        raise IngestError(
+            f"{root / unknown[0]}: unknown class folder (rule: sub-folders are named after the classes {list(class_names)})"
+        )
+    missing = [c for c in class_names if c not in subdirs]
+    if missing:
+        raise IngestError(f"{root / missing[0]}: class folder missing (rule: every class {list(class_names)} has a folder)")
+
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        if not any(p.is_file() for p in entries):
+            raise IngestError(f"{folder}: empty class folder (rule: every class folder holds at least one image)")
+        for p in entries:
+            if p.is_dir():
+                raise IngestError(f"{p}: nested folder inside a class folder (rule: class folders hold image files only)")
+            files.append((p, label))
+
+    conversions: Counter = Counter()
+    images = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(_progress(files, "reading images")):
+        images[i] = load_image(path, image_size, conversions)
+    ids = [p.relative_to(root).as_posix() for p, _ in files]
+    return Dataset(
+        images=images,
+        labels=np.array([label for _, label in files], dtype=np.int64),
+        ids=ids,
+        class_names=list(class_names),
+        info={"source": str(root), "format": "folder", "conversions": dict(conversions)},
+    )
+
+
+def _progress(items: list, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with zenml's dependencies
+        return items
+    return tqdm(items, desc=desc, unit="img", mininterval=2.0, disable=len(items) < 1000)
+
+
+def _images_from_array(arr: np.ndarray, where: str, image_size: int, conversions: Counter) -> np.ndarray:
+    """Validate and convert an npz image array to uint8 (N, size, size, 3)."""
+    if arr.ndim == 3:  # (N, H, W) grayscale
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise IngestError(f"{where}: images have shape {arr.shape} (rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+        if bad.any():
+            raise IngestError(f"{where} row {int(np.argmax(bad))}: NaN or infinite pixel (rule: pixel values are finite)")
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        if arr.min(initial=0.0) < 0 or arr.max(initial=0.0) * scale > 255.0:
+            raise IngestError(f"{where}: float pixels outside 0..1 or 0..255 (rule: pixel values are 0..255 uint8)")
+        conversions["float_to_uint8"] += len(arr)
+        arr = np.round(arr * scale).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        conversions["16bit_to_8bit"] += len(arr)
+        arr = np.round(arr / 257.0).astype(np.uint8)
+    elif arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+        if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+            raise IngestError(f"{where}: integer pixels outside 0..255 (rule: pixel values are 0..255 uint8)")
+        arr = arr.astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise IngestError(f"{where}: images have dtype {arr.dtype} (rule: uint8 pixels)")
+    if arr.shape[-1] == 1:
+        conversions["grayscale_to_rgb"] += len(arr)
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        conversions["alpha_removed"] += len(arr)
+        alpha = arr[..., 3:4].astype(np.float32) / 255.0
+        arr = np.round(arr[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    if arr.shape[1:3] != (image_size, image_size):
+        arr = np.stack([_fit_size(Image.fromarray(a), image_size, conversions) for a in arr]).astype(np.uint8)
+    return arr
+
+
+def _labels_from_array(arr: np.ndarray, n: int, where: str, num_classes: int) -> np.ndarray:
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise IngestError(f"{where}: labels have shape {arr.shape} (rule: (N,) or (N, 1))")
+    if len(arr) != n:
+        raise IngestError(f"{where}: {len(arr)} labels for {n} images (rule: one label per image)")
+    if arr.dtype.kind not in "iuf":
+        raise IngestError(f"{where}: labels have dtype {arr.dtype} (rule: integer class indices)")
+    bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(len(arr), bool)
+    bad |= (arr < 0) | (arr >= num_classes) | (arr != np.floor(arr) if arr.dtype.kind == "f" else False)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise IngestError(f"{where} row {row}: label {arr[row]} (rule: labels are integers in 0..{num_classes - 1})")
+    return arr.astype(np.int64)
+
+
+def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
+    """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged)."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+        keys = set(npz.files)
+    except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError ...
+        raise IngestError(f"{path}: cannot be read as an .npz archive ({exc})") from None
+    with npz:
+        if {"images", "labels"} <= keys:
+            parts = [("", "images", "labels")]
+            fmt = "challenge_npz"
+        elif any(f"{p}_images" in keys for p in MEDMNIST_PARTS):
+            parts = []
+            for p in MEDMNIST_PARTS:
+                if (f"{p}_images" in keys) != (f"{p}_labels" in keys):
+                    raise IngestError(f"{path}: has only one of {p}_images / {p}_labels (rule: MedMNIST parts come in pairs)")
+                if f"{p}_images" in keys:
+                    parts.append((p, f"{p}_images", f"{p}_labels"))
+            fmt = "medmnist_npz"
+        else:
+            raise IngestError(
+                f"{path}: keys {sorted(keys)} (rule: 'images' and 'labels', or MedMNIST "
+                "'train_images'/'train_labels' [+ val_, test_])"
+            )
+        conversions: Counter = Counter()
+        images, labels, ids = [], [], []
+        for part, ikey, lkey in parts:
+            where = f"{path}:{ikey}"
+            try:
+                raw_images, raw_labels = npz[ikey], npz[lkey]
+            except ValueError as exc:  # object arrays need pickle, which we refuse
+                raise IngestError(f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
+            imgs = _images_from_array(raw_images, where, image_size, conversions)
+            labs = _labels_from_array(raw_labels, len(imgs), f"{path}:{lkey}", len(class_names))
+            prefix = f"{path.name}:{part}:" if part else f"{path.name}:"
+            images.append(imgs)
+            labels.append(labs)
+            ids.extend(f"{prefix}{row}" for row in range(len(imgs)))
+    return Dataset(
+        images=np.concatenate(images),
+        labels=np.concatenate(labels),
+        ids=ids,
+        class_names=list(class_names),
+        info={"source": str(path), "format": fmt, "conversions": dict(conversions)},
+    )
+
+
+def read_source(source: str | os.PathLike, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
+    """Read a class-per-folder tree or an ``.npz`` file."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise IngestError(f"{path}: no such file or folder (rule: the data source exists; give a folder of class folders or an .npz)")
+    if path.is_dir():
+        ds = read_folder(path, image_size, tuple(class_names))
+    elif path.suffix.lower() == ".npz":
+        ds = read_npz(path, image_size, tuple(class_names))
+    else:
+        raise IngestError(f"{path}: neither a folder nor an .npz file (rule: the source is a folder of class folders or an .npz)")
+    if len(ds) == 0:
+        raise IngestError(f"{path}: no samples (rule: at least one image)")
+    return ds

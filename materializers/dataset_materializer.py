@@ -1,0 +1,64 @@
+"""Materializer for :class:`bloodcell.dataset.Dataset`: images/labels as .npy, the rest as JSON."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from zenml.enums import ArtifactType, VisualizationType
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from bloodcell import plots
+from bloodcell.dataset import Dataset
+from materializers._io import read_json, read_npy, write_bytes, write_json, write_npy
+
+
+class DatasetMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (Dataset,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+
+    def save(self, data: Dataset) -> None:
+        write_npy(self, "images.npy", data.images)
+        write_npy(self, "labels.npy", data.labels)
+        write_json(self, "meta.json", {
+            "ids": data.ids,
+            "class_names": data.class_names,
+            "info": data.info,
+            "fingerprint": data.fingerprint,
+        })
+
+    def load(self, data_type: type[Any]) -> Dataset:
+        meta = read_json(self, "meta.json")
+        ds = Dataset(
+            images=read_npy(self, "images.npy"),
+            labels=read_npy(self, "labels.npy"),
+            ids=meta["ids"],
+            class_names=meta["class_names"],
+            info=meta["info"],
+        )
+        if ds.fingerprint != meta["fingerprint"]:
+            raise ValueError(f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint")
+        return ds
+
+    def compute_content_hash(self, data: Dataset) -> str:
+        return data.fingerprint
+
+    def extract_metadata(self, data: Dataset) -> dict[str, Any]:
+        conversions = data.info.get("conversions", {})
+        return {
+            "samples": len(data),
+            "image_shape": list(data.images.shape[1:]),
+            "class_counts": data.class_counts(),
+            "fingerprint": data.fingerprint,
+            "source": str(data.info.get("source", "")),
+            "conversions": {k: int(v) for k, v in conversions.items()},
+            "conversions_total": int(sum(conversions.values())),
+            **{k: v for k, v in data.info.items() if k in ("split", "generated", "outliers_removed", "augmentation_engine")},
+        }
+
+    def save_visualizations(self, data: Dataset) -> dict[str, VisualizationType]:
+        if len(data) == 0:
+            return {}
+        counts = write_bytes(self, "class_counts.png", plots.class_count_bars(data.class_counts(), f"{len(data)} samples per class"))
+        grid = write_bytes(self, "samples.png", plots.sample_grid(data.images, np.asarray(data.labels), data.class_names))
+        return {counts: VisualizationType.IMAGE, grid: VisualizationType.IMAGE}

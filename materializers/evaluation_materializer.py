@@ -1,0 +1,42 @@
+"""Materializer for :class:`bloodcell.evaluation.EvaluationReport`: JSON, confusion matrices, a table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar
+
+from zenml.enums import ArtifactType, VisualizationType
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from bloodcell import plots
+from bloodcell.evaluation import EvaluationReport
+from materializers._io import read_json, write_bytes, write_json, write_text
+
+
+class EvaluationReportMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (EvaluationReport,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+
+    def save(self, data: EvaluationReport) -> None:
+        write_json(self, "report.json", data.to_dict())
+
+    def load(self, data_type: type[Any]) -> EvaluationReport:
+        return EvaluationReport.from_dict(read_json(self, "report.json"))
+
+    def compute_content_hash(self, data: Any) -> str:
+        return hashlib.sha256(json.dumps(data.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def extract_metadata(self, data: EvaluationReport) -> dict[str, Any]:
+        meta: dict[str, Any] = dict(data.summary())
+        for name, m in data.sets.items():
+            meta[f"{name}_recall_per_class"] = {c: v["recall"] for c, v in m.per_class.items()}
+        meta.update({k: v for k, v in data.params.items() if isinstance(v, (int, float, str))})
+        return meta
+
+    def save_visualizations(self, data: EvaluationReport) -> dict[str, VisualizationType]:
+        out = {write_text(self, "metrics.md", data.markdown()): VisualizationType.MARKDOWN}
+        for name, m in data.sets.items():
+            png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name}: accuracy {m.accuracy:.4f}")
+            out[write_bytes(self, f"confusion_{name}.png", png)] = VisualizationType.IMAGE
+        return out

@@ -1,0 +1,36 @@
+"""Step 4: bring every class of the train split to the size of the largest by augmentation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+import bloodcell.augment
+from bloodcell.dataset import Dataset
+from materializers import DatasetMaterializer
+from steps._cache import content_cache_policy
+
+logger = get_logger(__name__)
+
+
+@step(
+    cache_policy=content_cache_policy(bloodcell.augment),
+    output_materializers={"balanced_train": DatasetMaterializer},
+)
+def rebalance(
+    train: Dataset,
+    engine: str = "keras",
+    multiplier: float = 1.0,
+    seed: int = 0,
+    randaugment: dict[str, Any] | None = None,
+    augmix: dict[str, Any] | None = None,
+) -> Annotated[Dataset, "balanced_train"]:
+    """Originals kept; minority classes topped up with RandAugment / AugMix variants."""
+    balanced = bloodcell.augment.rebalance(
+        train, engine=engine, multiplier=multiplier, seed=seed, randaugment=randaugment, augmix=augmix,
+    )
+    logger.info("Rebalanced %d -> %d samples (%d generated with %s)", len(train), len(balanced), balanced.info.get("generated", 0), engine)
+    log_metadata({"before": train.class_counts(), "after": balanced.class_counts(), "generated": int(balanced.info.get("generated", 0))})
+    return balanced

@@ -1,0 +1,25 @@
+"""Step 3: stratified, seeded train/val/test split."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from zenml import log_metadata, step
+
+import bloodcell.split
+from bloodcell.dataset import Dataset
+from materializers import DatasetMaterializer
+from steps._cache import content_cache_policy
+
+
+@step(
+    cache_policy=content_cache_policy(bloodcell.split),
+    output_materializers={"train": DatasetMaterializer, "val": DatasetMaterializer, "test": DatasetMaterializer},
+)
+def split(
+    dataset: Dataset, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42
+) -> tuple[Annotated[Dataset, "train"], Annotated[Dataset, "val"], Annotated[Dataset, "test"]]:
+    """Split 80/10/10 (by default) keeping the class proportions of the whole."""
+    train, val, test = bloodcell.split.stratified_split(dataset, val_fraction, test_fraction, seed)
+    log_metadata({"train": len(train), "val": len(val), "test": len(test)})
+    return train, val, test

@@ -1,0 +1,46 @@
+"""Step 5: train the model named in the config (the custom CNN, with Lion)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import keras
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+import bloodcell.models
+import bloodcell.training
+from bloodcell.dataset import Dataset
+from bloodcell.training import TrainConfig, TrainingHistory
+from materializers import KerasModelMaterializer, TrainingHistoryMaterializer
+from steps._cache import content_cache_policy
+
+logger = get_logger(__name__)
+
+
+@step(
+    cache_policy=content_cache_policy(bloodcell.models, bloodcell.training),
+    output_materializers={"model": KerasModelMaterializer, "training_history": TrainingHistoryMaterializer},
+)
+def train(
+    train: Dataset,
+    val: Dataset,
+    architecture: str = "custom_cnn",
+    model: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> tuple[Annotated[keras.Model, "model"], Annotated[TrainingHistory, "training_history"]]:
+    """Build ``architecture`` with the ``model`` options and fit it with the ``training`` options."""
+    cfg = TrainConfig.from_dict(training)
+    net = bloodcell.models.build_model(
+        architecture, num_classes=len(train.class_names), image_size=train.images.shape[1], **(model or {})
+    )
+    logger.info("Training %s (%d parameters) on %d images, validating on %d", net.name, net.count_params(), len(train), len(val))
+    start = time.perf_counter()
+    history = bloodcell.training.train_model(net, train, val, cfg)
+    wall = time.perf_counter() - start
+    result = TrainingHistory(history=history, info={"architecture": architecture, "wall_seconds": round(wall, 1),
+                                                    "images_per_second": round(len(train) * len(history.get("loss", [])) / wall, 1)})
+    log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),
+                  "best_val_accuracy": max(history.get("val_accuracy", [0.0]))})
+    return net, result

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import numpy as np
+
+from bloodcell.augment import geometric, rebalance
+
+
+def test_rebalance_brings_every_class_to_the_largest(sample_dataset):
+    # make it imbalanced: keep 20 of each class but 40 neutrophils
+    keep = []
+    for c in range(8):
+        members = np.flatnonzero(sample_dataset.labels == c)
+        keep += list(members[: 40 if c == 6 else 20])
+    train = sample_dataset.subset(sorted(keep))
+    out = rebalance(train, seed=3)
+    assert set(out.class_counts().values()) == {40}
+    assert out.ids[: len(train)] == train.ids and np.array_equal(out.images[: len(train)], train.images)
+    generated = out.ids[len(train):]
+    assert len(generated) == 7 * 20 and len(set(generated)) == len(generated)
+    for gid, label in zip(generated, out.labels[len(train):]):
+        src, _, k = gid.partition("#aug")
+        assert k.isdigit()
+        assert train.labels[train.ids.index(src)] == label  # the source is an original of the same class
+    gen = out.images[len(train):]
+    assert gen.dtype == np.uint8 and gen.shape[1:] == (96, 96, 3)
+    assert not any(np.array_equal(g, train.images[train.ids.index(i.partition("#aug")[0])]) for g, i in zip(gen, generated))
+    assert out.info["generated"] == 140
+
+
+def test_multiplier(sample_dataset):
+    train = sample_dataset.subset(np.flatnonzero(sample_dataset.labels < 2)[:60])
+    out = rebalance(train, multiplier=1.5, seed=0)
+    largest = max(train.class_counts()[c] for c in ("basophil", "eosinophil"))
+    assert out.class_counts()["basophil"] == out.class_counts()["eosinophil"] == round(1.5 * largest)
+
+
+def test_geometric_is_a_dihedral_copy(sample_dataset):
+    imgs = sample_dataset.images[:16]
+    out = geometric(imgs, np.random.default_rng(0))
+    for a, b in zip(imgs, out):
+        variants = [np.rot90(v, k) for v in (a, a[:, ::-1]) for k in range(4)]
+        assert any(np.array_equal(b, v) for v in variants)

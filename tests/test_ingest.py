@@ -1,0 +1,172 @@
+"""Ingest on real sample images and on realistic bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcell import CLASS_NAMES
+from bloodcell.ingest import IngestError, read_source
+
+
+def test_reads_the_shipped_sample(sample_dataset):
+    ds = sample_dataset
+    assert ds.images.shape == (400, 96, 96, 3) and ds.images.dtype == np.uint8
+    assert ds.class_counts() == {c: 50 for c in CLASS_NAMES}
+    assert len(set(ds.ids)) == 400
+    # ids trace to the file, labels follow the alphabetical folder order
+    i = ds.ids.index(next(s for s in ds.ids if s.startswith("monocyte/")))
+    assert ds.labels[i] == CLASS_NAMES.index("monocyte")
+    assert (Path(ds.info["source"]) / ds.ids[i]).is_file()
+    assert ds.info["conversions"] == {}
+
+
+def test_fingerprint_changes_with_one_pixel(small_tree):
+    a = read_source(small_tree)
+    assert read_source(small_tree).fingerprint == a.fingerprint
+    f = next((small_tree / "platelet").iterdir())
+    img = np.asarray(Image.open(f)).copy()
+    img[10:20, 10:20] = 0
+    Image.fromarray(img).save(f, quality=95)
+    assert read_source(small_tree).fingerprint != a.fingerprint
+
+
+def test_converts_grayscale_rgba_16bit_and_resizes(small_tree):
+    src = next((small_tree / "basophil").iterdir())
+    rgb = Image.open(src).convert("RGB")
+    rgb.convert("L").save(small_tree / "basophil" / "gray.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(small_tree / "basophil" / "alpha.png")
+    arr16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(arr16).save(small_tree / "basophil" / "deep.png")
+    rgb.resize((200, 150)).save(small_tree / "basophil" / "big.jpg")
+    ds = read_source(small_tree)
+    conv = ds.info["conversions"]
+    assert conv["grayscale_to_rgb"] == 2  # the 8-bit gray and the 16-bit one
+    assert conv["alpha_removed"] == 1
+    assert conv["16bit_to_8bit"] == 1
+    assert conv["resized"] == 1
+    gray = ds.images[ds.ids.index("basophil/gray.png")]
+    assert np.array_equal(gray[..., 0], gray[..., 2])
+    deep = ds.images[ds.ids.index("basophil/deep.png")]
+    assert np.abs(deep[..., 0].astype(int) - gray[..., 0]).max() <= 1
+
+
+@pytest.mark.parametrize("labels_shape", ["flat", "column"])
+def test_challenge_npz(tmp_path, sample_dataset, labels_shape):
+    labels = sample_dataset.labels if labels_shape == "flat" else sample_dataset.labels[:, None]
+    path = tmp_path / "training_set.npz"
+    np.savez(path, images=sample_dataset.images, labels=labels.astype(np.uint8))
+    ds = read_source(path)
+    assert np.array_equal(ds.images, sample_dataset.images)
+    assert np.array_equal(ds.labels, sample_dataset.labels)
+    assert ds.ids[7] == "training_set.npz:7"
+
+
+def test_medmnist_npz_is_merged(tmp_path, sample_dataset):
+    x, y = sample_dataset.images, sample_dataset.labels[:, None]
+    path = tmp_path / "bloodmnist_96.npz"
+    np.savez(path, train_images=x[:300], train_labels=y[:300], val_images=x[300:350],
+             val_labels=y[300:350], test_images=x[350:], test_labels=y[350:])
+    ds = read_source(path)
+    assert len(ds) == 400 and ds.info["format"] == "medmnist_npz"
+    assert ds.ids[0] == "bloodmnist_96.npz:train:0" and ds.ids[-1] == "bloodmnist_96.npz:test:49"
+    assert np.array_equal(ds.labels, sample_dataset.labels)
+
+
+def test_smaller_npz_images_are_resized(tmp_path, sample_dataset):
+    small = np.stack([np.asarray(Image.fromarray(a).resize((28, 28))) for a in sample_dataset.images[:16]])
+    path = tmp_path / "small.npz"
+    np.savez(path, images=small, labels=sample_dataset.labels[:16])
+    ds = read_source(path)
+    assert ds.images.shape == (16, 96, 96, 3)
+    assert ds.info["conversions"]["resized"] == 16
+
+
+# ---- bad input: a clear error that names the file/row and the rule ----
+
+def test_truncated_jpeg(small_tree):
+    f = next((small_tree / "eosinophil").iterdir())
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IngestError, match=rf"{f.name}.*truncated"):
+        read_source(small_tree)
+
+
+def test_non_image_file(small_tree):
+    (small_tree / "ig" / "notes.txt").write_text("not a picture")
+    with pytest.raises(IngestError, match=r"notes\.txt: not an image"):
+        read_source(small_tree)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(IngestError, match=r"nowhere: no such file or folder"):
+        read_source(tmp_path / "nowhere")
+
+
+def test_empty_class_folder(small_tree):
+    for f in (small_tree / "lymphocyte").iterdir():
+        f.unlink()
+    with pytest.raises(IngestError, match=r"lymphocyte: empty class folder"):
+        read_source(small_tree)
+
+
+def test_unknown_class_folder(small_tree):
+    (small_tree / "macrophage").mkdir()
+    with pytest.raises(IngestError, match=r"macrophage: unknown class folder"):
+        read_source(small_tree)
+
+
+def test_npz_wrong_keys(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, pictures=np.zeros((2, 96, 96, 3), np.uint8), y=np.zeros(2))
+    with pytest.raises(IngestError, match=r"x\.npz: keys \['pictures', 'y'\]"):
+        read_source(path)
+
+
+def test_npz_wrong_shape(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, images=np.zeros((2, 96, 96, 2), np.uint8), labels=np.zeros(2, np.int64))
+    with pytest.raises(IngestError, match=r"x\.npz:images: images have shape \(2, 96, 96, 2\)"):
+        read_source(path)
+
+
+def test_npz_label_count_mismatch(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, images=np.zeros((3, 96, 96, 3), np.uint8), labels=np.zeros(2, np.int64))
+    with pytest.raises(IngestError, match=r"2 labels for 3 images"):
+        read_source(path)
+
+
+def test_npz_label_out_of_range_names_the_row(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, images=np.zeros((4, 96, 96, 3), np.uint8), labels=np.array([0, 7, 8, 1]))
+    with pytest.raises(IngestError, match=r"x\.npz:labels row 2: label 8 \(rule: labels are integers in 0\.\.7\)"):
+        read_source(path)
+
+
+def test_npz_nan_pixel_names_the_row(tmp_path):
+    imgs = np.full((3, 96, 96, 3), 0.5, np.float32)
+    imgs[1, 5, 5, 0] = np.nan
+    path = tmp_path / "x.npz"
+    np.savez(path, images=imgs, labels=np.zeros(3, np.int64))
+    with pytest.raises(IngestError, match=r"x\.npz:images row 1: NaN"):
+        read_source(path)
+
+
+def test_npz_object_arrays_are_refused_without_unpickling(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, images=np.array([object()] * 2, dtype=object), labels=np.zeros(2, np.int64))
+    with pytest.raises(IngestError, match=r"no pickled objects"):
+        read_source(path)
+
+
+def test_not_an_npz(tmp_path):
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"garbage")
+    with pytest.raises(IngestError, match=r"x\.npz: cannot be read as an \.npz"):
+        read_source(path)
