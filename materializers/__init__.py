@@ -4,10 +4,12 @@ from materializers.dataset_materializer import DatasetMaterializer
 from materializers.evaluation_materializer import EvaluationReportMaterializer
 from materializers.history_materializer import TrainingHistoryMaterializer
 from materializers.keras_materializer import KerasModelMaterializer
+from materializers.validation_materializer import ValidationReportMaterializer
 
 __all__ = [
     "DatasetMaterializer",
     "EvaluationReportMaterializer",
     "KerasModelMaterializer",
     "TrainingHistoryMaterializer",
+    "ValidationReportMaterializer",
 ]

@@ -20,7 +20,7 @@ def training_pipeline() -> None:
     dataset = ingest()
     filtered, _scores = filter_outliers(dataset)
     train_set, val_set, test_set = split(filtered)
-    balanced = rebalance(train_set)
+    balanced = rebalance(train_set, val_set, test_set)
     model, _history = train(balanced, val_set)
     tuned = fine_tune(model, balanced, val_set)
     evaluate(tuned, test_set)

@@ -11,17 +11,30 @@ from zenml.logger import get_logger
 import bloodcell.evaluation
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import EvaluationReport
+from bloodcell.tables import metrics_tables
 from materializers import EvaluationReportMaterializer
 from steps._cache import content_cache_policy
+from steps._guard import guard
 
 logger = get_logger(__name__)
 
 
 @step(cache_policy=content_cache_policy(bloodcell.evaluation), output_materializers={"evaluation": EvaluationReportMaterializer})
-def evaluate(model: keras.Model, test: Dataset, noise_sigma: float = 25.0, seed: int = 0) -> Annotated[EvaluationReport, "evaluation"]:
-    """Accuracy, macro-F1, per-class precision/recall and confusion matrices, in inference mode."""
+def evaluate(
+    model: keras.Model, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
+    min_plain_accuracy: float = 0.0, min_noisy_accuracy: float = 0.0,
+) -> Annotated[EvaluationReport, "evaluation"]:
+    """Accuracy, macro-F1, per-class precision/recall and confusion matrices, in inference mode.
+
+    The quality gate (floors in the config) marks a model below it as failing; it does not stop
+    the run, so the report of a failing model is still there to look at."""
     report = bloodcell.evaluation.evaluate_model(model, test, noise_sigma=noise_sigma, seed=seed)
     for name, m in report.sets.items():
         logger.info("%s test accuracy %.4f, macro-F1 %.4f (n=%d)", name, m.accuracy, m.macro_f1, m.n)
-    log_metadata(report.summary())
+    gate = guard("evaluate", metrics_tables(report.summary()), raise_on_failure=False,
+                 min_plain_accuracy=min_plain_accuracy, min_noisy_accuracy=min_noisy_accuracy)
+    report.params["quality_gate"] = "passed" if gate.success else "failed"
+    if not gate.success:
+        logger.warning("Quality gate FAILED: %s", "; ".join(r.describe() for r in gate.failures))
+    log_metadata({**report.summary(), "quality_gate": report.params["quality_gate"]})
     return report

@@ -10,8 +10,10 @@ from zenml.logger import get_logger
 
 import bloodcell.outliers
 from bloodcell.dataset import Dataset
+from bloodcell.tables import filter_tables
 from materializers import DatasetMaterializer
 from steps._cache import content_cache_policy
+from steps._guard import guard
 
 logger = get_logger(__name__)
 
@@ -40,4 +42,5 @@ def filter_outliers(
         "removed_fraction": len(removed) / max(len(dataset), 1),
         "removed_ids": list(removed.id[:200]),
     })
+    guard("filter_outliers", filter_tables(dataset, result.kept), max_fraction=max_fraction)
     return result.kept, result.table

@@ -9,7 +9,9 @@ from zenml.logger import get_logger
 
 from bloodcell.dataset import Dataset
 from bloodcell.ingest import read_source
+from bloodcell.tables import ingest_tables
 from materializers import DatasetMaterializer
+from steps._guard import guard
 
 logger = get_logger(__name__)
 
@@ -25,5 +27,6 @@ def ingest(source: str, image_size: int = 96) -> Annotated[Dataset, "dataset"]:
         "Ingested %d images from %s (%s), fingerprint %s, conversions %s",
         len(ds), source, ds.info["format"], ds.fingerprint[:12], conversions or "none",
     )
+    guard("ingest", ingest_tables(ds))
     log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "class_counts": ds.class_counts()})
     return ds

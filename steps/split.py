@@ -8,8 +8,10 @@ from zenml import log_metadata, step
 
 import bloodcell.split
 from bloodcell.dataset import Dataset
+from bloodcell.tables import split_tables
 from materializers import DatasetMaterializer
 from steps._cache import content_cache_policy
+from steps._guard import guard
 
 
 @step(
@@ -21,5 +23,7 @@ def split(
 ) -> tuple[Annotated[Dataset, "train"], Annotated[Dataset, "val"], Annotated[Dataset, "test"]]:
     """Split 80/10/10 (by default) keeping the class proportions of the whole."""
     train, val, test = bloodcell.split.stratified_split(dataset, val_fraction, test_fraction, seed)
+    expected = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    guard("split", split_tables(dataset, {"train": train, "val": val, "test": test}, expected))
     log_metadata({"train": len(train), "val": len(val), "test": len(test)})
     return train, val, test

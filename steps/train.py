@@ -12,9 +12,11 @@ from zenml.logger import get_logger
 import bloodcell.models
 import bloodcell.training
 from bloodcell.dataset import Dataset
+from bloodcell.tables import history_tables
 from bloodcell.training import TrainConfig, TrainingHistory
 from materializers import KerasModelMaterializer, TrainingHistoryMaterializer
 from steps._cache import content_cache_policy
+from steps._guard import guard
 
 logger = get_logger(__name__)
 
@@ -29,6 +31,7 @@ def train(
     architecture: str = "custom_cnn",
     model: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    min_val_accuracy: float = 0.0,
 ) -> tuple[Annotated[keras.Model, "model"], Annotated[TrainingHistory, "training_history"]]:
     """Build ``architecture`` with the ``model`` options and fit it with the ``training`` options."""
     cfg = TrainConfig.from_dict(training)
@@ -41,6 +44,7 @@ def train(
     wall = time.perf_counter() - start
     result = TrainingHistory(history=history, info={"architecture": architecture, "wall_seconds": round(wall, 1),
                                                     "images_per_second": round(len(train) * len(history.get("loss", [])) / wall, 1)})
+    guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
     log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),
                   "best_val_accuracy": max(history.get("val_accuracy", [0.0]))})
     return net, result

@@ -37,6 +37,10 @@ def project(tmp_path_factory) -> Path:
     proj = make_sandbox(tmp_path_factory.mktemp("proj"))
     cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
     cfg["steps"]["train"]["parameters"]["training"].update(epochs=2, recalibrate_samples_per_epoch=64)
+    # two epochs make no usable model: floors at zero keep the gates from flaking (they are tested
+    # with real floors in test_validation.py and test_failed_expectation_stops_the_run...)
+    cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
+    cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
     (proj / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return proj
 
@@ -80,6 +84,15 @@ def test_first_run_produces_every_artifact(first_run):
     acc = (model.predict(parts["test"].images.astype("float32"), verbose=0).argmax(1) == parts["test"].labels).mean()
     assert report.sets["plain"].accuracy == pytest.approx(acc)
     assert run.steps["fine_tune"].run_metadata["skipped"] is True
+    assert report.params["quality_gate"] == "passed"
+
+    # every guarded step kept its Great Expectations result as an artifact with a visualization
+    for step in ("ingest", "filter_outliers", "split", "rebalance", "train", "evaluate"):
+        art = run.steps[step].outputs[f"{step}_expectations"][0]
+        validation = art.load()
+        assert validation.success and len(validation.results) >= 1, step
+        assert art.run_metadata["failed"] == 0
+        assert len(art.visualizations) == 1
 
 
 def test_caching(project, first_run):
@@ -112,6 +125,22 @@ def test_caching(project, first_run):
     assert all(status[s] == "completed" for s in ("train", "fine_tune", "evaluate")), status
     model = run4.steps["train"].outputs["model"][0].load()
     assert "head_dense_v2" in [layer.name for layer in model.layers]
+
+
+def test_failed_expectation_stops_the_run_with_a_clear_message(project, first_run):
+    cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
+    cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 1.01
+    (project / "configs" / "strict.yaml").write_text(yaml.safe_dump(cfg))
+    run, res = _run(project, "configs/strict.yaml", check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "step 'train': 1 expectation(s) failed" in out
+    assert "expect_column_values_to_be_between on summary.best_val_accuracy: observed" in out
+    assert "threshold {'min_value': 1.01}" in out
+    assert str(run.steps["train"].status) == "failed"
+    validation = run.steps["train"].outputs["train_expectations"][0].load()
+    assert not validation.success and validation.failures[0].kwargs["min_value"] == 1.01
+    assert "model" not in run.steps["train"].outputs
 
 
 def test_bad_input_fails_the_run_and_writes_no_artifact(project, first_run, tmp_path):

@@ -1,0 +1,114 @@
+"""Pandas tables that describe what a step consumed and produced, for the expectation suites.
+
+Each function returns ``{table name: DataFrame}``; the suite file (``configs/expectations.yaml``)
+names these tables and columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from bloodcell.dataset import Dataset
+
+
+def image_hashes(images: np.ndarray) -> list[str]:
+    """SHA-1 of each image's pixels: equal hashes mean identical images."""
+    return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+
+
+def sample_table(ds: Dataset) -> pd.DataFrame:
+    """id, label, shape, dtype, per-channel mean/std and content hash of every sample."""
+    n = len(ds)
+    means = np.empty((n, 3))
+    stds = np.empty((n, 3))
+    for start in range(0, n, 2048):
+        chunk = ds.images[start:start + 2048].astype(np.float32)
+        means[start:start + 2048] = chunk.mean(axis=(1, 2))
+        stds[start:start + 2048] = chunk.std(axis=(1, 2))
+    h, w, c = ds.images.shape[1:]
+    return pd.DataFrame({
+        "id": ds.ids,
+        "label": ds.labels.astype(np.int64),
+        "height": np.full(n, h),
+        "width": np.full(n, w),
+        "channels": np.full(n, c),
+        "dtype": [str(ds.images.dtype)] * n,
+        "mean_r": means[:, 0], "mean_g": means[:, 1], "mean_b": means[:, 2],
+        "std_r": stds[:, 0], "std_g": stds[:, 1], "std_b": stds[:, 2],
+        "std": stds.mean(axis=1),
+        "content_hash": image_hashes(ds.images),
+    })
+
+
+def _counts(ds: Dataset) -> np.ndarray:
+    """Samples per class; labels outside the class range are left for the label check to report."""
+    n = len(ds.class_names)
+    valid = ds.labels[(ds.labels >= 0) & (ds.labels < n)]
+    return np.bincount(valid, minlength=n)
+
+
+def class_table(ds: Dataset) -> pd.DataFrame:
+    counts = _counts(ds)
+    return pd.DataFrame({
+        "class": ds.class_names,
+        "count": counts,
+        "fraction": counts / max(len(ds), 1),
+        "ratio_to_largest": counts / max(counts.max(), 1),
+    })
+
+
+def ingest_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
+    return {"samples": sample_table(ds), "classes": class_table(ds)}
+
+
+def filter_tables(before: Dataset, after: Dataset) -> dict[str, pd.DataFrame]:
+    b, a = _counts(before), _counts(after)
+    removed = len(before) - len(after)
+    return {
+        "summary": pd.DataFrame({"samples": [len(before)], "removed": [removed],
+                                 "removed_fraction": [removed / max(len(before), 1)]}),
+        "classes": pd.DataFrame({"class": before.class_names, "before": b, "removed": b - a,
+                                 "removed_fraction": (b - a) / np.maximum(b, 1)}),
+    }
+
+
+def split_tables(whole: Dataset, parts: dict[str, Dataset], expected: dict[str, float]) -> dict[str, pd.DataFrame]:
+    """``parts`` maps split name to dataset, ``expected`` split name to its intended fraction."""
+    whole_frac = _counts(whole) / max(len(whole), 1)
+    rows, sizes, samples = [], [], []
+    for name, part in parts.items():
+        frac = _counts(part) / max(len(part), 1)
+        rows += [{"split": name, "class": c, "fraction": f, "difference_pp": 100 * (f - w)}
+                 for c, f, w in zip(whole.class_names, frac, whole_frac)]
+        fraction = len(part) / max(len(whole), 1)
+        sizes.append({"split": name, "samples": len(part), "fraction": fraction,
+                      "expected_fraction": expected[name], "difference_pp": 100 * (fraction - expected[name])})
+        samples.append(pd.DataFrame({"id": part.ids, "split": name, "content_hash": image_hashes(part.images)}))
+    sample_df = pd.concat(samples, ignore_index=True)
+    sample_df["splits_with_this_image"] = sample_df.groupby("content_hash")["split"].transform("nunique")
+    return {"class_proportions": pd.DataFrame(rows), "sizes": pd.DataFrame(sizes), "samples": sample_df}
+
+
+def rebalance_tables(train: Dataset, balanced: Dataset, held_out_ids: set[str]) -> dict[str, pd.DataFrame]:
+    present = set(balanced.ids)
+    sources = [i.partition("#aug")[0] for i in balanced.ids]
+    return {
+        "classes": class_table(balanced),
+        "originals": pd.DataFrame({"id": train.ids, "present": [i in present for i in train.ids]}),
+        "samples": pd.DataFrame({"id": balanced.ids, "source_id": sources,
+                                 "source_in_val_or_test": [s in held_out_ids for s in sources]}),
+    }
+
+
+def history_tables(history: dict[str, list[float]]) -> dict[str, pd.DataFrame]:
+    epochs = pd.DataFrame(history)
+    epochs.insert(0, "epoch", np.arange(1, len(epochs) + 1))
+    val = history.get("val_accuracy") or [float("nan")]
+    return {"epochs": epochs, "summary": pd.DataFrame({"best_val_accuracy": [max(val)], "final_val_accuracy": [val[-1]]})}
+
+
+def metrics_tables(summary: dict[str, float]) -> dict[str, pd.DataFrame]:
+    return {"metrics": pd.DataFrame([summary])}

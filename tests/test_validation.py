@@ -1,0 +1,109 @@
+"""The expectation suites in configs/expectations.yaml pass on real data and catch each kind of breakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bloodcell import tables
+from bloodcell.dataset import Dataset
+from bloodcell.split import stratified_split
+from bloodcell.validation import ExpectationFailed, check, load_suites, validate
+from conftest import ROOT
+
+SUITES = load_suites(ROOT / "configs" / "expectations.yaml")
+
+
+def failed(step: str, tbls, **params) -> list[str]:
+    report = validate(step, tbls, SUITES[step], params)
+    return [r.describe() for r in report.failures]
+
+
+def test_real_sample_passes_every_data_suite(sample_dataset):
+    ds = sample_dataset
+    assert failed("ingest", tables.ingest_tables(ds)) == []
+    assert failed("filter_outliers", tables.filter_tables(ds, ds), max_fraction=0.05) == []
+    tr, va, te = stratified_split(ds)
+    parts = {"train": tr, "val": va, "test": te}
+    assert failed("split", tables.split_tables(ds, parts, {"train": 0.8, "val": 0.1, "test": 0.1})) == []
+    assert failed("rebalance", tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids))) == []
+
+
+def _with(ds: Dataset, images=None, labels=None, ids=None) -> Dataset:
+    return Dataset(images=ds.images.copy() if images is None else images,
+                   labels=ds.labels.copy() if labels is None else labels,
+                   ids=list(ds.ids) if ids is None else ids)
+
+
+def test_ingest_breakages_are_each_caught(sample_dataset):
+    ds = sample_dataset
+    imgs = ds.images.copy()
+    imgs[5] = 200  # a constant image
+    assert any("samples.std" in f for f in failed("ingest", tables.ingest_tables(_with(ds, images=imgs))))
+    labels = ds.labels.copy()
+    labels[3] = 8
+    assert any("samples.label: observed 1 unexpected" in f and "[8]" in f
+               for f in failed("ingest", tables.ingest_tables(_with(ds, labels=labels))))
+    ids = list(ds.ids)
+    ids[1] = ids[0]
+    assert any("expect_column_values_to_be_unique on samples.id" in f for f in failed("ingest", tables.ingest_tables(_with(ds, ids=ids))))
+    green = ds.images.copy()
+    green[:10, ..., 0] = 20  # not a stained smear: red channel gone
+    assert any("samples.mean_r" in f for f in failed("ingest", tables.ingest_tables(_with(ds, images=green))))
+    no_platelets = ds.subset(np.flatnonzero(ds.labels != 7))
+    assert any("classes.count" in f for f in failed("ingest", tables.ingest_tables(no_platelets)))
+
+
+def test_failure_message_names_step_expectation_observed_and_threshold(sample_dataset):
+    imgs = sample_dataset.images.copy()
+    imgs[7] = 0
+    with pytest.raises(ExpectationFailed) as err:
+        check("ingest", tables.ingest_tables(_with(sample_dataset, images=imgs)), SUITES)
+    msg = str(err.value)
+    assert "step 'ingest'" in msg
+    assert "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], threshold {'min_value': 2.0}" in msg
+    assert len(err.value.report.failures) >= 1
+
+
+def test_filter_split_rebalance_breakages(sample_dataset):
+    ds = sample_dataset
+    kept = ds.subset(np.arange(20, 400))  # 5% removed, all from basophils
+    f = failed("filter_outliers", tables.filter_tables(ds, kept), max_fraction=0.04)
+    assert any("summary.removed_fraction" in x and "'max_value': 0.04" in x for x in f)
+    assert any("classes.removed_fraction" in x for x in f)
+
+    tr, va, te = stratified_split(ds)
+    leaky_test = te.subset(np.arange(len(te)))
+    leaky_test.ids[0] = tr.ids[0]
+    leaky_test.images[1] = tr.images[1]
+    f = failed("split", tables.split_tables(ds, {"train": tr, "val": va, "test": leaky_test}, {"train": 0.8, "val": 0.1, "test": 0.1}))
+    assert any("samples.id" in x for x in f) and any("samples.splits_with_this_image" in x for x in f)
+    f = failed("split", tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.7, "val": 0.1, "test": 0.2}))
+    assert any("sizes.difference_pp" in x for x in f)
+
+    missing = tr.subset(np.arange(1, len(tr)))
+    f = failed("rebalance", tables.rebalance_tables(tr, missing, set(va.ids)))
+    assert any("originals.present" in x for x in f)
+    f = failed("rebalance", tables.rebalance_tables(tr, tr, {tr.ids[0]}))
+    assert any("samples.source_in_val_or_test" in x for x in f)
+    unbalanced = tr.subset(np.flatnonzero(tr.labels != 0))
+    assert any("classes.ratio_to_largest" in x for x in failed("rebalance", tables.rebalance_tables(tr, unbalanced, set())))
+
+
+def test_training_and_quality_gates():
+    good = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.9]}
+    assert failed("train", tables.history_tables(good), min_val_accuracy=0.85) == []
+    nan = {**good, "loss": [1.0, float("nan")]}
+    assert any("epochs.loss" in x for x in failed("train", tables.history_tables(nan), min_val_accuracy=0.0))
+    assert any("summary.best_val_accuracy: observed" in x and "0.95" in x
+               for x in failed("train", tables.history_tables(good), min_val_accuracy=0.95))
+    metrics = {"plain_accuracy": 0.97, "noisy_accuracy": 0.80}
+    assert failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.95, min_noisy_accuracy=0.8) == []
+    assert any("metrics.noisy_accuracy" in x for x in failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.9, min_noisy_accuracy=0.9))
+
+
+def test_unknown_param_and_expectation_are_clear_errors():
+    with pytest.raises(ValueError, match="refers to parameter 'max_fraction'"):
+        validate("filter_outliers", {"summary": None, "classes": None}, SUITES["filter_outliers"], {})
+    with pytest.raises(ValueError, match="unknown Great Expectations expectation 'expect_magic'"):
+        validate("x", {"t": None}, {"t": [{"expect_magic": {}}]}, {})
