@@ -11,6 +11,11 @@ import numpy as np
 from bloodcell import CLASS_NAMES
 
 
+def image_hashes(images: np.ndarray) -> list[str]:
+    """SHA-1 of each image's pixels: equal hashes mean identical images."""
+    return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+
+
 @dataclass
 class Dataset:
     """Images, labels and traceable ids of one set of samples.

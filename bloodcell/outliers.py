@@ -1,19 +1,26 @@
-"""PCA outlier filter: flag samples whose PCA reconstruction error is extreme.
+"""Outlier filter: PCA scores plus the visual checks PCA misses.
 
-The images are reduced (area-averaged to ``thumb`` x ``thumb``, 0..1) and PCA is fit on the dataset
-itself. Each sample gets two robust z-scores (``(v - median) / (1.4826 * MAD)``): of its
-reconstruction error (how much of it the principal components cannot explain) and of its
-distance inside the PCA space (Mahalanobis distance over the components: how unusual the part they
-do explain is). PCA of thumbnails is blind to pixel-level texture, so a third score is the robust z
-of the log mean absolute difference between neighbouring pixels at full resolution, taken both
-ways (flat or blurred pictures score low, noise scores high). The score is the largest of the
-three (texture by absolute value). Samples above ``z_threshold`` are flagged, at
-most ``max_fraction`` of the dataset (the most extreme first).
+Every sample gets robust z-scores, ``(v - median) / (1.4826 * MAD)`` over the dataset itself:
+
+- ``reconstruction_z``: PCA reconstruction error of its thumbnail (``thumb`` x ``thumb``, area
+  averaged; PCA fit on the dataset): how much of it the principal components cannot explain;
+- ``distance_z``: Mahalanobis distance inside the PCA space: how unusual the part they explain is;
+- ``texture_z``: log mean absolute difference of neighbouring pixels at full resolution, both ways
+  (flat or blurred pictures score low, noise high) - thumbnails are blind to it;
+- ``colour_z``: the largest |z| over colour statistics of stained blood smears (per-channel means,
+  and red-minus-green and blue-minus-green, the pink/violet cast of May-Gruenwald-Giemsa stain).
+
+The score is the largest of these (texture and colour by absolute value); above ``z_threshold`` a
+sample is flagged. Unrelated pictures often come as many copies, so ``duplicate_group``
+counts the samples that share a perceptual hash (a 16x16 difference hash, robust to re-encoding);
+a group of ``duplicate_group_size`` or more is flagged too. At most ``max_fraction`` of the
+dataset is flagged automatically (the most extreme first). A reviewed list overrides all of it:
+``always_keep`` ids are never removed, ``always_drop`` ids always are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,11 +28,43 @@ from sklearn.decomposition import PCA
 
 from bloodcell.dataset import Dataset
 
+SCORES = ("reconstruction_z", "distance_z", "texture_z", "colour_z")
+
+
+@dataclass
+class OutlierConfig:
+    n_components: int = 32
+    thumb: int = 24
+    z_threshold: float = 12.0
+    borderline_z: float = 8.0  # kept samples above this are shown for review
+    duplicate_group_size: int = 5
+    max_fraction: float = 0.05
+    always_keep: list[str] = field(default_factory=list)
+    always_drop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class OutlierReport:
+    """Every sample's scores and reason, and the images a person should look at."""
+
+    table: pd.DataFrame  # one row per input sample: id, label, scores, flagged, borderline, reason
+    removed_images: np.ndarray  # up to ``max_images`` removed samples, most extreme first
+    borderline_images: np.ndarray  # up to ``max_images`` kept samples above ``borderline_z``
+
+    @property
+    def removed(self) -> pd.DataFrame:
+        return self.table[self.table.flagged]
+
 
 @dataclass
 class OutlierResult:
     kept: Dataset
-    table: pd.DataFrame  # one row per input sample: id, label, score, flagged, reason
+    report: OutlierReport
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self.report.table
 
 
 def thumbnails(images: np.ndarray, thumb: int) -> np.ndarray:
@@ -58,51 +97,105 @@ def texture_z(images: np.ndarray) -> np.ndarray:
     return robust_z(np.log1p(energy))
 
 
+def colour_z(images: np.ndarray) -> np.ndarray:
+    """Largest |robust z| over per-channel means and the R-G and B-G casts of each image."""
+    means = np.empty((len(images), 3))
+    for start in range(0, len(images), 2048):
+        means[start:start + 2048] = images[start:start + 2048].mean(axis=(1, 2))
+    feats = np.column_stack([means, means[:, 0] - means[:, 1], means[:, 2] - means[:, 1]])
+    return np.abs(np.column_stack([robust_z(f) for f in feats.T])).max(axis=1)
+
+
+def perceptual_hashes(images: np.ndarray, size: int = 16) -> np.ndarray:
+    """A ``size`` x ``size`` difference hash of each image's luminance, one packed-bits row each."""
+    n, h, w, _ = images.shape
+    ys = np.linspace(0, h, size + 1).astype(int)
+    xs = np.linspace(0, w, size + 2).astype(int)
+    out = np.empty((n, size * size // 8), dtype=np.uint8)
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    for start in range(0, n, 1024):
+        gray = images[start:start + 1024].astype(np.float32) @ weights
+        # area-average to size x (size + 1) cells, then compare horizontal neighbours
+        rows = np.add.reduceat(gray, ys[:-1], axis=1) / np.diff(ys)[None, :, None]
+        cells = np.add.reduceat(rows, xs[:-1], axis=2) / np.diff(xs)[None, None, :]
+        bits = cells[:, :, 1:] > cells[:, :, :-1]
+        out[start:start + 1024] = np.packbits(bits.reshape(len(gray), -1), axis=1)
+    return out
+
+
+def duplicate_groups(images: np.ndarray) -> np.ndarray:
+    """For each sample, how many samples (itself included) share its perceptual hash."""
+    hashes = perceptual_hashes(images)
+    _, inverse, counts = np.unique(hashes, axis=0, return_inverse=True, return_counts=True)
+    return counts[inverse.reshape(-1)]
+
+
 def pca_scores(images: np.ndarray, n_components: int = 32, thumb: int = 24, seed: int = 0) -> pd.DataFrame:
-    """Per sample: robust z of the PCA reconstruction error, of the distance in PCA space, and of texture."""
+    """Per sample: robust z of the PCA reconstruction error and of the distance in PCA space."""
     x = thumbnails(images, thumb)
     k = int(min(n_components, len(x) - 1, x.shape[1]))
     if k < 1:
         zeros = np.zeros(len(x))
-        return pd.DataFrame({"reconstruction_z": zeros, "distance_z": zeros, "texture_z": texture_z(images)})
+        return pd.DataFrame({"reconstruction_z": zeros, "distance_z": zeros})
     pca = PCA(n_components=k, random_state=seed, svd_solver="randomized")
     codes = pca.fit_transform(x)
     err = np.sqrt(((x - pca.inverse_transform(codes)) ** 2).mean(axis=1))
     dist = np.sqrt(((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1))
-    return pd.DataFrame({"reconstruction_z": robust_z(err), "distance_z": robust_z(dist), "texture_z": texture_z(images)})
+    return pd.DataFrame({"reconstruction_z": robust_z(err), "distance_z": robust_z(dist)})
 
 
-def filter_outliers(
-    ds: Dataset,
-    n_components: int = 32,
-    thumb: int = 24,
-    z_threshold: float = 12.0,
-    max_fraction: float = 0.05,
-    seed: int = 0,
-) -> OutlierResult:
-    """Remove the samples whose PCA reconstruction error is extreme."""
-    parts = pca_scores(ds.images, n_components=n_components, thumb=thumb, seed=seed)
-    magnitude = parts.assign(texture_z=parts.texture_z.abs())
-    scores = magnitude.max(axis=1).to_numpy()
-    worst = magnitude.idxmax(axis=1).str.replace("_z", "").to_numpy()
-    flagged = scores > z_threshold
-    cap = int(np.floor(max_fraction * len(ds)))
-    if flagged.sum() > cap:  # keep only the most extreme ``cap`` flags
-        order = np.argsort(-scores)
-        flagged = np.zeros(len(ds), dtype=bool)
-        flagged[order[:cap]] = True
-    table = pd.DataFrame(
-        {
-            "id": ds.ids,
-            "label": [ds.class_names[i] for i in ds.labels],
-            "score": scores.astype(float),
-            "reconstruction_z": parts.reconstruction_z.to_numpy(),
-            "distance_z": parts.distance_z.to_numpy(),
-            "texture_z": parts.texture_z.to_numpy(),
-            "flagged": flagged,
-            "reason": [f"{w}_z>{z_threshold:g}" if f else "" for w, f in zip(worst, flagged)],
-        }
-    )
-    kept_idx = np.flatnonzero(~flagged)
-    kept = ds.subset(kept_idx, outliers_removed=int(flagged.sum()))
-    return OutlierResult(kept=kept, table=table)
+def score_samples(ds: Dataset, cfg: OutlierConfig) -> pd.DataFrame:
+    """Every sample's scores, whether it is flagged, and why."""
+    table = pca_scores(ds.images, cfg.n_components, cfg.thumb, cfg.seed)
+    table["texture_z"] = texture_z(ds.images)
+    table["colour_z"] = colour_z(ds.images)
+    table.insert(0, "id", ds.ids)
+    table.insert(1, "label", [ds.class_names[i] for i in ds.labels])
+    magnitude = table[list(SCORES)].abs()
+    table["score"] = magnitude.max(axis=1)
+    table["duplicate_group"] = duplicate_groups(ds.images)
+    worst = magnitude.idxmax(axis=1)
+
+    by_score = table.score > cfg.z_threshold
+    by_dup = table.duplicate_group >= cfg.duplicate_group_size
+    auto = (by_score | by_dup).to_numpy(copy=True)
+    cap = int(np.floor(cfg.max_fraction * len(ds)))
+    if auto.sum() > cap:  # keep only the ``cap`` most extreme automatic flags (duplicates first)
+        rank = np.lexsort((-table.score.to_numpy(), ~by_dup.to_numpy()))
+        capped = np.zeros(len(ds), dtype=bool)
+        capped[rank[:cap]] = True
+        auto &= capped
+    reasons = []
+    for i, (is_auto, s, w, d) in enumerate(zip(auto, by_score, worst, by_dup)):
+        parts = []
+        if is_auto and s:
+            parts.append(f"{w}>{cfg.z_threshold:g}")
+        if is_auto and d:
+            parts.append(f"duplicate_group>={cfg.duplicate_group_size}")
+        reasons.append(" ".join(parts))
+    table["reason"] = reasons
+    keep, drop = set(cfg.always_keep), set(cfg.always_drop)
+    unknown = (keep | drop) - set(ds.ids)
+    if unknown:
+        raise ValueError(f"reviewed list names ids that are not in the dataset: {sorted(unknown)[:5]}")
+    table.loc[table.id.isin(keep), "reason"] = ""
+    table.loc[table.id.isin(drop), "reason"] = "reviewed: always_drop"
+    table["flagged"] = table.reason != ""
+    table["borderline"] = ~table.flagged & (table.score > cfg.borderline_z)
+    return table
+
+
+def filter_outliers(ds: Dataset, cfg: OutlierConfig | None = None, max_images: int = 96, **overrides) -> OutlierResult:
+    """Remove the flagged samples; the report keeps every sample's scores and reason."""
+    cfg = cfg or OutlierConfig(**overrides)
+    table = score_samples(ds, cfg)
+    flagged = table.flagged.to_numpy()
+    kept = ds.subset(np.flatnonzero(~flagged), outliers_removed=int(flagged.sum()))
+
+    def most_extreme(mask: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(mask)
+        return ds.images[idx[np.argsort(-table.score.to_numpy()[idx])][:max_images]]
+
+    report = OutlierReport(table=table, removed_images=most_extreme(flagged),
+                           borderline_images=most_extreme(table.borderline.to_numpy()))
+    return OutlierResult(kept=kept, report=report)

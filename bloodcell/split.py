@@ -1,11 +1,16 @@
-"""Stratified, seeded train/val/test split."""
+"""Stratified, seeded train/val/test split that keeps identical images together.
+
+Real data holds exact duplicates under different names (pbc96 has 11 pairs), and a duplicate in
+train and test would leak. So the split is made over groups of identical images (by content
+hash), stratified by the group's label, and every member goes where its group goes.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from bloodcell.dataset import Dataset
+from bloodcell.dataset import Dataset, image_hashes
 
 
 def stratified_split(
@@ -17,10 +22,14 @@ def stratified_split(
     if len(set(ds.ids)) != len(ds):
         dup = next(i for i, c in _counts(ds.ids).items() if c > 1)
         raise ValueError(f"sample id {dup!r} occurs more than once (rule: ids are unique before splitting)")
-    idx = np.arange(len(ds))
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=ds.labels, random_state=seed)
+    _, first, group_of = np.unique(image_hashes(ds.images), return_index=True, return_inverse=True)
+    group_of = group_of.reshape(-1)
+    groups = np.arange(len(first))
+    group_labels = ds.labels[first]
+    rest, test_g = train_test_split(groups, test_size=test_fraction, stratify=group_labels, random_state=seed)
     val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=ds.labels[rest], random_state=seed)
+    train_g, val_g = train_test_split(rest, test_size=val_of_rest, stratify=group_labels[rest], random_state=seed)
+    train, val, test = (np.flatnonzero(np.isin(group_of, g)) for g in (train_g, val_g, test_g))
     return (
         ds.subset(np.sort(train), split="train"),
         ds.subset(np.sort(val), split="val"),

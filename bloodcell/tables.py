@@ -6,17 +6,10 @@ names these tables and columns.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 
-from bloodcell.dataset import Dataset
-
-
-def image_hashes(images: np.ndarray) -> list[str]:
-    """SHA-1 of each image's pixels: equal hashes mean identical images."""
-    return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
+from bloodcell.dataset import Dataset, image_hashes
 
 
 def sample_table(ds: Dataset) -> pd.DataFrame:

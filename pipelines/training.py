@@ -18,7 +18,7 @@ from steps.train import train
 @pipeline(enable_cache=True)
 def training_pipeline() -> None:
     dataset = ingest()
-    filtered, _scores = filter_outliers(dataset)
+    filtered, _outliers = filter_outliers(dataset)
     train_set, val_set, test_set = split(filtered)
     balanced = rebalance(train_set, val_set, test_set)
     model, _history = train(balanced, val_set)

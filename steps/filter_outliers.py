@@ -1,17 +1,17 @@
-"""Step 2: PCA outlier filter."""
+"""Step 2: outlier filter (PCA scores, texture, colour, near-duplicate groups, reviewed lists)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 import bloodcell.outliers
 from bloodcell.dataset import Dataset
+from bloodcell.outliers import OutlierConfig, OutlierReport
 from bloodcell.tables import filter_tables
-from materializers import DatasetMaterializer
+from materializers import DatasetMaterializer, OutlierReportMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
 
@@ -20,27 +20,30 @@ logger = get_logger(__name__)
 
 @step(
     cache_policy=content_cache_policy(bloodcell.outliers),
-    output_materializers={"filtered_dataset": DatasetMaterializer},
+    output_materializers={"filtered_dataset": DatasetMaterializer, "outlier_report": OutlierReportMaterializer},
 )
 def filter_outliers(
     dataset: Dataset,
     n_components: int = 32,
     thumb: int = 24,
     z_threshold: float = 12.0,
+    borderline_z: float = 8.0,
+    duplicate_group_size: int = 5,
     max_fraction: float = 0.05,
+    always_keep: list[str] | None = None,
+    always_drop: list[str] | None = None,
     seed: int = 0,
-) -> tuple[Annotated[Dataset, "filtered_dataset"], Annotated[pd.DataFrame, "outlier_scores"]]:
-    """Remove samples whose PCA reconstruction error is extreme; report every sample's score."""
-    result = bloodcell.outliers.filter_outliers(
-        dataset, n_components=n_components, thumb=thumb, z_threshold=z_threshold,
-        max_fraction=max_fraction, seed=seed,
+) -> tuple[Annotated[Dataset, "filtered_dataset"], Annotated[OutlierReport, "outlier_report"]]:
+    """Remove what is not a stained blood-cell image; report every sample's scores and why."""
+    cfg = OutlierConfig(
+        n_components=n_components, thumb=thumb, z_threshold=z_threshold, borderline_z=borderline_z,
+        duplicate_group_size=duplicate_group_size, max_fraction=max_fraction,
+        always_keep=list(always_keep or []), always_drop=list(always_drop or []), seed=seed,
     )
-    removed = result.table[result.table.flagged]
-    logger.info("Removed %d of %d samples as outliers: %s", len(removed), len(dataset), list(removed.id[:20]))
-    log_metadata({
-        "removed": len(removed),
-        "removed_fraction": len(removed) / max(len(dataset), 1),
-        "removed_ids": list(removed.id[:200]),
-    })
+    result = bloodcell.outliers.filter_outliers(dataset, cfg)
+    removed = result.report.removed
+    logger.info("Removed %d of %d samples as outliers (%d borderline kept for review): %s",
+                len(removed), len(dataset), int(result.table.borderline.sum()), list(removed.id[:20]))
+    log_metadata({"removed": len(removed), "removed_fraction": len(removed) / max(len(dataset), 1)})
     guard("filter_outliers", filter_tables(dataset, result.kept), max_fraction=max_fraction)
-    return result.kept, result.table
+    return result.kept, result.report

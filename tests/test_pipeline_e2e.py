@@ -67,6 +67,10 @@ def test_first_run_produces_every_artifact(first_run):
     assert dataset_art.run_metadata["class_counts"]["platelet"] == 50
     assert len(dataset_art.visualizations) == 2
 
+    outliers = run.steps["filter_outliers"].outputs["outlier_report"][0]
+    assert len(outliers.load().table) == 400 and outliers.run_metadata["removed"] == 0
+    assert len(outliers.visualizations) == 3  # removed and borderline contact sheets, removed table
+
     split_outputs = run.steps["split"].outputs
     parts = {name: split_outputs[name][0].load() for name in ("train", "val", "test")}
     assert [len(p) for p in parts.values()] == [320, 40, 40]

@@ -25,3 +25,19 @@ def test_duplicate_ids_are_refused(sample_dataset):
     ds = sample_dataset.subset(list(range(400)) + [0])
     with pytest.raises(ValueError, match="occurs more than once"):
         stratified_split(ds)
+
+
+def test_identical_images_stay_in_one_split(sample_dataset):
+    # ten pairs of identical images under different names, as in the real data
+    dup_src = np.arange(0, 400, 40)
+    images = np.concatenate([sample_dataset.images, sample_dataset.images[dup_src]])
+    ds = sample_dataset.subset(np.arange(400))
+    ds = type(ds)(images=images, labels=np.concatenate([ds.labels, ds.labels[dup_src]]),
+                  ids=ds.ids + [f"copy_of/{sample_dataset.ids[i]}" for i in dup_src])
+    for seed in range(5):
+        parts = stratified_split(ds, seed=seed)
+        for k, i in enumerate(dup_src):
+            where = [name for name, p in zip("tvs", parts) if sample_dataset.ids[i] in p.ids]
+            where_copy = [name for name, p in zip("tvs", parts) if f"copy_of/{sample_dataset.ids[i]}" in p.ids]
+            assert where == where_copy and len(where) == 1
+    assert sum(len(p) for p in parts) == len(ds)

@@ -1,0 +1,55 @@
+"""The ``bloodcell`` command line.
+
+    bloodcell outliers INPUT --output flagged.csv [--config configs/train_cpu.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _outlier_config(config: str | None):
+    from bloodcell.outliers import OutlierConfig
+
+    if not config:
+        return OutlierConfig()
+    cfg = yaml.safe_load(Path(config).read_text()) or {}
+    params = cfg.get("steps", {}).get("filter_outliers", {}).get("parameters", {}) or {}
+    return OutlierConfig(**params)
+
+
+def cmd_outliers(args: argparse.Namespace) -> int:
+    from bloodcell.ingest import read_source
+    from bloodcell.outliers import filter_outliers
+
+    ds = read_source(args.input, image_size=args.image_size)
+    result = filter_outliers(ds, _outlier_config(args.config))
+    out = result.table[["id", "score", "flagged", "reason"]]
+    out.to_csv(args.output, index=False)
+    print(f"{int(out.flagged.sum())} of {len(out)} samples flagged; wrote {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bloodcell", description="Blood-cell classification pipeline tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("outliers", help="run the outlier filter on a folder of class folders or an .npz")
+    p.add_argument("input", help="folder with one sub-folder per class, or an .npz (challenge or MedMNIST format)")
+    p.add_argument("--output", required=True, help="CSV to write: id,score,flagged,reason")
+    p.add_argument("--config", help="pipeline YAML whose steps.filter_outliers.parameters to use")
+    p.add_argument("--image-size", type=int, default=96)
+    p.set_defaults(func=cmd_outliers)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # IngestError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
