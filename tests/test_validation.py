@@ -107,3 +107,60 @@ def test_unknown_param_and_expectation_are_clear_errors():
         validate("filter_outliers", {"summary": None, "classes": None}, SUITES["filter_outliers"], {})
     with pytest.raises(ValueError, match="unknown Great Expectations expectation 'expect_magic'"):
         validate("x", {"t": None}, {"t": [{"expect_magic": {}}]}, {})
+
+
+def _valid_tables(ds: Dataset) -> dict[str, tuple[dict, dict]]:
+    """Tables that pass every suite, and the step parameters the suites refer to."""
+    tr, va, te = stratified_split(ds)
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.9]}
+    return {
+        "ingest": (tables.ingest_tables(ds), {}),
+        "filter_outliers": (tables.filter_tables(ds, ds), {"max_fraction": 0.05}),
+        "split": (tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}), {}),
+        "rebalance": (tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids)), {}),
+        "train": (tables.history_tables(history), {"min_val_accuracy": 0.5}),
+        "evaluate": (tables.metrics_tables({"plain_accuracy": 0.9, "noisy_accuracy": 0.9}),
+                     {"min_plain_accuracy": 0.5, "min_noisy_accuracy": 0.5}),
+    }
+
+
+def _break(df, name: str, kwargs: dict, params: dict):
+    """A copy of ``df`` that violates the expectation ``name`` with ``kwargs``."""
+    df = df.copy()
+    col = kwargs.get("column")
+    value = lambda v: params[v["param"]] if isinstance(v, dict) else v  # noqa: E731
+    if name == "expect_column_values_to_be_between":
+        low, high = value(kwargs.get("min_value")), value(kwargs.get("max_value"))
+        df[col] = df[col].astype(float)
+        df.loc[0, col] = low - 1 if low is not None else high + 1
+    elif name == "expect_column_values_to_be_in_set":
+        allowed = kwargs["value_set"]
+        df[col] = df[col].astype(object)
+        df.loc[0, col] = (not allowed[0]) if isinstance(allowed[0], bool) else "__not_allowed__"
+    elif name == "expect_column_values_to_not_be_null":
+        df[col] = df[col].astype(object)
+        df.loc[0, col] = None
+    elif name == "expect_column_values_to_be_unique":
+        df.loc[1, col] = df.loc[0, col]
+    elif name == "expect_table_row_count_to_equal":
+        df = df.drop(index=0)
+    else:
+        raise AssertionError(f"no way to break {name}: add one here")
+    return df
+
+
+CASES = [(step, table, i) for step, suite in SUITES.items() for table, entries in suite.items() for i in range(len(entries))]
+
+
+@pytest.mark.parametrize("step,table,index", CASES, ids=[f"{s}-{t}-{i}" for s, t, i in CASES])
+def test_every_expectation_in_the_suite_file_stops_its_step(sample_dataset, step, table, index):
+    tbls, params = _valid_tables(sample_dataset)[step]
+    ((name, kwargs),) = SUITES[step][table][index].items()
+    broken = {**tbls, table: _break(tbls[table], name, kwargs, params)}
+    with pytest.raises(ExpectationFailed) as err:
+        check(step, broken, SUITES, params)
+    on = f"on {table}.{kwargs['column']}" if "column" in kwargs else f"on {table}:"
+    assert f"step '{step}'" in str(err.value)
+    assert any(f.expectation == name and f.table == table and f.kwargs.get("column") == kwargs.get("column")
+               for f in err.value.report.failures)
+    assert f"{name} {on}" in str(err.value) and "observed" in str(err.value) and "threshold" in str(err.value)
