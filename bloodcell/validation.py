@@ -65,6 +65,12 @@ class ValidationReport:
     def failures(self) -> list[CheckResult]:
         return [r for r in self.results if not r.success]
 
+    def raise_for_failures(self) -> "ValidationReport":
+        """Raise :class:`ExpectationFailed` if any expectation failed; else return self."""
+        if not self.success:
+            raise ExpectationFailed(self)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "results": [asdict(r) for r in self.results]}
 
@@ -166,10 +172,3 @@ def validate(
             report.results.append(CheckResult(table_name, name, kwargs, bool(r.success), _observed(dict(r.result))))
     return report
 
-
-def check(step: str, tables: dict[str, pd.DataFrame], suites: dict[str, Any], params: dict[str, Any] | None = None) -> ValidationReport:
-    """Validate, and raise :class:`ExpectationFailed` if anything failed."""
-    report = validate(step, tables, suites.get(step, {}), params)
-    if not report.success:
-        raise ExpectationFailed(report)
-    return report

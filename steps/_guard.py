@@ -10,7 +10,7 @@ from zenml import log_metadata, save_artifact
 from zenml.logger import get_logger
 from zenml.utils import source_utils
 
-from bloodcell.validation import ExpectationFailed, ValidationReport, load_suites, validate
+from bloodcell.validation import ValidationReport, load_suites, validate
 from materializers.validation_materializer import ValidationReportMaterializer
 
 logger = get_logger(__name__)
@@ -26,6 +26,4 @@ def guard(step: str, tables: dict[str, pd.DataFrame], raise_on_failure: bool = T
     log_metadata({"expectations_passed": len(report.results) - len(report.failures),
                   "expectations_failed": len(report.failures)})
     logger.info("%s: %d/%d expectations passed", step, len(report.results) - len(report.failures), len(report.results))
-    if not report.success and raise_on_failure:
-        raise ExpectationFailed(report)
-    return report
+    return report.raise_for_failures() if raise_on_failure else report

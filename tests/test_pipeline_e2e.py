@@ -40,6 +40,7 @@ def project(tmp_path_factory) -> Path:
     # two epochs make no usable model: floors at zero keep the gates from flaking (they are tested
     # with real floors in test_validation.py and test_failed_expectation_stops_the_run...)
     cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
+    cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
     (proj / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return proj
@@ -91,7 +92,7 @@ def test_first_run_produces_every_artifact(first_run):
     assert report.params["quality_gate"] == "passed"
 
     # every guarded step kept its Great Expectations result as an artifact with a visualization
-    for step in ("ingest", "filter_outliers", "split", "rebalance", "train", "evaluate"):
+    for step in ("ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate"):
         art = run.steps[step].outputs[f"{step}_expectations"][0]
         validation = art.load()
         assert validation.success and len(validation.results) >= 1, step

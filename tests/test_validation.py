@@ -8,7 +8,7 @@ import pytest
 from bloodcell import tables
 from bloodcell.dataset import Dataset
 from bloodcell.split import stratified_split
-from bloodcell.validation import ExpectationFailed, check, load_suites, validate
+from bloodcell.validation import ExpectationFailed, load_suites, validate
 from conftest import ROOT
 
 SUITES = load_suites(ROOT / "configs" / "expectations.yaml")
@@ -58,7 +58,7 @@ def test_failure_message_names_step_expectation_observed_and_threshold(sample_da
     imgs = sample_dataset.images.copy()
     imgs[7] = 0
     with pytest.raises(ExpectationFailed) as err:
-        check("ingest", tables.ingest_tables(_with(sample_dataset, images=imgs)), SUITES)
+        validate("ingest", tables.ingest_tables(_with(sample_dataset, images=imgs)), SUITES["ingest"]).raise_for_failures()
     msg = str(err.value)
     assert "step 'ingest'" in msg
     assert "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], threshold {'min_value': 2.0}" in msg
@@ -119,6 +119,7 @@ def _valid_tables(ds: Dataset) -> dict[str, tuple[dict, dict]]:
         "split": (tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}), {}),
         "rebalance": (tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids)), {}),
         "train": (tables.history_tables(history), {"min_val_accuracy": 0.5}),
+        "fine_tune": (tables.metrics_tables({"val_accuracy": 0.9}), {"min_val_accuracy": 0.5}),
         "evaluate": (tables.metrics_tables({"plain_accuracy": 0.9, "noisy_accuracy": 0.9}),
                      {"min_plain_accuracy": 0.5, "min_noisy_accuracy": 0.5}),
     }
@@ -158,7 +159,7 @@ def test_every_expectation_in_the_suite_file_stops_its_step(sample_dataset, step
     ((name, kwargs),) = SUITES[step][table][index].items()
     broken = {**tbls, table: _break(tbls[table], name, kwargs, params)}
     with pytest.raises(ExpectationFailed) as err:
-        check(step, broken, SUITES, params)
+        validate(step, broken, SUITES[step], params).raise_for_failures()
     on = f"on {table}.{kwargs['column']}" if "column" in kwargs else f"on {table}:"
     assert f"step '{step}'" in str(err.value)
     assert any(f.expectation == name and f.table == table and f.kwargs.get("column") == kwargs.get("column")
