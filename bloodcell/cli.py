@@ -1,6 +1,7 @@
 """The ``bloodcell`` command line.
 
     bloodcell outliers INPUT --output flagged.csv [--config configs/train_cpu.yaml]
+    bloodcell predict MODEL.keras INPUT --output predictions.csv
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ def cmd_outliers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bloodcell.ingest import read_unlabeled
+    from bloodcell.predict import load_model, predict_table
+
+    model = load_model(args.model)
+    images, ids = read_unlabeled(args.input, image_size=int(model.input_shape[1]))
+    table = predict_table(model, images, ids)
+    table.to_csv(args.output, index=False)
+    print(f"predicted {len(table)} images; wrote {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bloodcell", description="Blood-cell classification pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="pipeline YAML whose steps.filter_outliers.parameters to use")
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_outliers)
+    p = sub.add_parser("predict", help="classify a folder of images or an .npz with an exported .keras model")
+    p.add_argument("model", help="a .keras file (e.g. the pipeline's tuned_model artifact)")
+    p.add_argument("input", help="a folder of images (searched recursively) or an .npz with an 'images' array")
+    p.add_argument("--output", required=True, help="CSV to write: id,predicted_class,confidence,p_<class>...")
+    p.set_defaults(func=cmd_predict)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

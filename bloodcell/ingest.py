@@ -237,3 +237,41 @@ def read_source(source: str | os.PathLike, image_size: int = 96, class_names: tu
     if len(ds) == 0:
         raise IngestError(f"{path}: no samples (rule: at least one image)")
     return ds
+
+
+def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.ndarray, list[str]]:
+    """Images to predict on, and their ids: every image file under a folder (recursively, ids
+    relative to it), or the ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids
+    ``file.npz:row``). Labels, where present, are ignored. Bad input raises :class:`IngestError`."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise IngestError(f"{path}: no such file or folder (rule: give a folder of images or an .npz)")
+    conversions: Counter = Counter()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise IngestError(f"{path}: no files (rule: at least one image)")
+        images = np.stack([load_image(p, image_size, conversions) for p in _progress(files, "reading images")])
+        return images, [p.relative_to(path).as_posix() for p in files]
+    if path.suffix.lower() != ".npz":
+        raise IngestError(f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise IngestError(f"{path}: cannot be read as an .npz archive ({exc})") from None
+    with npz:
+        keys = ["images"] if "images" in npz.files else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
+        if not keys:
+            raise IngestError(f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST '*_images')")
+        images, ids = [], []
+        for key in keys:
+            try:
+                raw = npz[key]
+            except ValueError as exc:
+                raise IngestError(f"{path}:{key}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
+            imgs = _images_from_array(raw, f"{path}:{key}", image_size, conversions)
+            part = key[: -len("_images")] if key != "images" else ""
+            prefix = f"{path.name}:{part}:" if part else f"{path.name}:"
+            images.append(imgs)
+            ids += [f"{prefix}{row}" for row in range(len(imgs))]
+    return np.concatenate(images), ids

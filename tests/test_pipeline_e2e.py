@@ -100,6 +100,23 @@ def test_first_run_produces_every_artifact(first_run):
         assert len(art.visualizations) == 1
 
 
+def test_exported_model_predicts_like_the_pipeline(first_run, tmp_path):
+    """The tuned model, saved as one .keras file, classifies the test split as `evaluate` did."""
+    from bloodcell.cli import main as cli
+
+    model = first_run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    model.save(tmp_path / "model.keras")
+    test = first_run.steps["split"].outputs["test"][0].load()
+    np.savez(tmp_path / "test.npz", images=test.images)
+    assert cli(["predict", str(tmp_path / "model.keras"), str(tmp_path / "test.npz"), "--output", str(tmp_path / "p.csv")]) == 0
+    import pandas as pd
+
+    predicted = pd.read_csv(tmp_path / "p.csv").predicted_class.tolist()
+    accuracy = np.mean([p == test.class_names[y] for p, y in zip(predicted, test.labels)])
+    report = first_run.steps["evaluate"].outputs["evaluation"][0].load()
+    assert accuracy == pytest.approx(report.sets["plain"].accuracy)
+
+
 def test_caching(project, first_run):
     fingerprint = lambda r: r.steps["ingest"].outputs["dataset"][0].run_metadata["fingerprint"]  # noqa: E731
 
