@@ -40,3 +40,20 @@ def test_geometric_is_a_dihedral_copy(sample_dataset):
     for a, b in zip(imgs, out):
         variants = [np.rot90(v, k) for v in (a, a[:, ::-1]) for k in range(4)]
         assert any(np.array_equal(b, v) for v in variants)
+
+
+def test_keras_cv_engine_is_selectable(sample_dataset):
+    from bloodcell.augment import augment_images
+
+    out = augment_images(sample_dataset.images[:8], engine="keras_cv", seed=1)
+    assert out.shape == (8, 96, 96, 3) and out.dtype == np.uint8
+    assert not np.array_equal(out, sample_dataset.images[:8])
+
+
+def test_unknown_engine_is_a_clear_error(sample_dataset):
+    import pytest
+
+    from bloodcell.augment import augment_images
+
+    with pytest.raises(ValueError, match="unknown augmentation engine 'albumentations'"):
+        augment_images(sample_dataset.images[:2], engine="albumentations")

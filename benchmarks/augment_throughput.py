@@ -1,0 +1,39 @@
+"""Rebalancing augmentation throughput of each engine, side by side.
+
+    .venv/bin/python benchmarks/augment_throughput.py [--images 1024]
+
+Times `bloodcell.augment.augment_images` (flips/90-degree rotations, then RandAugment on half the
+images and AugMix on the other half) on real images from the shipped sample, with the Keras 3
+core layers (the default engine) and with keras-cv's layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bloodcell.augment import ENGINES, augment_images  # noqa: E402
+from bloodcell.ingest import read_source  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1024)
+    args = parser.parse_args()
+    sample = read_source(Path(__file__).resolve().parent.parent / "data" / "sample").images
+    images = np.concatenate([sample] * (-(-args.images // len(sample))))[: args.images]
+    for engine in ENGINES:
+        augment_images(images[:64], engine=engine)  # build and trace once
+        start = time.perf_counter()
+        augment_images(images, engine=engine)
+        wall = time.perf_counter() - start
+        print(f"{engine:9s}: {len(images) / wall:7.1f} img/s ({len(images)} images, {wall:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
