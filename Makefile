@@ -10,7 +10,9 @@ CONFIG ?= configs/quickstart.yaml
 export ZENML_ANALYTICS_OPT_IN ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test train-cpu benchmark clean
+GPUS ?= [0]
+
+.PHONY: install run test train-cpu benchmark stack-gpu-local clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (this project needs Python 3.11; set PYTHON=...)"; exit 1; }
@@ -35,6 +37,12 @@ test: $(STAMP)
 
 benchmark: $(STAMP) .zen
 	$(BIN)/python benchmarks/pipeline_timing.py
+
+# A stack whose step operator `gpu` runs steps in local processes, one GPU each from $(GPUS).
+stack-gpu-local: $(STAMP) .zen
+	$(BIN)/zenml step-operator flavor register bloodcell.step_operator.LocalGPUStepOperatorFlavor
+	$(BIN)/zenml step-operator register gpu --flavor=local_gpu --gpus='$(GPUS)'
+	$(BIN)/zenml stack register gpu-local -o default -a default -s gpu --set
 
 clean:
 	rm -rf $(VENV) .zen .pytest_cache
