@@ -2,6 +2,7 @@
 
     bloodcell outliers INPUT --output flagged.csv [--config configs/train_cpu.yaml]
     bloodcell predict MODEL.keras INPUT --output predictions.csv
+    bloodcell schedule --cron "0 3 * * 1" -c configs/train_cpu.yaml [--log runs.jsonl]
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    import logging
+
+    from bloodcell.schedule import run_schedule
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    outcomes = run_schedule(args.cron, args.config, args.source, args.log, args.max_runs)
+    failed = sum(o["status"] == "failed" for o in outcomes)
+    print(f"{len(outcomes)} runs, {failed} failed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bloodcell", description="Blood-cell classification pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input", help="a folder of images (searched recursively) or an .npz with an 'images' array")
     p.add_argument("--output", required=True, help="CSV to write: id,predicted_class,confidence,p_<class>...")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("schedule", help="run a pipeline on a cron schedule (for stacks that cannot schedule)")
+    p.add_argument("--cron", required=True, help="crontab line (5 fields, UTC) or 6 fields with seconds first")
+    p.add_argument("-c", "--config", required=True, help="pipeline YAML config")
+    p.add_argument("--source", default="pipelines.training.training_pipeline", help="pipeline to run")
+    p.add_argument("--log", help="append each run's outcome to this JSON-lines file")
+    p.add_argument("--max-runs", type=int, help="stop after this many runs (default: run until interrupted)")
+    p.set_defaults(func=cmd_schedule)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
