@@ -166,7 +166,7 @@ def score_samples(ds: Dataset, cfg: OutlierConfig) -> pd.DataFrame:
         capped[rank[:cap]] = True
         auto &= capped
     reasons = []
-    for i, (is_auto, s, w, d) in enumerate(zip(auto, by_score, worst, by_dup)):
+    for is_auto, s, w, d in zip(auto, by_score, worst, by_dup):
         parts = []
         if is_auto and s:
             parts.append(f"{w}>{cfg.z_threshold:g}")
