@@ -176,13 +176,25 @@ def _labels_from_array(arr: np.ndarray, n: int, where: str, num_classes: int) ->
     return arr.astype(np.int64)
 
 
-def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
-    """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged)."""
+def _open_npz(path: Path):
+    """``np.load`` without pickle; an unreadable archive is an :class:`IngestError`."""
     try:
-        npz = np.load(path, allow_pickle=False)
-        keys = set(npz.files)
+        return np.load(path, allow_pickle=False)
     except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError ...
         raise IngestError(f"{path}: cannot be read as an .npz archive ({exc})") from None
+
+
+def _npz_array(npz, key: str, where: str) -> np.ndarray:
+    try:
+        return npz[key]
+    except ValueError as exc:  # object arrays need pickle, which we refuse
+        raise IngestError(f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
+
+
+def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
+    """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged)."""
+    npz = _open_npz(path)
+    keys = set(npz.files)
     with npz:
         if {"images", "labels"} <= keys:
             parts = [("", "images", "labels")]
@@ -204,10 +216,7 @@ def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CL
         images, labels, ids = [], [], []
         for part, ikey, lkey in parts:
             where = f"{path}:{ikey}"
-            try:
-                raw_images, raw_labels = npz[ikey], npz[lkey]
-            except ValueError as exc:  # object arrays need pickle, which we refuse
-                raise IngestError(f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
+            raw_images, raw_labels = _npz_array(npz, ikey, where), _npz_array(npz, lkey, f"{path}:{lkey}")
             imgs = _images_from_array(raw_images, where, image_size, conversions)
             labs = _labels_from_array(raw_labels, len(imgs), f"{path}:{lkey}", len(class_names))
             prefix = f"{path.name}:{part}:" if part else f"{path.name}:"
@@ -255,20 +264,13 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.
         return images, [p.relative_to(path).as_posix() for p in files]
     if path.suffix.lower() != ".npz":
         raise IngestError(f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise IngestError(f"{path}: cannot be read as an .npz archive ({exc})") from None
-    with npz:
+    with _open_npz(path) as npz:
         keys = ["images"] if "images" in npz.files else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
         if not keys:
             raise IngestError(f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST '*_images')")
         images, ids = [], []
         for key in keys:
-            try:
-                raw = npz[key]
-            except ValueError as exc:
-                raise IngestError(f"{path}:{key}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
+            raw = _npz_array(npz, key, f"{path}:{key}")
             imgs = _images_from_array(raw, f"{path}:{key}", image_size, conversions)
             part = key[: -len("_images")] if key != "images" else ""
             prefix = f"{path.name}:{part}:" if part else f"{path.name}:"

@@ -31,6 +31,11 @@ def read_npy(mat: Any, name: str) -> np.ndarray:
         return np.load(f, allow_pickle=False)
 
 
+def read_text(mat: Any, name: str) -> str:
+    with mat.artifact_store.open(os.path.join(mat.uri, name), "r") as f:
+        return f.read()
+
+
 def write_bytes(mat: Any, name: str, data: bytes) -> str:
     path = os.path.join(mat.uri, name)
     with mat.artifact_store.open(path, "wb") as f:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -13,7 +12,7 @@ from zenml.materializers.base_materializer import BaseMaterializer
 
 from bloodcell import plots
 from bloodcell.outliers import OutlierReport
-from materializers._io import read_npy, write_bytes, write_npy, write_text
+from materializers._io import read_npy, read_text, write_bytes, write_npy, write_text
 
 
 class OutlierReportMaterializer(BaseMaterializer):
@@ -26,8 +25,8 @@ class OutlierReportMaterializer(BaseMaterializer):
         write_npy(self, "borderline_images.npy", data.borderline_images)
 
     def load(self, data_type: type[Any]) -> OutlierReport:
-        with self.artifact_store.open(os.path.join(self.uri, "scores.csv"), "r") as f:
-            table = pd.read_csv(io.StringIO(f.read()), keep_default_na=False, dtype={"reason": str, "id": str})
+        table = pd.read_csv(io.StringIO(read_text(self, "scores.csv")), keep_default_na=False,
+                            dtype={"reason": str, "id": str})
         return OutlierReport(table=table, removed_images=read_npy(self, "removed_images.npy"),
                              borderline_images=read_npy(self, "borderline_images.npy"))
 
