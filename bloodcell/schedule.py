@@ -12,7 +12,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,39 +39,32 @@ class PipelineRunner:
         self.config, self.source = config, source
         self.log_file = Path(log_file) if log_file else None
         self.outcomes: list[dict] = []
-        self._busy = threading.Lock()
 
     def __call__(self) -> dict:
-        if not self._busy.acquire(blocking=False):  # belt and braces beside max_instances=1
-            logger.warning("a run is still going: this trigger is skipped")
-            return {"status": "skipped"}
-        try:
-            started = time.time()
-            zenml = str(Path(sys.executable).parent / "zenml")
-            logger.info("starting %s -c %s", self.source, self.config)
-            proc = subprocess.run([zenml, "pipeline", "run", self.source, "-c", self.config],
-                                  capture_output=True, text=True)
-            outcome = {
-                "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-                "finished": datetime.now(timezone.utc).isoformat(),
-                "seconds": round(time.time() - started, 1),
-                "status": "completed" if proc.returncode == 0 else "failed",
-                "exit_code": proc.returncode,
-            }
-            if proc.returncode:
-                lines = (proc.stdout + proc.stderr).splitlines()
-                plain = [ln for ln in lines if not any(ch in ln for ch in "│╭╰─")]  # drop rich's boxes
-                outcome["error"] = "\n".join(ln for ln in plain if "Error" in ln or "Failed" in ln)[-2000:]
-                logger.error("run failed (exit %d) after %.1f s; the schedule goes on", proc.returncode, outcome["seconds"])
-            else:
-                logger.info("run completed in %.1f s", outcome["seconds"])
-            self.outcomes.append(outcome)
-            if self.log_file:
-                with self.log_file.open("a") as f:
-                    f.write(json.dumps(outcome) + "\n")
-            return outcome
-        finally:
-            self._busy.release()
+        started = time.time()
+        zenml = str(Path(sys.executable).parent / "zenml")
+        logger.info("starting %s -c %s", self.source, self.config)
+        proc = subprocess.run([zenml, "pipeline", "run", self.source, "-c", self.config],
+                              capture_output=True, text=True)
+        outcome = {
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+            "finished": datetime.now(timezone.utc).isoformat(),
+            "seconds": round(time.time() - started, 1),
+            "status": "completed" if proc.returncode == 0 else "failed",
+            "exit_code": proc.returncode,
+        }
+        if proc.returncode:
+            lines = (proc.stdout + proc.stderr).splitlines()
+            plain = [ln for ln in lines if not any(ch in ln for ch in "│╭╰─")]  # drop rich's boxes
+            outcome["error"] = "\n".join(ln for ln in plain if "Error" in ln or "Failed" in ln)[-2000:]
+            logger.error("run failed (exit %d) after %.1f s; the schedule goes on", proc.returncode, outcome["seconds"])
+        else:
+            logger.info("run completed in %.1f s", outcome["seconds"])
+        self.outcomes.append(outcome)
+        if self.log_file:
+            with self.log_file.open("a") as f:
+                f.write(json.dumps(outcome) + "\n")
+        return outcome
 
 
 def run_schedule(cron: str, config: str, source: str, log_file: str | None = None, max_runs: int | None = None) -> list[dict]:
