@@ -28,14 +28,18 @@ def rebalance(
     engine: str = "keras",
     multiplier: float = 1.0,
     seed: int = 0,
+    group: int = 32,
     randaugment: dict[str, Any] | None = None,
     augmix: dict[str, Any] | None = None,
+    shift: float = 0.05,
+    zoom: float = 0.08,
 ) -> Annotated[Dataset, "balanced_train"]:
     """Originals kept; minority classes topped up with RandAugment / AugMix variants.
 
     ``val`` and ``test`` are only read to check that nothing from them leaks into training."""
     balanced = bloodcell.augment.rebalance(
-        train, engine=engine, multiplier=multiplier, seed=seed, randaugment=randaugment, augmix=augmix,
+        train, engine=engine, multiplier=multiplier, seed=seed, group=group,
+        randaugment=randaugment, augmix=augmix, shift=shift, zoom=zoom,
     )
     logger.info("Rebalanced %d -> %d samples (%d generated with %s)", len(train), len(balanced), balanced.info.get("generated", 0), engine)
     log_metadata({"before": train.class_counts(), "after": balanced.class_counts(), "generated": int(balanced.info.get("generated", 0))})

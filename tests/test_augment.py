@@ -57,3 +57,26 @@ def test_unknown_engine_is_a_clear_error(sample_dataset):
 
     with pytest.raises(ValueError, match="unknown augmentation engine 'albumentations'"):
         augment_images(sample_dataset.images[:2], engine="albumentations")
+
+
+def test_rebalance_is_bitwise_deterministic(sample_dataset):
+    train = sample_dataset.subset(np.flatnonzero(sample_dataset.labels < 3)[:70])
+    a = rebalance(train, seed=7)
+    b = rebalance(train, seed=7)
+    c = rebalance(train, seed=8)
+    assert a.ids == b.ids and a.fingerprint == b.fingerprint
+    assert np.array_equal(a.images, b.images)
+    assert not np.array_equal(a.images[len(train):], c.images[len(train):])
+
+
+def test_small_cells_stay_small(sample_dataset):
+    from bloodcell.augment import augment_images
+
+    platelets = sample_dataset.images[sample_dataset.labels == sample_dataset.class_names.index("platelet")][:32]
+    out = augment_images(platelets, seed=0)
+
+    def dark_fraction(imgs):  # stained cell pixels are darker than the pale background
+        gray = imgs.astype(np.float32).mean(axis=-1)
+        return (gray < np.median(gray, axis=(1, 2), keepdims=True) - 40).mean()
+
+    assert dark_fraction(out) < 2.0 * dark_fraction(platelets) + 0.01
