@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 
 def build_custom_cnn(
@@ -42,11 +43,125 @@ def build_custom_cnn(
     x = layers.Dropout(dropout, name="head_dropout1")(x)
     x = layers.Dense(dense_units, activation="relu", kernel_regularizer=reg, name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout2")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-BUILDERS = {"custom_cnn": build_custom_cnn}
+BACKBONES = {
+    "efficientnetv2s": keras.applications.EfficientNetV2S,
+    "efficientnetv2b0": keras.applications.EfficientNetV2B0,
+}
+WEIGHTS_HELP = (
+    "weights must be 'imagenet' (Keras downloads them once, needs internet), the path of a local "
+    "no-top .h5 file (e.g. efficientnetv2-s_notop.h5 from the Keras applications releases), or null "
+    "(random initialisation, for tests)"
+)
+
+
+def load_backbone(architecture: str, image_size: int, weights: str | None) -> keras.Model:
+    """The Keras application without its top; a clear error if the weights cannot be had."""
+    if weights not in (None, "imagenet"):
+        path = os.path.expanduser(str(weights))
+        if not path.endswith(".h5"):
+            raise ValueError(f"weights {weights!r} is not an .h5 file; {WEIGHTS_HELP}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file {path} does not exist; {WEIGHTS_HELP}")
+        weights = path
+    try:
+        return BACKBONES[architecture](
+            include_top=False, weights=weights, input_shape=(image_size, image_size, 3),
+            include_preprocessing=True,
+        )
+    except Exception as exc:  # download failure (URLError, HTTPError, Exception from get_file) or a bad file
+        if weights is None:
+            raise
+        raise RuntimeError(f"could not load {architecture} weights {weights!r} ({type(exc).__name__}: {exc}); {WEIGHTS_HELP}") from exc
+
+
+def build_transfer(
+    num_classes: int = 8,
+    image_size: int = 96,
+    architecture: str = "efficientnetv2s",
+    weights: str | None = "imagenet",
+    dense_units: tuple[int, int] | list[int] = (512, 256),
+    l2: float = 1e-4,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """EfficientNetV2 backbone (frozen, its own 0..255 preprocessing) -> global average pooling
+    -> dense 512 (L2) -> batch norm -> dense 256 (L2) -> dropout -> softmax."""
+    backbone = load_backbone(architecture, image_size, weights)
+    backbone.trainable = False
+    reg = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = backbone(inputs, training=False)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(dense_units[0], activation="relu", kernel_regularizer=reg, name="head_dense1")(x)
+    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.Dense(dense_units[1], activation="relu", kernel_regularizer=reg, name="head_dense2")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{architecture}_transfer")
+
+
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The pretrained backbone inside a transfer model, None for the custom CNN."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and layer.name.startswith("efficientnetv2"):
+            return layer
+    return None
+
+
+def unfreeze_top(model: keras.Model, blocks: int, l2: float = 1e-4) -> list[str]:
+    """Make the top ``blocks`` stages of the backbone (and its final conv) trainable, keep every
+    BatchNormalization layer frozen, and put an L2 penalty on the unfrozen conv kernels.
+    Returns the names of the unfrozen layers."""
+    backbone = backbone_of(model)
+    if backbone is None:
+        raise ValueError(f"{model.name} has no pretrained backbone to fine-tune")
+    # layer names start with their block: block1a_..., block6o_...; a stage is block<N>
+    stage_ids = sorted({layer.name.split("_")[0][:-1] for layer in backbone.layers if layer.name.startswith("block")},
+                       key=lambda b: int(b[5:]))
+    top = set(stage_ids[-blocks:]) if blocks > 0 else set()
+    backbone.trainable = True
+    unfrozen = []
+    for layer in backbone.layers:
+        stage = layer.name.split("_")[0][:-1] if layer.name.startswith("block") else None
+        wanted = stage in top or (blocks > 0 and layer.name.startswith("top_"))
+        layer.trainable = wanted and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable:
+            unfrozen.append(layer.name)
+            if l2 and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+                reg = keras.regularizers.L2(l2)
+                if isinstance(layer, keras.layers.DepthwiseConv2D):
+                    layer.depthwise_regularizer = reg
+                else:
+                    layer.kernel_regularizer = reg
+                layer.kernel.regularizer = reg
+    return unfrozen
+
+
+def with_tta(model: keras.Model) -> keras.Model:
+    """Test-time augmentation inside the model: the average of its probabilities over the 8
+    flips/rotations of each image (cells have no orientation). Built from Keras ops only, so it
+    saves and loads as one ``.keras`` file in safe mode."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    views = []
+    for transposed in (False, True):
+        x = ops.transpose(inputs, (0, 2, 1, 3)) if transposed else inputs
+        for flip_h in (False, True):
+            for flip_v in (False, True):
+                y = ops.flip(x, axis=2) if flip_h else x
+                y = ops.flip(y, axis=1) if flip_v else y
+                views.append(model(y))
+    outputs = layers.Average(name="tta_average")(views)
+    return keras.Model(inputs, outputs, name=f"{model.name}_tta")
+
+
+BUILDERS = {
+    "custom_cnn": build_custom_cnn,
+    "efficientnetv2s": lambda **kw: build_transfer(architecture="efficientnetv2s", **kw),
+    "efficientnetv2b0": lambda **kw: build_transfer(architecture="efficientnetv2b0", **kw),
+}
 
 
 def build_model(architecture: str, num_classes: int, image_size: int, **kwargs: Any) -> keras.Model:

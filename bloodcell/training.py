@@ -10,6 +10,9 @@ all originals at the end.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,7 @@ class OnlineAugment:
     def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         x = tf.cast(images, tf.float32)
         n = tf.shape(x)[0]
-        seeds = tf.random.experimental.stateless_split(seed, 5)
+        seeds = tf.random.experimental.stateless_split(seed, 6)
         if self.dihedral:
             def pick(s):
                 return tf.random.stateless_uniform([n, 1, 1, 1], s) < 0.5
@@ -41,7 +44,7 @@ class OnlineAugment:
         if self.noise_sigma_max > 0:
             sigma = tf.random.stateless_uniform([n, 1, 1, 1], seeds[3], 0.0, self.noise_sigma_max)
             on = tf.cast(tf.random.stateless_uniform([n, 1, 1, 1], seeds[4]) < self.noise_probability, tf.float32)
-            x = x + tf.random.stateless_normal(tf.shape(x), seeds[4]) * sigma * on
+            x = x + tf.random.stateless_normal(tf.shape(x), seeds[5]) * sigma * on
             x = tf.clip_by_value(x, 0.0, 255.0)
         return x
 
@@ -122,10 +125,14 @@ class RecalibrateEachEpoch(keras.callbacks.Callback):
             recalibrate_batchnorm(self.model, self.data)
 
 
+OPTIMIZERS = ("lion", "adamw")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
+    optimizer: str = "lion"  # or "adamw"
     learning_rate: float = 2e-4
     weight_decay: float = 0.01
     label_smoothing: float = 0.0
@@ -138,6 +145,9 @@ class TrainConfig:
     augment: OnlineAugment = field(default_factory=OnlineAugment)
     seed: int = 0
     verbose: int = 2
+    backup_dir: str | None = None  # Keras BackupAndRestore: an interrupted fit resumes from here
+    mixed_precision: bool = False  # mixed_float16 compute (GPU); variables and outputs stay float32
+    distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy over the visible GPUs
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None) -> "TrainConfig":
@@ -147,11 +157,36 @@ class TrainConfig:
             raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         if isinstance(cfg.get("augment"), dict):
             cfg["augment"] = OnlineAugment(**cfg["augment"])
-        return cls(**cfg)
+        out = cls(**cfg)
+        if out.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {out.optimizer!r}; choose one of {OPTIMIZERS}")
+        if out.distribute not in (None, "mirrored"):
+            raise ValueError(f"unknown distribute {out.distribute!r}; choose null or 'mirrored'")
+        return out
+
+
+@contextlib.contextmanager
+def compute_scope(cfg: TrainConfig) -> Iterator[None]:
+    """Build, compile and fit inside this: the mixed-precision policy and distribution strategy
+    the config asks for, restored afterwards (other steps in the process are not affected)."""
+    previous = keras.mixed_precision.global_policy()
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        if cfg.distribute == "mirrored":
+            with tf.distribute.MirroredStrategy().scope():
+                yield
+        else:
+            yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
-    optimizer = keras.optimizers.Lion(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.Lion(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
@@ -184,6 +219,9 @@ def train_model(
         ),
         *(extra_callbacks or []),
     ]
+    if cfg.backup_dir:
+        os.makedirs(cfg.backup_dir, exist_ok=True)
+        callbacks.append(keras.callbacks.BackupAndRestore(cfg.backup_dir))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if cfg.recalibrate_final:
         recalibrate_batchnorm(model, images_only(make_dataset(originals, 256, cfg.augment, seed=cfg.seed)))
@@ -200,3 +238,26 @@ class TrainingHistory:
     @property
     def epochs(self) -> int:
         return len(next(iter(self.history.values()), []))
+
+
+FINE_TUNE_DEFAULTS: dict[str, Any] = {
+    "epochs": 20, "optimizer": "adamw", "learning_rate": 1e-5, "weight_decay": 0.004,
+    "reduce_lr_patience": 5, "reduce_lr_factor": 0.5, "early_stopping_patience": 10,
+}
+
+
+def fine_tune_config(training: dict[str, Any] | None) -> TrainConfig:
+    """The fine-tuning recipe (AdamW 1e-5, halve the LR after 5 flat epochs, early stopping that
+    restores the best weights), with the config's ``training`` options on top."""
+    return TrainConfig.from_dict({**FINE_TUNE_DEFAULTS, **(training or {})})
+
+
+def fine_tune_model(
+    model: keras.Model, train: Dataset, val: Dataset, blocks: int, l2: float, cfg: TrainConfig,
+) -> tuple[dict[str, list[float]], list[str]]:
+    """Unfreeze the top ``blocks`` backbone stages (batch norm stays frozen, L2 on the unfrozen
+    convs) and fit again. Returns the Keras history and the unfrozen layer names."""
+    from bloodcell.models import unfreeze_top
+
+    unfrozen = unfreeze_top(model, blocks, l2)
+    return train_model(model, train, val, cfg), unfrozen

@@ -1,8 +1,16 @@
-"""Step 6: fine-tune a transfer-learning model; a custom CNN passes through unchanged."""
+"""Step 6: fine-tune a transfer-learning model and package the model handed to ``evaluate``.
+
+A transfer model gets its top backbone stages unfrozen (batch norm kept frozen, L2 on the
+unfrozen convs) and is fitted again with AdamW 1e-5. The custom CNN has no pretrained backbone and
+passes through. Either way, with ``tta: true`` the result is wrapped so that it averages its
+predictions over the 8 flips/rotations of each image (inside the model, so the exported file does
+the same), and its inference-mode val accuracy must reach the floor.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 import keras
 import numpy as np
@@ -10,27 +18,57 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 import bloodcell.evaluation
+import bloodcell.models
+import bloodcell.training
 from bloodcell.dataset import Dataset
 from bloodcell.tables import metrics_tables
 from materializers import KerasModelMaterializer
 from steps._cache import content_cache_policy
+from steps._checkpoint import backup_dir
 from steps._guard import guard
 
 logger = get_logger(__name__)
 
 
-@step(cache_policy=content_cache_policy(bloodcell.evaluation), output_materializers={"tuned_model": KerasModelMaterializer})
+@step(
+    cache_policy=content_cache_policy(bloodcell.evaluation, bloodcell.models, bloodcell.training),
+    output_materializers={"tuned_model": KerasModelMaterializer},
+)
 def fine_tune(
-    model: keras.Model, train: Dataset, val: Dataset, enabled: bool = True, min_val_accuracy: float = 0.0,
+    model: keras.Model,
+    train: Dataset,
+    val: Dataset,
+    enabled: bool = True,
+    unfreeze_blocks: int = 2,
+    l2: float = 1e-4,
+    training: dict[str, Any] | None = None,
+    tta: bool = False,
+    min_val_accuracy: float = 0.0,
 ) -> Annotated[keras.Model, "tuned_model"]:
-    """Fine-tuning needs a pretrained backbone; the custom CNN has none, so it is skipped.
-
-    Either way the model handed on is checked: its inference-mode val accuracy must reach the floor."""
-    reason = "custom CNN has no pretrained backbone" if model.name == "custom_cnn" else "not implemented yet"
+    """Fine-tune (transfer models), optionally wrap with test-time augmentation, check val accuracy."""
+    info: dict[str, Any] = {"tta": tta}
     if not enabled:
-        reason = "disabled in config"
-    logger.info("fine_tune skipped: %s", reason)
+        info.update(skipped=True, reason="disabled in config")
+    elif bloodcell.models.backbone_of(model) is None:
+        info.update(skipped=True, reason=f"{model.name} has no pretrained backbone")
+    else:
+        cfg = bloodcell.training.fine_tune_config(training)
+        if cfg.backup_dir is None:
+            cfg.backup_dir = backup_dir("fine_tune", train.fingerprint, val.fingerprint,
+                                        model.count_params(), unfreeze_blocks, l2, training)
+        start = time.perf_counter()
+        with bloodcell.training.compute_scope(cfg):
+            history, unfrozen = bloodcell.training.fine_tune_model(model, train, val, unfreeze_blocks, l2, cfg)
+        info.update(skipped=False, unfrozen_layers=len(unfrozen), epochs=len(history.get("loss", [])),
+                    wall_seconds=round(time.perf_counter() - start, 1),
+                    best_val_accuracy=max(history.get("val_accuracy", [0.0])))
+        logger.info("Fine-tuned %d layers of the top %d stages for %d epochs", len(unfrozen), unfreeze_blocks, info["epochs"])
+    if info.get("skipped"):
+        logger.info("fine-tuning skipped: %s", info["reason"])
+    if tta:
+        model = bloodcell.models.with_tta(model)
     val_accuracy = float(np.mean(bloodcell.evaluation.predict_classes(model, val.images) == val.labels))
-    log_metadata({"skipped": True, "reason": reason, "val_accuracy": val_accuracy})
+    info["val_accuracy"] = val_accuracy
+    log_metadata(info)
     guard("fine_tune", metrics_tables({"val_accuracy": val_accuracy}), min_val_accuracy=min_val_accuracy)
     return model

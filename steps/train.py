@@ -1,4 +1,5 @@
-"""Step 5: train the model named in the config (the custom CNN, with Lion)."""
+"""Step 5: train the model named in the config (the custom CNN with Lion, or an EfficientNetV2
+backbone, frozen, with a new head and AdamW)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from typing import Annotated, Any
 
 import keras
+import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
@@ -16,6 +18,7 @@ from bloodcell.tables import history_tables
 from bloodcell.training import TrainConfig, TrainingHistory
 from materializers import KerasModelMaterializer, TrainingHistoryMaterializer
 from steps._cache import content_cache_policy
+from steps._checkpoint import backup_dir
 from steps._guard import guard
 
 logger = get_logger(__name__)
@@ -35,15 +38,24 @@ def train(
 ) -> tuple[Annotated[keras.Model, "model"], Annotated[TrainingHistory, "training_history"]]:
     """Build ``architecture`` with the ``model`` options and fit it with the ``training`` options."""
     cfg = TrainConfig.from_dict(training)
-    net = bloodcell.models.build_model(
-        architecture, num_classes=len(train.class_names), image_size=train.images.shape[1], **(model or {})
-    )
-    logger.info("Training %s (%d parameters) on %d images, validating on %d", net.name, net.count_params(), len(train), len(val))
-    start = time.perf_counter()
-    history = bloodcell.training.train_model(net, train, val, cfg)
-    wall = time.perf_counter() - start
-    result = TrainingHistory(history=history, info={"architecture": architecture, "wall_seconds": round(wall, 1),
-                                                    "images_per_second": round(len(train) * len(history.get("loss", [])) / wall, 1)})
+    if cfg.backup_dir is None:
+        cfg.backup_dir = backup_dir("train", train.fingerprint, val.fingerprint, architecture, model, training)
+    with bloodcell.training.compute_scope(cfg):
+        net = bloodcell.models.build_model(
+            architecture, num_classes=len(train.class_names), image_size=train.images.shape[1], **(model or {})
+        )
+        logger.info("Training %s (%d parameters, %d trainable) on %d images, validating on %d; backups in %s",
+                    net.name, net.count_params(), sum(int(np.prod(w.shape)) for w in net.trainable_weights),
+                    len(train), len(val), cfg.backup_dir)
+        start = time.perf_counter()
+        history = bloodcell.training.train_model(net, train, val, cfg)
+        wall = time.perf_counter() - start
+    epochs = len(history.get("loss", []))
+    result = TrainingHistory(history=history, info={
+        "architecture": architecture, "wall_seconds": round(wall, 1),
+        "images_per_second": round(len(train) * epochs / wall, 1) if epochs else 0.0,
+        "mixed_precision": cfg.mixed_precision, "distribute": cfg.distribute or "none",
+    })
     guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
     log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),
                   "best_val_accuracy": max(history.get("val_accuracy", [0.0]))})
