@@ -32,6 +32,8 @@ class EvaluationReport:
     class_names: list[str]
     sets: dict[str, SetMetrics] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    # one row per corruption and severity (0 = clean): corruption, severity, setting, accuracy, n
+    corruptions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +44,7 @@ class EvaluationReport:
             class_names=list(d["class_names"]),
             sets={k: SetMetrics(**v) for k, v in d["sets"].items()},
             params=dict(d.get("params", {})),
+            corruptions=list(d.get("corruptions", [])),
         )
 
     def summary(self) -> dict[str, float]:
@@ -60,6 +63,20 @@ class EvaluationReport:
             for c in self.class_names:
                 p = m.per_class[c]
                 lines.append(f"| {c} | {p['precision']:.4f} | {p['recall']:.4f} | {p['f1']:.4f} | {int(p['support'])} |")
+        if self.corruptions:
+            names = list(dict.fromkeys(r["corruption"] for r in self.corruptions))
+            severities = sorted({r["severity"] for r in self.corruptions})
+            lines += ["", f"### corruptions (accuracy on {self.corruptions[0]['n']} test images; severity 0 = clean)", "",
+                      "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " |",
+                      "|---|" + "---|" * len(severities)]
+            for name in names:
+                row = {r["severity"]: r for r in self.corruptions if r["corruption"] == name}
+                cells = [
+                    "" if s not in row else f"{row[s]['accuracy']:.4f}"
+                    + ("" if row[s]["setting"] is None else f" ({row[s]['setting']:g})")
+                    for s in severities
+                ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -83,11 +100,35 @@ def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np
     return np.asarray(probs).argmax(axis=1)
 
 
-def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: int = 0) -> EvaluationReport:
-    """Metrics of ``model`` (in inference mode) on ``test`` and on ``test`` + white noise."""
+def corruption_table(model: Any, test: Dataset, samples: int = 0, seed: int = 0,
+                     corruptions: list[str] | None = None) -> list[dict[str, Any]]:
+    """Accuracy under each corruption at each severity, on ``samples`` test images (0: all), drawn
+    with ``seed``; severity 0 is the same images uncorrupted."""
+    from bloodcell.corruptions import SEVERITIES, corrupt
+
+    idx = np.arange(len(test))
+    if 0 < samples < len(test):
+        idx = np.sort(np.random.default_rng(seed).permutation(len(test))[:samples])
+    images, labels = test.images[idx], test.labels[idx]
+    clean = float(np.mean(predict_classes(model, images) == labels))
+    rows = []
+    for name in corruptions or list(SEVERITIES):
+        rows.append({"corruption": name, "severity": 0, "setting": None, "accuracy": clean, "n": len(idx)})
+        for severity, setting in enumerate(SEVERITIES[name], start=1):
+            acc = float(np.mean(predict_classes(model, corrupt(images, name, severity)) == labels))
+            rows.append({"corruption": name, "severity": severity, "setting": float(setting), "accuracy": acc, "n": len(idx)})
+    return rows
+
+
+def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
+                   corruption_samples: int | None = 0) -> EvaluationReport:
+    """Metrics of ``model`` (in inference mode) on ``test``, on ``test`` + white noise, and (unless
+    ``corruption_samples`` is None) the corruption table on that many test images (0: all)."""
     report = EvaluationReport(class_names=list(test.class_names), params={"noise_sigma": noise_sigma, "noise_seed": seed})
     report.sets["plain"] = set_metrics(test.labels, predict_classes(model, test.images), test.class_names)
     if noise_sigma > 0:
         noisy = add_white_noise(test.images, noise_sigma, seed)
         report.sets["noisy"] = set_metrics(test.labels, predict_classes(model, noisy), test.class_names)
+    if corruption_samples is not None:
+        report.corruptions = corruption_table(model, test, corruption_samples, seed)
     return report

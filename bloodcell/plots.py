@@ -92,3 +92,18 @@ def image_strip(images: np.ndarray, captions: list[str], max_images: int = 48, c
         ax.imshow(Image.fromarray(img))
         ax.set_title(cap, fontsize=6)
     return _png(fig)
+
+
+def corruption_curves(rows: list[dict], title: str = "accuracy under corruption") -> bytes:
+    """Accuracy against severity, one line per corruption (severity 0 = clean images)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name in dict.fromkeys(r["corruption"] for r in rows):
+        pts = sorted((r["severity"], r["accuracy"]) for r in rows if r["corruption"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("accuracy")
+    ax.set_xticks(sorted({r["severity"] for r in rows}))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=2)
+    return _png(fig)

@@ -32,6 +32,9 @@ class EvaluationReportMaterializer(BaseMaterializer):
         for name, m in data.sets.items():
             meta[f"{name}_recall_per_class"] = {c: v["recall"] for c, v in m.per_class.items()}
         meta.update({k: v for k, v in data.params.items() if isinstance(v, (int, float, str))})
+        for r in data.corruptions:
+            if r["severity"]:
+                meta[f"{r['corruption']}_s{r['severity']}_accuracy"] = r["accuracy"]
         return meta
 
     def save_visualizations(self, data: EvaluationReport) -> dict[str, VisualizationType]:
@@ -39,4 +42,7 @@ class EvaluationReportMaterializer(BaseMaterializer):
         for name, m in data.sets.items():
             png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name}: accuracy {m.accuracy:.4f}")
             out[write_bytes(self, f"confusion_{name}.png", png)] = VisualizationType.IMAGE
+        if data.corruptions:
+            png = plots.corruption_curves(data.corruptions, f"accuracy under corruption (n={data.corruptions[0]['n']})")
+            out[write_bytes(self, "corruptions.png", png)] = VisualizationType.IMAGE
         return out

@@ -8,6 +8,7 @@ import keras
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+import bloodcell.corruptions
 import bloodcell.evaluation
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import EvaluationReport
@@ -19,18 +20,26 @@ from steps._guard import guard
 logger = get_logger(__name__)
 
 
-@step(cache_policy=content_cache_policy(bloodcell.evaluation), output_materializers={"evaluation": EvaluationReportMaterializer})
+@step(cache_policy=content_cache_policy(bloodcell.corruptions, bloodcell.evaluation), output_materializers={"evaluation": EvaluationReportMaterializer})
 def evaluate(
     model: keras.Model, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
+    corruption_samples: int | None = 0,
     min_plain_accuracy: float = 0.0, min_noisy_accuracy: float = 0.0,
 ) -> Annotated[EvaluationReport, "evaluation"]:
-    """Accuracy, macro-F1, per-class precision/recall and confusion matrices, in inference mode.
+    """Accuracy, macro-F1, per-class precision/recall and confusion matrices, in inference mode,
+    on the plain and white-noise test sets; a corruption table (JPEG, blur, brightness, contrast,
+    saturation, pixelation at three severities) on ``corruption_samples`` test images (0: all,
+    null: skip).
 
     The quality gate (floors in the config) marks a model below it as failing; it does not stop
     the run, so the report of a failing model is still there to look at."""
-    report = bloodcell.evaluation.evaluate_model(model, test, noise_sigma=noise_sigma, seed=seed)
+    report = bloodcell.evaluation.evaluate_model(model, test, noise_sigma=noise_sigma, seed=seed,
+                                                 corruption_samples=corruption_samples)
     for name, m in report.sets.items():
         logger.info("%s test accuracy %.4f, macro-F1 %.4f (n=%d)", name, m.accuracy, m.macro_f1, m.n)
+    for r in report.corruptions:
+        if r["severity"]:
+            logger.info("%s severity %d (%g): accuracy %.4f", r["corruption"], r["severity"], r["setting"], r["accuracy"])
     gate = guard("evaluate", metrics_tables(report.summary()), raise_on_failure=False,
                  min_plain_accuracy=min_plain_accuracy, min_noisy_accuracy=min_noisy_accuracy)
     report.params["quality_gate"] = "passed" if gate.success else "failed"
