@@ -137,6 +137,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.0
     early_stopping_patience: int = 8
+    lr_schedule: str = "plateau"  # "plateau": ReduceLROnPlateau; "cosine": cosine decay to min_learning_rate
     reduce_lr_patience: int = 3
     reduce_lr_factor: float = 0.5
     min_learning_rate: float = 1e-6
@@ -160,6 +161,8 @@ class TrainConfig:
         out = cls(**cfg)
         if out.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {out.optimizer!r}; choose one of {OPTIMIZERS}")
+        if out.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError(f"unknown lr_schedule {out.lr_schedule!r}; choose 'plateau' or 'cosine'")
         if out.distribute not in (None, "mirrored"):
             raise ValueError(f"unknown distribute {out.distribute!r}; choose null or 'mirrored'")
         return out
@@ -182,11 +185,32 @@ def compute_scope(cfg: TrainConfig) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
+def in_current_scope(model: keras.Model) -> keras.Model:
+    """``model`` with its variables owned by the active distribution strategy: a model made
+    outside ``compute_scope`` (e.g. loaded from an artifact) is reloaded from a temporary
+    ``.keras`` file under the strategy; without a strategy it is returned as it is."""
+    if not tf.distribute.has_strategy():
+        return model
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        return keras.saving.load_model(path, safe_mode=True)
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | None = None) -> None:
+    lr: Any = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        if not steps_per_epoch:
+            raise ValueError("lr_schedule 'cosine' needs steps_per_epoch")
+        lr = keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=steps_per_epoch * cfg.epochs, alpha=cfg.min_learning_rate / cfg.learning_rate,
+        )
     if cfg.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
     else:
-        optimizer = keras.optimizers.Lion(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.Lion(learning_rate=lr, weight_decay=cfg.weight_decay)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
@@ -195,33 +219,35 @@ def train_model(
     model: keras.Model, train: Dataset, val: Dataset, cfg: TrainConfig,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict[str, list[float]]:
-    """Fit ``model`` (compiled here with Lion) and return the Keras history."""
+    """Fit ``model`` (compiled here with the configured optimizer and LR schedule) and return the
+    Keras history."""
     keras.utils.set_random_seed(cfg.seed)
     n = len(train.class_names)
 
     def to_onehot(data: tf.data.Dataset) -> tf.data.Dataset:
         return data.map(lambda x, y: (x, tf.one_hot(y, n)))
 
-    compile_model(model, cfg)
+    compile_model(model, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
     train_data = to_onehot(make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed))
     val_data = to_onehot(make_dataset(val, 256))
     originals = clean_originals(train)
     callbacks: list[keras.callbacks.Callback] = []
     if cfg.recalibrate_samples_per_epoch:
         callbacks.append(RecalibrateEachEpoch(originals, cfg.recalibrate_samples_per_epoch, 256, cfg.augment, cfg.seed))
-    callbacks += [
-        keras.callbacks.ReduceLROnPlateau(
+    if cfg.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience,
             min_lr=cfg.min_learning_rate, verbose=1,
-        ),
+        ))
+    callbacks += [
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=cfg.early_stopping_patience, restore_best_weights=True, verbose=1,
         ),
         *(extra_callbacks or []),
     ]
-    if cfg.backup_dir:
+    if cfg.backup_dir:  # first: restores before and saves ahead of the other callbacks
         os.makedirs(cfg.backup_dir, exist_ok=True)
-        callbacks.append(keras.callbacks.BackupAndRestore(cfg.backup_dir))
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if cfg.recalibrate_final:
         recalibrate_batchnorm(model, images_only(make_dataset(originals, 256, cfg.augment, seed=cfg.seed)))
@@ -254,10 +280,12 @@ def fine_tune_config(training: dict[str, Any] | None) -> TrainConfig:
 
 def fine_tune_model(
     model: keras.Model, train: Dataset, val: Dataset, blocks: int, l2: float, cfg: TrainConfig,
-) -> tuple[dict[str, list[float]], list[str]]:
+) -> tuple[keras.Model, dict[str, list[float]], list[str]]:
     """Unfreeze the top ``blocks`` backbone stages (batch norm stays frozen, L2 on the unfrozen
-    convs) and fit again. Returns the Keras history and the unfrozen layer names."""
+    convs) and fit again. Returns the model (the same one, or its copy under the active
+    distribution strategy), the Keras history and the unfrozen layer names."""
     from bloodcell.models import unfreeze_top
 
+    model = in_current_scope(model)
     unfrozen = unfreeze_top(model, blocks, l2)
-    return train_model(model, train, val, cfg), unfrozen
+    return model, train_model(model, train, val, cfg), unfrozen

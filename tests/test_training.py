@@ -37,7 +37,7 @@ def test_recalibration_sets_moving_stats_to_the_data_statistics(sample_dataset):
     conv = keras.Model(model.input, model.get_layer("block1_conv1").output)
     feats = np.concatenate([np.asarray(conv(b)) for b in batches])
     # moving mean = average of the two batch means = the mean over all 64 images
-    np.testing.assert_allclose(np.asarray(bn.moving_mean), feats.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), feats.mean(axis=(0, 1, 2)), rtol=3e-3, atol=1e-3)
     per_batch_var = np.mean([np.asarray(conv(b)).var(axis=(0, 1, 2)) for b in batches], axis=0)
     np.testing.assert_allclose(np.asarray(bn.moving_variance), per_batch_var, rtol=1e-3, atol=1e-5)
     assert bn.momentum == 0.99  # restored
@@ -56,3 +56,79 @@ def test_short_fit_learns_something(sample_dataset):
     # judged in inference mode after recalibration: clearly above chance (1/8) on its own data
     acc = (model.predict(tr.images.astype("float32"), verbose=0).argmax(1) == tr.labels).mean()
     assert acc > 0.3
+
+
+def _tiny(sample_dataset, **cfg):
+    tr = sample_dataset.subset(np.arange(0, 400, 4))
+    va = sample_dataset.subset(np.arange(1, 400, 10))
+    model = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
+    return model, tr, va, TrainConfig.from_dict({"batch_size": 25, "verbose": 0, "recalibrate_samples_per_epoch": 50, **cfg})
+
+
+def test_interrupted_fit_resumes_from_its_backup(sample_dataset, tmp_path):
+    """BackupAndRestore: a fit killed after epoch 2 of 4 goes on from epoch 3 when run again."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated interruption")
+
+    model, tr, va, cfg = _tiny(sample_dataset, epochs=4, backup_dir=str(tmp_path / "backup"))
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, tr, va, cfg, extra_callbacks=[Interrupt()])
+    assert any((tmp_path / "backup").iterdir())
+    model2, *_ = _tiny(sample_dataset)
+    history = train_model(model2, tr, va, cfg)
+    assert len(history["loss"]) == 2  # epochs 3 and 4 only
+    assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").iterdir())  # deleted when done
+
+
+def test_mixed_precision_and_mirrored_strategy_switch_on_and_off(sample_dataset):
+    import keras
+
+    from bloodcell.training import compute_scope
+
+    _, tr, va, cfg = _tiny(sample_dataset, epochs=1, mixed_precision=True, distribute="mirrored")
+    with compute_scope(cfg):
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        model = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
+        history = train_model(model, tr, va, cfg)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for the next step
+    assert model.get_layer("block1_conv1").compute_dtype == "float16"
+    assert model.get_layer("probabilities").compute_dtype == "float32"  # softmax stays float32
+    assert not np.isnan(history["loss"][0])
+    with pytest.raises(ValueError, match="unknown distribute 'horovod'"):
+        TrainConfig.from_dict({"distribute": "horovod"})
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        TrainConfig.from_dict({"optimizer": "sgd"})
+
+
+def test_fine_tuning_trains_only_the_unfrozen_top(sample_dataset):
+    from bloodcell.models import backbone_of
+    from bloodcell.training import fine_tune_config, fine_tune_model
+
+    model = build_model("efficientnetv2b0", 8, 96, weights=None)
+    backbone = backbone_of(model)
+    frozen_before = {w.path: np.asarray(w).copy() for w in backbone.weights if w.path.split("/")[-2].startswith("block1")}
+    _, tr, va, _ = _tiny(sample_dataset)
+    cfg = fine_tune_config({"epochs": 1, "batch_size": 25, "verbose": 0, "recalibrate_samples_per_epoch": 0})
+    assert cfg.optimizer == "adamw" and cfg.learning_rate == 1e-5 and cfg.reduce_lr_patience == 5
+    top = [w for w in backbone.weights if "top_conv" in w.path and "kernel" in w.path][0]
+    top_before = np.asarray(top).copy()
+    tuned, history, unfrozen = fine_tune_model(model, tr, va, blocks=1, l2=1e-4, cfg=cfg)
+    assert tuned is model  # no distribution strategy: tuned in place
+    assert len(history["loss"]) == 1 and unfrozen
+    assert not np.array_equal(np.asarray(top), top_before)  # unfrozen: changed
+    for w in backbone.weights:
+        if w.path in frozen_before:
+            np.testing.assert_array_equal(np.asarray(w), frozen_before[w.path])  # frozen: unchanged
+
+
+def test_cosine_schedule_decays_to_the_floor(sample_dataset):
+    model, tr, va, cfg = _tiny(sample_dataset, epochs=2, lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5)
+    train_model(model, tr, va, cfg)
+    lr = model.optimizer.learning_rate  # the schedule's value at the last step
+    assert float(np.asarray(lr)) == pytest.approx(1e-5, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        TrainConfig.from_dict({"lr_schedule": "step"})
