@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -155,6 +156,15 @@ def with_tta(model: keras.Model) -> keras.Model:
                 views.append(model(y))
     outputs = layers.Average(name="tta_average")(views)
     return keras.Model(inputs, outputs, name=f"{model.name}_tta")
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """SHA-256 of the architecture (JSON config) and every weight, trainable or not."""
+    h = hashlib.sha256(model.to_json().encode())
+    for w in model.weights:
+        h.update(w.path.encode())
+        h.update(keras.ops.convert_to_numpy(w).tobytes())
+    return h.hexdigest()
 
 
 BUILDERS = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, ClassVar
 
@@ -11,6 +10,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 from zenml.io import fileio
 
+from bloodcell.models import model_fingerprint
 from materializers._io import write_text
 
 
@@ -33,11 +33,7 @@ class KerasModelMaterializer(BaseMaterializer):
 
     def compute_content_hash(self, model: keras.Model) -> str:
         """SHA-256 of the architecture (JSON config) and every weight, trainable or not."""
-        h = hashlib.sha256(model.to_json().encode())
-        for w in model.weights:
-            h.update(w.path.encode())
-            h.update(w.numpy().tobytes())
-        return h.hexdigest()
+        return model_fingerprint(model)
 
     def extract_metadata(self, model: keras.Model) -> dict[str, Any]:
         return {

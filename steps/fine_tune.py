@@ -55,10 +55,10 @@ def fine_tune(
         cfg = bloodcell.training.fine_tune_config(training)
         if cfg.backup_dir is None:
             cfg.backup_dir = backup_dir("fine_tune", train.fingerprint, val.fingerprint,
-                                        model.count_params(), unfreeze_blocks, l2, training)
+                                        bloodcell.models.model_fingerprint(model), unfreeze_blocks, l2, training)
         start = time.perf_counter()
         with bloodcell.training.compute_scope(cfg):
-            history, unfrozen = bloodcell.training.fine_tune_model(model, train, val, unfreeze_blocks, l2, cfg)
+            model, history, unfrozen = bloodcell.training.fine_tune_model(model, train, val, unfreeze_blocks, l2, cfg)
         info.update(skipped=False, unfrozen_layers=len(unfrozen), epochs=len(history.get("loss", [])),
                     wall_seconds=round(time.perf_counter() - start, 1),
                     best_val_accuracy=max(history.get("val_accuracy", [0.0])))

@@ -1,0 +1,87 @@
+"""Model builders: the EfficientNetV2 transfer model and its fine-tuning switches, the weights
+options and their errors, and test-time augmentation inside the model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bloodcell.models import backbone_of, build_model, unfreeze_top, with_tta
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    return build_model("efficientnetv2b0", num_classes=8, image_size=96, weights=None)
+
+
+def test_transfer_head_and_frozen_backbone(transfer):
+    names = [layer.name for layer in transfer.layers]
+    assert names[-6:] == ["gap", "head_dense1", "head_bn", "head_dense2", "head_dropout", "probabilities"]
+    assert transfer.get_layer("head_dense1").units == 512 and transfer.get_layer("head_dense2").units == 256
+    assert transfer.get_layer("head_dropout").rate == 0.2
+    assert transfer.get_layer("head_dense1").kernel_regularizer.l2 == pytest.approx(1e-4)
+    backbone = backbone_of(transfer)
+    assert backbone is not None and not backbone.trainable
+    assert all(not w.trainable for w in backbone.weights)
+    # preprocessing is inside: raw 0..255 pixels in, 8 probabilities out
+    probs = transfer.predict(np.full((2, 96, 96, 3), 200.0, np.float32), verbose=0)
+    assert probs.shape == (2, 8) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_unfreeze_top_keeps_batchnorm_frozen_and_regularises_the_unfrozen_convs():
+    model = build_model("efficientnetv2b0", num_classes=8, image_size=96, weights=None)
+    losses_before = len(model.losses)
+    unfrozen = unfreeze_top(model, blocks=1, l2=1e-4)
+    backbone = backbone_of(model)
+    assert unfrozen and all(n.startswith(("block6", "top_")) for n in unfrozen)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
+    assert all(not layer.trainable for layer in backbone.layers if layer.name.startswith("block5"))
+    convs = [layer for layer in backbone.layers if layer.name in unfrozen
+             and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    assert convs and all(layer.kernel.regularizer is not None for layer in convs)
+    assert len(model.losses) == losses_before + len(convs)
+
+
+def test_custom_cnn_has_no_backbone_to_fine_tune():
+    cnn = build_model("custom_cnn", 8, 96, filters=[8, 16])
+    assert backbone_of(cnn) is None
+    with pytest.raises(ValueError, match="no pretrained backbone"):
+        unfreeze_top(cnn, 2)
+
+
+def test_weights_options_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; weights must be 'imagenet'.*null"):
+        build_model("efficientnetv2s", 8, 96, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ValueError, match="not an .h5 file"):
+        build_model("efficientnetv2s", 8, 96, weights=str(tmp_path / "weights.bin"))
+    bad = tmp_path / "broken_notop.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(RuntimeError, match="could not load efficientnetv2b0 weights.*local no-top .h5"):
+        build_model("efficientnetv2b0", 8, 96, weights=str(bad))
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
+        build_model("resnet", 8, 96)
+
+
+def test_local_h5_weights_are_loaded(tmp_path):
+    """A no-top .h5 saved from one backbone loads into a new one: the offline path."""
+    src = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(96, 96, 3))
+    path = tmp_path / "efficientnetv2-b0_notop.h5"
+    src.save_weights(path)
+    model = build_model("efficientnetv2b0", 8, 96, weights=str(path))
+    for a, b in zip(src.weights[:5], backbone_of(model).weights[:5]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tta_averages_the_eight_flips_and_saves_in_safe_mode(tmp_path, sample_dataset):
+    cnn = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
+    tta = with_tta(cnn)
+    x = sample_dataset.images[:4].astype(np.float32)
+    views = [np.rot90(v, k, axes=(1, 2)) for v in (x, x[:, :, ::-1]) for k in range(4)]
+    expected = np.mean([cnn.predict(np.ascontiguousarray(v), verbose=0) for v in views], axis=0)
+    np.testing.assert_allclose(tta.predict(x, verbose=0), expected, atol=1e-5)
+    # the same prediction for any flip or rotation of the input
+    np.testing.assert_allclose(tta.predict(np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), verbose=0), expected, atol=1e-5)
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.saving.load_model(tmp_path / "tta.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
