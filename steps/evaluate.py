@@ -16,6 +16,7 @@ from bloodcell.tables import metrics_tables
 from materializers import EvaluationReportMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
+from steps._model import log_to_model
 
 logger = get_logger(__name__)
 
@@ -46,4 +47,6 @@ def evaluate(
     if not gate.success:
         logger.warning("Quality gate FAILED: %s", "; ".join(r.describe() for r in gate.failures))
     log_metadata({**report.summary(), "quality_gate": report.params["quality_gate"]})
+    log_to_model({**report.summary(), "quality_gate": report.params["quality_gate"],
+                  "test_fingerprint": test.fingerprint, "test_samples": len(test)})
     return report

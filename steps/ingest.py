@@ -12,6 +12,7 @@ from bloodcell.ingest import read_source
 from bloodcell.tables import ingest_tables
 from materializers import DatasetMaterializer
 from steps._guard import guard
+from steps._model import log_code_version
 
 logger = get_logger(__name__)
 
@@ -27,6 +28,7 @@ def ingest(source: str, image_size: int = 96) -> Annotated[Dataset, "dataset"]:
         "Ingested %d images from %s (%s), fingerprint %s, conversions %s",
         len(ds), source, ds.info["format"], ds.fingerprint[:12], conversions or "none",
     )
+    log_code_version()
     guard("ingest", ingest_tables(ds))
     log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "class_counts": ds.class_counts()})
     return ds

@@ -20,6 +20,7 @@ from materializers import KerasModelMaterializer, TrainingHistoryMaterializer
 from steps._cache import content_cache_policy
 from steps._checkpoint import backup_dir
 from steps._guard import guard
+from steps._model import log_to_model
 
 logger = get_logger(__name__)
 
@@ -59,4 +60,7 @@ def train(
     guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
     log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),
                   "best_val_accuracy": max(history.get("val_accuracy", [0.0]))})
+    log_to_model({"architecture": architecture, "train_fingerprint": train.fingerprint, "train_samples": len(train),
+                  "val_fingerprint": val.fingerprint, "val_samples": len(val),
+                  "data_source": str(train.info.get("source", ""))})
     return net, result
