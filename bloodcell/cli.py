@@ -1,8 +1,10 @@
 """The ``bloodcell`` command line.
 
     bloodcell outliers INPUT --output flagged.csv [--config configs/train_cpu.yaml]
-    bloodcell predict MODEL.keras INPUT --output predictions.csv
-    bloodcell schedule --cron "0 3 * * 1" -c configs/train_cpu.yaml [--log runs.jsonl]
+    bloodcell predict MODEL INPUT --output predictions.csv      (MODEL: a .keras file or a model version)
+    bloodcell export [--version production|latest|N] --output model.keras
+    bloodcell lineage [--version production|latest|N] [--json]
+    bloodcell schedule [--cron "0 3 * * 1"] -c configs/retrain_weekly.yaml [--log runs.jsonl]
 """
 
 from __future__ import annotations
@@ -40,11 +42,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from bloodcell.ingest import read_unlabeled
     from bloodcell.predict import load_model, predict_table
 
-    model = load_model(args.model)
+    if args.model.endswith(".keras") or Path(args.model).exists():
+        model = load_model(args.model)
+    else:
+        from bloodcell.registry import load_version_model
+
+        version, model = load_version_model(args.model, args.model_name)
+        print(f"using {args.model_name} version {version.number} ({version.stage or 'no stage'})")
     images, ids = read_unlabeled(args.input, image_size=int(model.input_shape[1]))
     table = predict_table(model, images, ids)
     table.to_csv(args.output, index=False)
     print(f"predicted {len(table)} images; wrote {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bloodcell.registry import export_model
+
+    info = export_model(args.output, args.version, args.model_name)
+    acc = f", test accuracy {info['plain_accuracy']:.4f}" if isinstance(info["plain_accuracy"], float) else ""
+    print(f"exported {info['name']} version {info['version']} ({info['stage'] or 'no stage'}{acc}) to {info['output']}")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from bloodcell.registry import format_lineage, lineage
+
+    info = lineage(args.version, args.model_name)
+    sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n" if args.json else format_lineage(info))
     return 0
 
 
@@ -70,12 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_outliers)
     p = sub.add_parser("predict", help="classify a folder of images or an .npz with an exported .keras model")
-    p.add_argument("model", help="a .keras file (e.g. the pipeline's tuned_model artifact)")
+    p.add_argument("model", help="a .keras file, or a model version: production, staging, latest or a number")
     p.add_argument("input", help="a folder of images (searched recursively) or an .npz with an 'images' array")
     p.add_argument("--output", required=True, help="CSV to write: id,predicted_class,confidence,p_<class>...")
+    p.add_argument("--model-name", default="bloodcell-classifier", help="registered model, when MODEL is a version")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="write a model version's model as one self-contained .keras file")
+    p.add_argument("--version", default="production", help="production (default), staging, latest or a number")
+    p.add_argument("--output", required=True, help=".keras file to write")
+    p.add_argument("--model-name", default="bloodcell-classifier")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("lineage", help="which data, code and checks produced a model version")
+    p.add_argument("--version", default="production", help="production (default), staging, latest or a number")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--model-name", default="bloodcell-classifier")
+    p.set_defaults(func=cmd_lineage)
     p = sub.add_parser("schedule", help="run a pipeline on a cron schedule (for stacks that cannot schedule)")
-    p.add_argument("--cron", required=True, help="crontab line (5 fields, UTC) or 6 fields with seconds first")
+    p.add_argument("--cron", help="crontab line (5 fields, UTC) or 6 fields with seconds first "
+                   "(default: the config's schedule.cron_expression)")
     p.add_argument("-c", "--config", required=True, help="pipeline YAML config")
     p.add_argument("--source", default="pipelines.training.training_pipeline", help="pipeline to run")
     p.add_argument("--log", help="append each run's outcome to this JSON-lines file")
@@ -84,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # IngestError is a ValueError
+    except (ValueError, FileNotFoundError, LookupError) as exc:  # IngestError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
