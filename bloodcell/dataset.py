@@ -16,11 +16,15 @@ def image_hashes(images: np.ndarray) -> list[str]:
     return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
 
 
+UNLABELED = -1
+
+
 @dataclass
 class Dataset:
     """Images, labels and traceable ids of one set of samples.
 
-    ``images`` is uint8 (N, H, W, 3); ``labels`` int64 (N,) indexing ``class_names``;
+    ``images`` is uint8 (N, H, W, 3); ``labels`` int64 (N,) indexing ``class_names``, or
+    ``UNLABELED`` (-1) for images to predict on;
     ``ids`` names where each sample came from (a file path, or ``file.npz:row``).
     ``info`` carries provenance notes (source, conversions, ...) and must be JSON-serialisable.
     """
@@ -57,8 +61,13 @@ class Dataset:
         h.update("\n".join(self.ids).encode())
         return h.hexdigest()
 
+    @property
+    def labelled(self) -> bool:
+        return bool(np.all(self.labels != UNLABELED))
+
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        """Samples per class (unlabelled samples are not counted)."""
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
 
     def subset(self, index: np.ndarray | list[int], **info: Any) -> "Dataset":

@@ -57,6 +57,11 @@ def ingest_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
     return {"samples": sample_table(ds), "classes": class_table(ds)}
 
 
+def unlabeled_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
+    """Images to predict on: the per-sample table (its label column is -1 throughout)."""
+    return {"samples": sample_table(ds)}
+
+
 def filter_tables(before: Dataset, after: Dataset) -> dict[str, pd.DataFrame]:
     b, a = _counts(before), _counts(after)
     removed = len(before) - len(after)

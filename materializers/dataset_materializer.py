@@ -49,6 +49,7 @@ class DatasetMaterializer(BaseMaterializer):
             "samples": len(data),
             "image_shape": list(data.images.shape[1:]),
             "class_counts": data.class_counts(),
+            "labelled": data.labelled,
             "fingerprint": data.fingerprint,
             "source": str(data.info.get("source", "")),
             "conversions": {k: int(v) for k, v in conversions.items()},
@@ -59,6 +60,9 @@ class DatasetMaterializer(BaseMaterializer):
     def save_visualizations(self, data: Dataset) -> dict[str, VisualizationType]:
         if len(data) == 0:
             return {}
+        if not data.labelled:
+            strip = plots.image_strip(data.images, [i[-18:] for i in data.ids], max_images=48)
+            return {write_bytes(self, "samples.png", strip): VisualizationType.IMAGE}
         counts = write_bytes(self, "class_counts.png", plots.class_count_bars(data.class_counts(), f"{len(data)} samples per class"))
         grid = write_bytes(self, "samples.png", plots.sample_grid(data.images, np.asarray(data.labels), data.class_names))
         return {counts: VisualizationType.IMAGE, grid: VisualizationType.IMAGE}

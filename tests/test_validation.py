@@ -115,6 +115,7 @@ def _valid_tables(ds: Dataset) -> dict[str, tuple[dict, dict]]:
     history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.9]}
     return {
         "ingest": (tables.ingest_tables(ds), {}),
+        "predict_input": (tables.unlabeled_tables(Dataset(images=ds.images, labels=np.full(len(ds), -1), ids=ds.ids)), {}),
         "filter_outliers": (tables.filter_tables(ds, ds), {"max_fraction": 0.05}),
         "split": (tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}), {}),
         "rebalance": (tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids)), {}),

@@ -1,0 +1,41 @@
+"""Inference step 2: classify the images with the model version the pipeline is configured with
+(``model: {name: ..., version: production}``), keep the table as an artifact and write a CSV."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import pandas as pd
+from zenml import get_step_context, log_metadata, step
+from zenml.logger import get_logger
+
+from bloodcell.dataset import Dataset
+from bloodcell.predict import predict_table
+
+logger = get_logger(__name__)
+
+MODEL_ARTIFACT = "tuned_model"  # the training pipeline's shipped model
+
+
+@step(enable_cache=False)
+def predict(images: Dataset, output: str | None = "predictions.csv") -> Annotated[pd.DataFrame, "predictions"]:
+    """``id, predicted_class, confidence, p_<class>...`` for every image; also written to
+    ``output`` (relative to the working directory; null: no file)."""
+    version = get_step_context().model
+    artifact = version.get_artifact(MODEL_ARTIFACT)
+    if artifact is None:
+        raise RuntimeError(f"model {version.name} version {version.version} has no {MODEL_ARTIFACT!r} artifact: "
+                           "is it a version made by the training pipeline?")
+    model = artifact.load()
+    table = predict_table(model, images.images, images.ids)
+    if output:
+        tmp = f"{output}.partial"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, output)  # never a half-written CSV
+        logger.info("Wrote %d predictions to %s", len(table), os.path.abspath(output))
+    counts = table.predicted_class.value_counts().to_dict()
+    log_metadata({"model_name": version.name, "model_version": str(version.number), "predicted": len(table),
+                  "predicted_per_class": {k: int(v) for k, v in counts.items()},
+                  "output": os.path.abspath(output) if output else ""})
+    return table
