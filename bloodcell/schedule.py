@@ -1,7 +1,9 @@
 """Scheduled pipeline runs for stacks whose orchestrator cannot run ZenML schedules (the local one).
 
 ``bloodcell schedule --cron EXPR -c CONFIG`` triggers ``zenml pipeline run`` on a cron schedule
-with APScheduler: never two runs at once (a trigger that fires while a run is going is skipped
+with APScheduler (EXPR defaults to the config's own ``schedule.cron_expression``, which is
+removed from the config each run is given: the local orchestrator cannot run ZenML schedules, so
+this process is the scheduler): never two runs at once (a trigger that fires while a run is going is skipped
 and logged), each run's outcome logged (and appended as a JSON line to ``--log``), and a failed
 run does not stop the schedule. EXPR is a 5-field crontab line, or 6 fields with seconds first.
 """
@@ -12,9 +14,12 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 logger = logging.getLogger("bloodcell.schedule")
 
@@ -67,13 +72,31 @@ class PipelineRunner:
         return outcome
 
 
-def run_schedule(cron: str, config: str, source: str, log_file: str | None = None, max_runs: int | None = None) -> list[dict]:
-    """Block and run on ``cron`` until interrupted, or until ``max_runs`` runs have finished."""
-    from apscheduler.schedulers.blocking import BlockingScheduler
-
+def unscheduled_config(config: str) -> tuple[str, str | None]:
+    """A copy of ``config`` without its ``schedule:`` section, and that section's cron expression
+    (None if it has none). The copy lives in a temporary file kept for the process's lifetime."""
     if not Path(config).is_file():
         raise FileNotFoundError(f"{config}: pipeline config not found")
-    runner = PipelineRunner(config, source, log_file)
+    cfg = yaml.safe_load(Path(config).read_text()) or {}
+    schedule = cfg.pop("schedule", None) or {}
+    if not schedule:
+        return config, None
+    tmp = tempfile.NamedTemporaryFile("w", prefix=Path(config).stem + ".", suffix=".yaml", delete=False)
+    with tmp:
+        yaml.safe_dump(cfg, tmp, sort_keys=False)
+    return tmp.name, schedule.get("cron_expression")
+
+
+def run_schedule(cron: str | None, config: str, source: str, log_file: str | None = None, max_runs: int | None = None) -> list[dict]:
+    """Block and run on ``cron`` (default: the config's ``schedule.cron_expression``) until
+    interrupted, or until ``max_runs`` runs have finished."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    run_config, config_cron = unscheduled_config(config)
+    cron = cron or config_cron
+    if not cron:
+        raise ValueError(f"{config} has no schedule.cron_expression: give --cron")
+    runner = PipelineRunner(run_config, source, log_file)
     scheduler = BlockingScheduler(timezone="UTC")
 
     def job() -> None:
@@ -87,4 +110,7 @@ def run_schedule(cron: str, config: str, source: str, log_file: str | None = Non
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
         pass
+    finally:
+        if run_config != config:
+            Path(run_config).unlink(missing_ok=True)
     return runner.outcomes

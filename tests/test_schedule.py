@@ -42,12 +42,13 @@ def test_cron_expressions():
 def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path):
     proj = make_sandbox(tmp_path / "proj")
     (proj / "sched_probe.py").write_text(PROBE)
-    (proj / "sched.yaml").write_text("enable_cache: false\n")
+    # the cron comes from the config's ZenML `schedule:` section, which is stripped for the local stack
+    (proj / "sched.yaml").write_text("enable_cache: false\nschedule:\n  cron_expression: '*/2 * * * * *'\n")
     (proj / "fail_next").write_text("")
     log = tmp_path / "runs.jsonl"
     env = {**os.environ, "PYTHONPATH": str(proj)}
     res = subprocess.run(
-        [sys.executable, "-m", "bloodcell.cli", "schedule", "--cron", "*/2 * * * * *", "-c", "sched.yaml",
+        [sys.executable, "-m", "bloodcell.cli", "schedule", "-c", "sched.yaml",
          "--source", "sched_probe.sched_probe", "--log", str(log), "--max-runs", "3"],
         cwd=proj, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -61,3 +62,75 @@ def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path)
         assert datetime.fromisoformat(nxt["started"]) >= datetime.fromisoformat(prev["finished"])
     assert max(o["seconds"] for o in outcomes) > 2
     assert "skipped" in res.stderr or "maximum number of running instances reached" in res.stderr
+
+
+def test_retrain_weekly_config_carries_a_schedule_that_the_local_runner_strips():
+    from bloodcell.schedule import unscheduled_config
+    from conftest import ROOT
+
+    path, cron = unscheduled_config(str(ROOT / "configs" / "retrain_weekly.yaml"))
+    try:
+        assert cron == "0 3 * * 1"
+        import yaml
+
+        cfg = yaml.safe_load(open(path))
+        assert "schedule" not in cfg and cfg["model"]["name"] == "bloodcell-classifier"
+        assert cfg["steps"]["train"]["parameters"]["architecture"] == "custom_cnn"
+    finally:
+        os.unlink(path)
+
+
+def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(tmp_path):
+    """The real training pipeline on a schedule of seconds: the second run finds nothing new and is
+    served from the cache; after new images land in the source folder, the next run retrains."""
+    import shutil
+
+    import yaml
+    from zenml.client import Client
+
+    from conftest import SAMPLE
+
+    proj = make_sandbox(tmp_path / "proj")
+    source = tmp_path / "incoming"
+    shutil.copytree(SAMPLE, source)
+    extra = {}  # 5 images per class held back, to arrive later
+    for cls in sorted(p for p in source.iterdir() if p.is_dir()):
+        for f in sorted(cls.iterdir())[-5:]:
+            extra[f] = f.read_bytes()
+            f.unlink()
+    cfg = yaml.safe_load((proj / "configs" / "retrain_weekly.yaml").read_text())
+    quick = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
+    cfg["steps"] = quick["steps"]
+    cfg["steps"]["ingest"]["parameters"]["source"] = str(source)
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, recalibrate_samples_per_epoch=32)
+    cfg["steps"]["evaluate"]["parameters"]["corruption_samples"] = None
+    for step, key in (("train", "min_val_accuracy"), ("fine_tune", "min_val_accuracy"),
+                      ("evaluate", "min_plain_accuracy"), ("evaluate", "min_noisy_accuracy")):
+        cfg["steps"][step]["parameters"][key] = 0.0
+    cfg["model"]["name"] = "bloodcell-schedule-test"
+    cfg["schedule"]["cron_expression"] = "*/2 * * * * *"
+    (proj / "configs" / "weekly_fast.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(proj)}
+
+    def schedule(runs: int) -> list[dict]:
+        log = tmp_path / f"runs{runs}.jsonl"
+        res = subprocess.run([sys.executable, "-m", "bloodcell.cli", "schedule", "-c", "configs/weekly_fast.yaml",
+                              "--log", str(log), "--max-runs", str(runs)],
+                             cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    first, second = schedule(2)
+    assert first["status"] == second["status"] == "completed"
+    runs = Client().list_pipeline_runs(sort_by="desc:created", size=2, pipeline_name="training_pipeline").items
+    statuses = {name: str(s.status) for name, s in runs[0].steps.items()}
+    assert all(statuses[s] == "cached" for s in ("filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate")), statuses
+    assert second["seconds"] < first["seconds"] / 2  # seconds, not a retraining
+
+    for f, data in extra.items():
+        f.write_bytes(data)
+    (third,) = schedule(1)
+    assert third["status"] == "completed"
+    latest = Client().list_pipeline_runs(sort_by="desc:created", size=1, pipeline_name="training_pipeline").items[0]
+    assert str(latest.steps["train"].status) == "completed"  # retrained on the new images
+    assert len(latest.steps["ingest"].outputs["dataset"][0].load()) == 400

@@ -68,7 +68,7 @@ def gpu_project(tmp_path_factory):
     (proj / "probe.py").write_text(PROBE)
     (proj / "probe.yaml").write_text("steps:\n  where:\n    step_operator: gpu\n  maybe_crash:\n    step_operator: gpu\n")
     locks = tmp_path_factory.mktemp("locks")
-    zenml(proj, "step-operator", "flavor", "register", "bloodcell.step_operator.LocalGPUStepOperatorFlavor")
+    zenml(proj, "step-operator", "flavor", "register", "bloodcell.step_operator.LocalGPUStepOperatorFlavor", check=False)
     zenml(proj, "step-operator", "register", "gpu", "--flavor=local_gpu", "--gpus=[0, 1]", f"--lock_dir={locks}")
     zenml(proj, "stack", "register", "gpu-local", "-o", "default", "-a", "default", "-s", "gpu", "--set")
     return proj

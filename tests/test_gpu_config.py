@@ -1,0 +1,56 @@
+"""configs/train_gpu.yaml runs as written, on this CPU: EfficientNetV2S (weights null), fine-tuning,
+TTA, MirroredStrategy, and the heavy steps placed on the step operator the config names (here the
+local_gpu flavor, each step in its own process). Only sizes, the data path and mixed precision
+(float16 is a GPU feature) are changed."""
+
+from __future__ import annotations
+
+import yaml
+
+from benchmarks.sandbox import make_sandbox, zenml
+
+OPERATOR = "gpu-config-test"  # the config's `gpu`, under a name no other test registers
+
+
+def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
+    from zenml.client import Client
+
+    proj = make_sandbox(tmp_path / "proj")
+    text = (proj / "configs" / "train_gpu.yaml").read_text()
+    assert text.count("step_operator: gpu\n") == 4  # rebalance, train, fine_tune, evaluate
+    cfg = yaml.safe_load(text.replace("step_operator: gpu\n", f"step_operator: {OPERATOR}\n"))
+    steps = cfg["steps"]
+    assert steps["train"]["parameters"]["architecture"] == "efficientnetv2s"
+    assert steps["train"]["parameters"]["model"]["weights"] == "imagenet"
+    cfg["model"]["name"] = "bloodcell-gpu-config-test"
+    steps["ingest"]["parameters"]["source"] = "data/sample"
+    steps["filter_outliers"]["parameters"]["n_components"] = 16
+    steps["rebalance"]["parameters"]["multiplier"] = 1.0
+    steps["train"]["parameters"]["model"]["weights"] = None
+    for name in ("train", "fine_tune"):
+        p = steps[name]["parameters"]
+        p["training"].update(epochs=1, batch_size=32, mixed_precision=False)
+        if "recalibrate_samples_per_epoch" in p["training"]:
+            p["training"]["recalibrate_samples_per_epoch"] = 64
+        p["min_val_accuracy"] = 0.0
+    steps["evaluate"]["parameters"].update(corruption_samples=8, min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
+    (proj / "configs" / "gpu_tiny.yaml").write_text(yaml.safe_dump(cfg))
+
+    zenml(proj, "step-operator", "flavor", "register", "bloodcell.step_operator.LocalGPUStepOperatorFlavor", check=False)
+    zenml(proj, "step-operator", "register", OPERATOR, "--flavor=local_gpu", "--gpus=[0]", f"--lock_dir={tmp_path / 'locks'}")
+    zenml(proj, "stack", "register", OPERATOR, "-o", "default", "-a", "default", "-s", OPERATOR, "--set")
+    try:
+        zenml(proj, "pipeline", "run", "pipelines.training.training_pipeline", "-c", "configs/gpu_tiny.yaml")
+    finally:
+        zenml(proj, "stack", "set", "default", check=False)
+    run = Client().get_pipeline("training_pipeline").last_run
+    assert str(run.status) == "completed"
+    for name in ("rebalance", "train", "fine_tune", "evaluate"):
+        assert run.steps[name].config.step_operator == OPERATOR
+    assert run.steps["split"].config.step_operator is None
+    train_meta = run.steps["train"].outputs["training_history"][0].load().info
+    assert train_meta["architecture"] == "efficientnetv2s" and train_meta["distribute"] == "mirrored"
+    ft = run.steps["fine_tune"].run_metadata
+    assert ft["skipped"] is False and ft["unfrozen_layers"] > 0 and ft["epochs"] == 1 and ft["tta"] is True
+    model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    assert model.name == "efficientnetv2s_transfer_tta" and model.output_shape == (None, 8)
