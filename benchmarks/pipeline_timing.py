@@ -58,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--save-report", help="also write the first run's evaluation report (JSON) here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bloodcell-bench-") as tmp:
         env = {**os.environ, "ZENML_CONFIG_PATH": str(Path(tmp) / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
@@ -87,6 +88,13 @@ def main() -> None:
         print(f"test split (n={report.sets['plain'].n}): plain accuracy {report.sets['plain'].accuracy:.4f}, "
               f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise sigma={report.params['noise_sigma']:g}: "
               f"accuracy {report.sets['noisy'].accuracy:.4f}")
+        if report.corruptions:
+            print(f"corruptions (accuracy on {report.corruptions[0]['n']} test images):")
+            for r in report.corruptions:
+                if r["severity"]:
+                    print(f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): {r['accuracy']:.4f}")
+        if args.save_report:
+            Path(args.save_report).write_text(json.dumps(report.to_dict(), indent=1))
 
 
 if __name__ == "__main__":

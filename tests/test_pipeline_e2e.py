@@ -17,7 +17,9 @@ from PIL import Image
 
 from benchmarks.sandbox import make_sandbox, zenml
 
-STEPS = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate"]
+STEPS = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate", "promote"]
+CACHEABLE = STEPS[1:-1]  # ingest reads the disk and promote asks the registry: both always run
+MODEL = "bloodcell-e2e"  # its own registered model: other tests' runs share this ZenML store
 
 
 def _run(proj: Path, config: str = "configs/tiny.yaml", check: bool = True):
@@ -42,6 +44,7 @@ def project(tmp_path_factory) -> Path:
     cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
+    cfg["model"]["name"] = MODEL
     (proj / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return proj
 
@@ -81,18 +84,24 @@ def test_first_run_produces_every_artifact(first_run):
     probs = model.predict(parts["test"].images[:2].astype("float32"), verbose=0)
     assert probs.shape == (2, 8)
 
-    report = run.steps["evaluate"].outputs["evaluation"][0].load()
+    report_art = run.steps["evaluate"].outputs["evaluation"][0]
+    report = report_art.load()
     assert isinstance(report, EvaluationReport)
     assert set(report.sets) == {"plain", "noisy"}
+    # corruption table: 6 corruptions x (clean + 3 severities) on all 40 test images, plotted
+    assert len(report.corruptions) == 24 and {r["n"] for r in report.corruptions} == {40}
+    assert {r["corruption"] for r in report.corruptions} == {"jpeg", "blur", "brightness", "contrast", "saturation", "pixelate"}
+    assert "corruptions" in report.markdown() and len(report_art.visualizations) == 4  # table, 2 confusions, curves
     assert sum(map(sum, report.sets["plain"].confusion)) == 40
     # the report's accuracy is the model's accuracy on the test split, in inference mode
     acc = (model.predict(parts["test"].images.astype("float32"), verbose=0).argmax(1) == parts["test"].labels).mean()
     assert report.sets["plain"].accuracy == pytest.approx(acc)
     assert run.steps["fine_tune"].run_metadata["skipped"] is True
+    assert model.name == "custom_cnn_tta"  # tta: true wraps the shipped model
     assert report.params["quality_gate"] == "passed"
 
     # every guarded step kept its Great Expectations result as an artifact with a visualization
-    for step in ("ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate"):
+    for step in STEPS[:-1]:
         art = run.steps[step].outputs[f"{step}_expectations"][0]
         validation = art.load()
         assert validation.success and len(validation.results) >= 1, step
@@ -100,21 +109,88 @@ def test_first_run_produces_every_artifact(first_run):
         assert len(art.visualizations) == 1
 
 
-def test_exported_model_predicts_like_the_pipeline(first_run, tmp_path):
-    """The tuned model, saved as one .keras file, classifies the test split as `evaluate` did."""
+def _version(run):
+    from zenml.client import Client
+
+    return Client().get_pipeline_run(run.id).model_version
+
+
+def test_first_version_is_promoted_and_exports_from_the_registry(project, first_run, tmp_path):
+    """No production version yet: the first run's passes the gate and is promoted. `bloodcell export`
+    writes it from the registry; its predictions (and those of `predict production`) are evaluate's."""
+    from zenml.client import Client
+
     from bloodcell.cli import main as cli
 
-    model = first_run.steps["fine_tune"].outputs["tuned_model"][0].load()
-    model.save(tmp_path / "model.keras")
+    decision = first_run.steps["promote"].outputs["promotion"][0].load()
+    assert decision["promoted"] is True and decision["reason"] == "no production version yet"
+    production = Client().get_model_version(MODEL, "production")
+    assert production.id == _version(first_run).id
+    meta = production.run_metadata
+    assert meta["promotion_promoted"] is True and meta["quality_gate"] == "passed"
     test = first_run.steps["split"].outputs["test"][0].load()
+    assert meta["test_fingerprint"] == test.fingerprint and "train_fingerprint" in meta
+    report = first_run.steps["evaluate"].outputs["evaluation"][0].load()
+    assert meta["plain_accuracy"] == pytest.approx(report.sets["plain"].accuracy)
+
+    out = tmp_path / "exported.keras"
+    assert cli(["export", "--version", "production", "--model-name", MODEL, "--output", str(out)]) == 0
     np.savez(tmp_path / "test.npz", images=test.images)
-    assert cli(["predict", str(tmp_path / "model.keras"), str(tmp_path / "test.npz"), "--output", str(tmp_path / "p.csv")]) == 0
+    import keras
     import pandas as pd
 
-    predicted = pd.read_csv(tmp_path / "p.csv").predicted_class.tolist()
-    accuracy = np.mean([p == test.class_names[y] for p, y in zip(predicted, test.labels)])
-    report = first_run.steps["evaluate"].outputs["evaluation"][0].load()
-    assert accuracy == pytest.approx(report.sets["plain"].accuracy)
+    exported = keras.saving.load_model(out, safe_mode=True)
+    assert exported.input_shape == (None, 96, 96, 3) and exported.output_shape == (None, 8)
+    for model_arg in (str(out), "production"):
+        csv = tmp_path / "p.csv"
+        assert cli(["predict", model_arg, str(tmp_path / "test.npz"), "--model-name", MODEL, "--output", str(csv)]) == 0
+        predicted = pd.read_csv(csv).predicted_class.tolist()
+        accuracy = np.mean([p == test.class_names[y] for p, y in zip(predicted, test.labels)])
+        assert accuracy == pytest.approx(report.sets["plain"].accuracy), model_arg
+    assert cli(["export", "--version", "99", "--model-name", MODEL, "--output", str(out)]) == 2
+
+
+def test_worse_model_is_not_promoted(project, first_run):
+    """A version trained with a learning rate of ~0 (an untrained network) passes the zero gate
+    but loses to production on the same test split: production stays where it was."""
+    from zenml.client import Client
+
+    cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, learning_rate=1e-12)
+    (project / "configs" / "worse.yaml").write_text(yaml.safe_dump(cfg))
+    run, _ = _run(project, "configs/worse.yaml")
+    decision = run.steps["promote"].outputs["promotion"][0].load()
+    first = first_run.steps["evaluate"].outputs["evaluation"][0].load().sets["plain"].accuracy
+    assert decision["promoted"] is False and "does not beat production" in decision["reason"]
+    assert decision["production_value"] == pytest.approx(first)  # production re-scored on this split
+    assert decision["new_value"] < decision["production_value"]
+    assert Client().get_model_version(MODEL, "production").id == _version(first_run).id
+    assert _version(run).run_metadata["promotion_promoted"] is False
+
+
+def test_inference_pipeline_predicts_with_the_production_version(project, first_run):
+    from zenml.client import Client
+
+    import pandas as pd
+
+    cfg = yaml.safe_load((project / "configs" / "predict.yaml").read_text())
+    cfg["model"]["name"] = MODEL
+    cfg["steps"]["predict"]["parameters"]["output"] = "out/predictions.csv"
+    (project / "out").mkdir(exist_ok=True)
+    (project / "configs" / "predict_e2e.yaml").write_text(yaml.safe_dump(cfg))
+    zenml(project, "pipeline", "run", "pipelines.inference.inference_pipeline", "-c", "configs/predict_e2e.yaml")
+    run = Client().get_pipeline("inference_pipeline").last_run
+    assert str(run.status) == "completed"
+    production = Client().get_model_version(MODEL, "production")
+    assert _version(run).id == production.id  # the run is linked to the version it used
+    table = run.steps["predict"].outputs["predictions"][0].load()
+    csv = pd.read_csv(project / "out" / "predictions.csv")
+    assert len(table) == len(csv) == 400 and list(csv.columns[:3]) == ["id", "predicted_class", "confidence"]
+    images = run.steps["ingest_unlabeled"].outputs["images"][0].load()
+    model = first_run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    expected = model.predict(images.images[:16].astype("float32"), verbose=0).argmax(1)
+    assert table.predicted_class[:16].tolist() == [images.class_names[i] for i in expected]
+    assert run.steps["ingest_unlabeled"].outputs["predict_input_expectations"][0].load().success
 
 
 def test_caching(project, first_run):
@@ -124,7 +200,8 @@ def test_caching(project, first_run):
     run2, _ = _run(project)
     status = _status(run2)
     assert status["ingest"] == "completed"
-    assert all(status[s] == "cached" for s in STEPS[1:]), status
+    assert all(status[s] == "cached" for s in CACHEABLE), status
+    assert status["promote"] == "completed"
     assert fingerprint(run2) == fingerprint(first_run)
 
     # 2. one image changed: new fingerprint, every step reruns
