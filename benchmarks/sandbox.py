@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bloodcell.runlog import failure_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("bloodcell", "steps", "materializers", "pipelines", "configs")
 ZENML = str(Path(sys.executable).parent / "zenml")
@@ -31,5 +33,6 @@ def zenml(proj: Path, *args: str, check: bool = True, env: dict[str, str] | None
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(proj), "ZENML_LOGGING_COLORS_DISABLED": "true"}
     res = subprocess.run([ZENML, *args], cwd=proj, env=full_env, capture_output=True, text=True, timeout=1800)
     if check and res.returncode != 0:
-        raise RuntimeError(f"zenml {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+        raise RuntimeError(f"zenml {' '.join(args)} failed ({res.returncode}):\n{failure_lines(res.stdout + res.stderr)}")
     return res
+

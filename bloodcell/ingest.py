@@ -11,6 +11,7 @@ converted to 8-bit RGB (alpha composited on white) and every conversion is count
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -21,8 +22,14 @@ from PIL import Image, UnidentifiedImageError
 from bloodcell import CLASS_NAMES
 from bloodcell.dataset import Dataset
 
+# Files a folder of images to classify may carry beside the images (an attribution README, a
+# licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
+DOC_SUFFIXES = {".md", ".txt", ".rst", ".csv", ".json", ".yaml", ".yml", ".html", ".pdf"}
+DOC_NAMES = {"README", "LICENSE", "LICENCE", "NOTICE", "COPYING", "AUTHORS"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 MEDMNIST_PARTS = ("train", "val", "test")
+
+logger = logging.getLogger("bloodcell.ingest")
 
 
 class IngestError(ValueError):
@@ -248,6 +255,10 @@ def read_source(source: str | os.PathLike, image_size: int = 96, class_names: tu
     return ds
 
 
+def _is_doc(path: Path) -> bool:
+    return path.suffix.lower() in DOC_SUFFIXES or path.stem.upper() in DOC_NAMES
+
+
 def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.ndarray, list[str]]:
     """Images to predict on, and their ids: every image file under a folder (recursively, ids
     relative to it), or the ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids
@@ -257,7 +268,11 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.
         raise IngestError(f"{path}: no such file or folder (rule: give a folder of images or an .npz)")
     conversions: Counter = Counter()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = [p for p in found if not _is_doc(p)]
+        if len(files) < len(found):
+            logger.info("%s: skipped %d documentation files (%s)", path, len(found) - len(files),
+                        ", ".join(p.relative_to(path).as_posix() for p in found if _is_doc(p))[:200])
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
         images = np.stack([load_image(p, image_size, conversions) for p in _progress(files, "reading images")])

@@ -79,9 +79,13 @@ def lineage(version: str = "latest", name: str = MODEL_NAME, load_reports: bool 
     """Everything that made a model version: the run(s) linked to it with their config and code
     version, every step (status, cached, duration, where it ran), its input and output artifacts
     (name, version, fingerprint, uri, source) and the expectation results that guarded it."""
+    from zenml.client import Client
+    from zenml.utils.pagination_utils import depaginate
+
     mv = get_version(version, name)
     runs = []
-    for run in sorted(mv.pipeline_runs.values(), key=lambda r: r.created):
+    linked = depaginate(Client().list_pipeline_runs, linked_to_model_version_id=mv.id, sort_by="asc:created")
+    for run in linked:
         stack = run.stack
         steps = []
         for step_name, s in run.steps.items():

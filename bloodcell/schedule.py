@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from bloodcell.runlog import failure_lines
+
 logger = logging.getLogger("bloodcell.schedule")
 
 
@@ -59,9 +61,7 @@ class PipelineRunner:
             "exit_code": proc.returncode,
         }
         if proc.returncode:
-            lines = (proc.stdout + proc.stderr).splitlines()
-            plain = [ln for ln in lines if not any(ch in ln for ch in "│╭╰─")]  # drop rich's boxes
-            outcome["error"] = "\n".join(ln for ln in plain if "Error" in ln or "Failed" in ln)[-2000:]
+            outcome["error"] = failure_lines(proc.stdout + proc.stderr)[-3000:]
             logger.error("run failed (exit %d) after %.1f s; the schedule goes on", proc.returncode, outcome["seconds"])
         else:
             logger.info("run completed in %.1f s", outcome["seconds"])

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from zenml.config.step_run_info import StepRunInfo
 
 FLAVOR = "local_gpu"
+ZENML_ENTRYPOINT = "zenml.entrypoints.entrypoint"
+LOCAL_ENTRYPOINT = "bloodcell.local_entrypoint"
 
 
 class LocalGPUStepOperatorConfig(BaseStepOperatorConfig):
@@ -85,6 +87,9 @@ class LocalGPUStepOperator(BaseStepOperator):
             if entrypoint_command and entrypoint_command[0] in ("python", "python3"):
                 # the same interpreter (and so the same environment) as the orchestrator
                 entrypoint_command = [sys.executable, *entrypoint_command[1:]]
+            if entrypoint_command[1:3] == ["-m", ZENML_ENTRYPOINT]:
+                # ZenML's entrypoint, minus its container set-up (cd /app): see bloodcell.local_entrypoint
+                entrypoint_command = [entrypoint_command[0], "-m", LOCAL_ENTRYPOINT, *entrypoint_command[3:]]
             print(f"[local_gpu] step '{name}' starts in a new process on GPU {gpu}", flush=True)
             proc = subprocess.Popen(entrypoint_command, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, bufsize=1)

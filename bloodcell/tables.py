@@ -79,7 +79,9 @@ def split_tables(whole: Dataset, parts: dict[str, Dataset], expected: dict[str, 
     rows, sizes, samples = [], [], []
     for name, part in parts.items():
         frac = _counts(part) / max(len(part), 1)
-        rows += [{"split": name, "class": c, "fraction": f, "difference_pp": 100 * (f - w)}
+        # a stratified split is off by rounding only: under two samples a class, however small the split
+        rows += [{"split": name, "class": c, "fraction": f, "difference_pp": 100 * (f - w),
+                  "difference_samples": (f - w) * len(part)}
                  for c, f, w in zip(whole.class_names, frac, whole_frac)]
         fraction = len(part) / max(len(whole), 1)
         sizes.append({"split": name, "samples": len(part), "fraction": fraction,

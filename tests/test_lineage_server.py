@@ -45,7 +45,8 @@ def served(tmp_path_factory):
     port = _free_port()
     run(ZENML, "login", "--local", "--port", str(port))
     try:
-        url = run(sys.executable, "-c", "from zenml.client import Client; print(Client().zen_store.url)").stdout.strip()
+        # the first client call on the new store may first say it reset the repo's project and stack
+        url = run(sys.executable, "-c", "from zenml.client import Client; print(Client().zen_store.url)").stdout.split()[-1]
         assert url.startswith("http://127.0.0.1:") and url.endswith(str(port)), url
         run(ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", "configs/tiny.yaml")
         yield run

@@ -3,9 +3,11 @@ options and their errors, and test-time augmentation inside the model."""
 
 from __future__ import annotations
 
+import h5py
 import keras
 import numpy as np
 import pytest
+from keras.src.legacy.saving import legacy_h5_format
 
 from bloodcell.models import backbone_of, build_model, unfreeze_top, with_tta
 
@@ -67,7 +69,9 @@ def test_local_h5_weights_are_loaded(tmp_path):
     """A no-top .h5 saved from one backbone loads into a new one: the offline path."""
     src = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(96, 96, 3))
     path = tmp_path / "efficientnetv2-b0_notop.h5"
-    src.save_weights(path)
+    # the legacy HDF5 layout of the files Keras downloads (keras.applications' *_notop.h5)
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, src)
     model = build_model("efficientnetv2b0", 8, 96, weights=str(path))
     for a, b in zip(src.weights[:5], backbone_of(model).weights[:5]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -44,6 +44,17 @@ def test_npz_prediction_ids_and_labels_ignored(tmp_path, sample_dataset, saved_m
     assert np.allclose(table[[f"p_{c}" for c in CLASS_NAMES]].sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_documentation_files_are_skipped_anything_else_must_be_an_image(small_tree):
+    n = sum(1 for p in small_tree.rglob("*") if p.is_file())
+    (small_tree / "README.md").write_text("attribution")
+    (small_tree / "ig" / "LICENSE").write_text("CC BY 4.0")
+    images, ids = read_unlabeled(small_tree)
+    assert len(images) == len(ids) == n and "README.md" not in ids
+    (small_tree / "ig" / "notes.dat").write_bytes(b"not an image")
+    with pytest.raises(IngestError, match=r"notes\.dat: not an image file"):
+        read_unlabeled(small_tree)
+
+
 def test_bad_model_and_bad_input_are_clear_errors(tmp_path, small_tree, saved_model, capsys):
     assert cli(["predict", str(tmp_path / "none.keras"), str(small_tree), "--output", str(tmp_path / "p.csv")]) == 2
     assert "not a .keras model file" in capsys.readouterr().err

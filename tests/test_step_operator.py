@@ -17,11 +17,13 @@ from bloodcell.step_operator import acquire_gpu
 PROBE = '''
 import os
 from zenml import log_metadata, pipeline, step
+from zenml.utils import source_utils
 
 
 @step(enable_cache=False)
 def where() -> int:
-    log_metadata({"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+    log_metadata({"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                  "cwd": os.getcwd(), "source_root": source_utils.get_source_root()})
     return os.getpid()
 
 
@@ -94,6 +96,9 @@ def test_steps_run_in_their_own_processes_with_a_gpu(gpu_project):
     assert cli_pid not in pids.values() and len(set(pids.values())) == 2
     assert all(s.run_metadata["cuda_visible_devices"] in ("0", "1") for s in run.steps.values())
     assert "[local_gpu] step 'where' starts in a new process on GPU" in out
+    # the step process works where the orchestrator does: the repository, its source root, relative paths
+    meta = run.steps["where"].run_metadata
+    assert meta["cwd"] == meta["source_root"] == str(gpu_project.resolve())
 
 
 def test_a_crash_in_the_step_process_fails_the_run_with_its_traceback(gpu_project):

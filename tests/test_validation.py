@@ -80,6 +80,15 @@ def test_filter_split_rebalance_breakages(sample_dataset):
     assert any("samples.id" in x for x in f) and any("samples.splits_with_this_image" in x for x in f)
     f = failed("split", tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.7, "val": 0.1, "test": 0.2}))
     assert any("sizes.difference_pp" in x for x in f)
+    # the class balance is judged in samples, so a small stratified split passes (45 a class: one
+    # val image is 2.8 points) and a split that is not stratified fails
+    small = ds.subset(np.concatenate([np.flatnonzero(ds.labels == c)[:45] for c in range(8)]))
+    tr, va, te = stratified_split(small)
+    assert not failed("split", tables.split_tables(small, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}))
+    rest = np.setdiff1d(np.arange(len(small)), np.arange(36))
+    f = failed("split", tables.split_tables(small, {"train": small.subset(rest), "val": small.subset(np.arange(36)), "test": te},
+                                            {"train": 0.8, "val": 0.1, "test": 0.1}))
+    assert any("class_proportions.difference_samples" in x for x in f)
 
     missing = tr.subset(np.arange(1, len(tr)))
     f = failed("rebalance", tables.rebalance_tables(tr, missing, set(va.ids)))
