@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,28 +80,47 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     ]
 
 
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
+def _training_forward(model: keras.Model):
+    """``model(x, training=True)`` as one compiled function a model, traced (once) while every
+    batch-norm momentum is 0, so each call leaves the batch's own statistics in the moving
+    averages. The training step's compiled function is not affected: it was traced with the real
+    momentum, which is a Python float read only when tracing."""
+    if model not in _FORWARD:
+        _FORWARD[model] = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
+    return _FORWARD[model]
+
+
 def recalibrate_batchnorm(model: keras.Model, batches: Any) -> int:
     """Recompute the moving mean/variance of every trainable BatchNormalization layer as the
-    average over ``batches`` (an iterable of float image batches). Returns the batch count."""
+    average over ``batches`` (an iterable of float image batches) of the batch statistics.
+    Returns the batch count; with no batches the statistics are left as they were."""
     bns = batchnorm_layers(model)
     if not bns:
         return 0
     momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.moving_mean.assign(keras.ops.zeros_like(bn.moving_mean))
-        bn.moving_variance.assign(keras.ops.ones_like(bn.moving_variance))
-    # With momentum k/(k+1) at batch k the moving value becomes the running average.
+    means = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
+    variances = [np.zeros(bn.moving_variance.shape, np.float64) for bn in bns]
     k = 0
     try:
+        for bn in bns:
+            bn.momentum = 0.0
+        forward = _training_forward(model)
         for batch in batches:
-            for bn in bns:
-                bn.momentum = k / (k + 1.0)
-            # momentum is read when tracing: a new value means a new trace, so run eagerly.
-            model(batch, training=True)
+            forward(batch)
+            for bn, m, v in zip(bns, means, variances):
+                m += np.asarray(bn.moving_mean)
+                v += np.asarray(bn.moving_variance)
             k += 1
+        for bn, m, v in zip(bns, means, variances):
+            if k:
+                bn.moving_mean.assign((m / k).astype(np.float32))
+                bn.moving_variance.assign((v / k).astype(np.float32))
     finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
     return k
 
 

@@ -41,6 +41,9 @@ def test_recalibration_sets_moving_stats_to_the_data_statistics(sample_dataset):
     per_batch_var = np.mean([np.asarray(conv(b)).var(axis=(0, 1, 2)) for b in batches], axis=0)
     np.testing.assert_allclose(np.asarray(bn.moving_variance), per_batch_var, rtol=1e-3, atol=1e-5)
     assert bn.momentum == 0.99  # restored
+    # a second call (the compiled forward is reused) replaces the statistics with the new data's
+    assert recalibrate_batchnorm(model, [x[32:]]) == 1
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.asarray(conv(x[32:])).mean(axis=(0, 1, 2)), rtol=3e-3, atol=1e-3)
 
 
 def test_short_fit_learns_something(sample_dataset):
