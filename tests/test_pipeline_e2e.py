@@ -62,7 +62,11 @@ def test_first_run_produces_every_artifact(first_run):
     run = first_run
     assert str(run.status) == "completed"
     assert list(run.steps) == STEPS
-    assert set(_status(run).values()) == {"completed"}
+    status = _status(run)
+    # the cache is keyed on content: filter_outliers/split/rebalance may come from another test's
+    # run on the same sample with the same parameters (test_gpu_config's); training is this run's own
+    assert all(status[s] == "completed" for s in ("ingest", "train", "evaluate", "promote")), status
+    assert set(status.values()) <= {"completed", "cached"}, status
 
     dataset_art = run.steps["ingest"].outputs["dataset"][0]
     ds = dataset_art.load()
