@@ -35,4 +35,3 @@ def zenml(proj: Path, *args: str, check: bool = True, env: dict[str, str] | None
     if check and res.returncode != 0:
         raise RuntimeError(f"zenml {' '.join(args)} failed ({res.returncode}):\n{failure_lines(res.stdout + res.stderr)}")
     return res
-

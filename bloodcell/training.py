@@ -114,10 +114,9 @@ def recalibrate_batchnorm(model: keras.Model, batches: Any) -> int:
                 m += np.asarray(bn.moving_mean)
                 v += np.asarray(bn.moving_variance)
             k += 1
-        for bn, m, v in zip(bns, means, variances):
-            if k:
-                bn.moving_mean.assign((m / k).astype(np.float32))
-                bn.moving_variance.assign((v / k).astype(np.float32))
+        for bn, m, v in zip(bns, means, variances) if k else ():
+            bn.moving_mean.assign((m / k).astype(np.float32))
+            bn.moving_variance.assign((v / k).astype(np.float32))
     finally:
         for bn, mom in zip(bns, momenta):
             bn.momentum = mom
