@@ -269,10 +269,11 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.
     conversions: Counter = Counter()
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        files = [p for p in found if not _is_doc(p)]
-        if len(files) < len(found):
-            logger.info("%s: skipped %d documentation files (%s)", path, len(found) - len(files),
-                        ", ".join(p.relative_to(path).as_posix() for p in found if _is_doc(p))[:200])
+        docs = [p for p in found if _is_doc(p)]
+        files = [p for p in found if p not in docs]
+        if docs:
+            logger.info("%s: skipped %d documentation files (%s)", path, len(docs),
+                        ", ".join(p.relative_to(path).as_posix() for p in docs)[:200])
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
         images = np.stack([load_image(p, image_size, conversions) for p in _progress(files, "reading images")])

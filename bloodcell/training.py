@@ -89,7 +89,8 @@ def _training_forward(model: keras.Model):
     averages. The training step's compiled function is not affected: it was traced with the real
     momentum, which is a Python float read only when tracing."""
     if model not in _FORWARD:
-        _FORWARD[model] = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
+        ref = weakref.ref(model)  # the cached function must not keep its key (the model) alive
+        _FORWARD[model] = tf.function(lambda x: ref()(x, training=True), reduce_retracing=True)
     return _FORWARD[model]
 
 
@@ -114,9 +115,10 @@ def recalibrate_batchnorm(model: keras.Model, batches: Any) -> int:
                 m += np.asarray(bn.moving_mean)
                 v += np.asarray(bn.moving_variance)
             k += 1
-        for bn, m, v in zip(bns, means, variances) if k else ():
-            bn.moving_mean.assign((m / k).astype(np.float32))
-            bn.moving_variance.assign((v / k).astype(np.float32))
+        if k:
+            for bn, m, v in zip(bns, means, variances):
+                bn.moving_mean.assign((m / k).astype(np.float32))
+                bn.moving_variance.assign((v / k).astype(np.float32))
     finally:
         for bn, mom in zip(bns, momenta):
             bn.momentum = mom
