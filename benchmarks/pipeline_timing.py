@@ -85,6 +85,10 @@ def main() -> None:
         train_info = first.steps["train"].outputs["training_history"][0].load()
         print(f"train step: {train_info.epochs} epochs, {train_info.info.get('wall_seconds')} s, "
               f"{train_info.info.get('images_per_second')} img/s")
+        tuned = first.steps["fine_tune"].run_metadata
+        if "val_accuracy_uncorrected" in tuned:
+            print(f"fine_tune: prior correction, val accuracy {tuned['val_accuracy_uncorrected']:.4f} without, "
+                  f"{tuned['val_accuracy']:.4f} with")
         print(f"test split (n={report.sets['plain'].n}): plain accuracy {report.sets['plain'].accuracy:.4f}, "
               f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise sigma={report.params['noise_sigma']:g}: "
               f"accuracy {report.sets['noisy'].accuracy:.4f}")

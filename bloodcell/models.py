@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -139,6 +140,21 @@ def unfreeze_top(model: keras.Model, blocks: int, l2: float = 1e-4) -> list[str]
                     layer.kernel_regularizer = reg
                 layer.kernel.regularizer = reg
     return unfrozen
+
+
+def shift_logits(model: keras.Model, shift: Any) -> None:
+    """Add ``shift`` (one value a class) to the logits of the model's softmax output layer
+    ``probabilities``, in place: the probabilities become proportional to the old ones times
+    exp(shift). The model's architecture is unchanged (it is the output layer's bias)."""
+    try:
+        head = model.get_layer("probabilities")
+    except ValueError:
+        raise ValueError(f"{model.name} has no output layer named 'probabilities' to shift") from None
+    shift = np.asarray(shift, dtype="float32")
+    if not isinstance(head, layers.Dense) or head.bias is None or head.bias.shape != shift.shape:
+        raise ValueError(f"cannot shift the logits of {model.name}: its 'probabilities' layer is not a Dense "
+                         f"layer with a bias of shape {shift.shape}")
+    head.bias.assign(keras.ops.convert_to_numpy(head.bias) + shift)
 
 
 def with_tta(model: keras.Model) -> keras.Model:

@@ -131,6 +131,20 @@ def clean_originals(ds: Dataset) -> Dataset:
     return ds.subset(keep)
 
 
+def prior_log_ratio(train: Dataset) -> np.ndarray:
+    """Per class, log(frequency among the training originals / frequency in the (rebalanced)
+    training set). Rebalancing trains the model on equal priors, so it over-predicts the small
+    classes; adding this to its logits gives the posterior under the originals' class frequencies
+    (logit adjustment). Zero for a class absent from either."""
+    n = len(train.class_names)
+    counts = np.bincount(train.labels, minlength=n).astype(np.float64)
+    originals = np.bincount(clean_originals(train).labels, minlength=n).astype(np.float64)
+    ratio = np.zeros(n)
+    have = (counts > 0) & (originals > 0)
+    ratio[have] = np.log(originals[have] / originals.sum()) - np.log(counts[have] / counts.sum())
+    return ratio
+
+
 class RecalibrateEachEpoch(keras.callbacks.Callback):
     """Recalibrate batch norm on a subset of clean originals just before each validation."""
 
@@ -164,6 +178,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-6
     recalibrate_samples_per_epoch: int = 2048  # 0 turns off per-epoch recalibration
     recalibrate_final: bool = True
+    recalibrate_final_samples: int = 4096  # clean originals for the final recalibration (0: all of them)
     augment: OnlineAugment = field(default_factory=OnlineAugment)
     seed: int = 0
     verbose: int = 2
@@ -271,7 +286,11 @@ def train_model(
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if cfg.recalibrate_final:
-        recalibrate_batchnorm(model, images_only(make_dataset(originals, 256, cfg.augment, seed=cfg.seed)))
+        final = originals
+        if 0 < cfg.recalibrate_final_samples < len(originals):
+            take = np.random.default_rng(cfg.seed + 1).permutation(len(originals))[: cfg.recalibrate_final_samples]
+            final = originals.subset(np.sort(take))
+        recalibrate_batchnorm(model, images_only(make_dataset(final, 256, cfg.augment, seed=cfg.seed)))
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 

@@ -2,7 +2,9 @@
 
 A transfer model gets its top backbone stages unfrozen (batch norm kept frozen, L2 on the
 unfrozen convs) and is fitted again with AdamW 1e-5. The custom CNN has no pretrained backbone and
-passes through. Either way, with ``tta: true`` the result is wrapped so that it averages its
+passes through. Either way, ``prior_correction`` (0..1) shifts the output logits towards the
+class frequencies of the training originals (rebalancing trained the model on equal priors, which
+makes it over-predict the small classes), with ``tta: true`` the result is wrapped so that it averages its
 predictions over the 8 flips/rotations of each image (inside the model, so the exported file does
 the same), and its inference-mode val accuracy must reach the floor.
 """
@@ -30,6 +32,10 @@ from steps._guard import guard
 logger = get_logger(__name__)
 
 
+def accuracy(model: keras.Model, data: Dataset) -> float:
+    return float(np.mean(bloodcell.evaluation.predict_classes(model, data.images) == data.labels))
+
+
 @step(
     cache_policy=content_cache_policy(bloodcell.evaluation, bloodcell.models, bloodcell.training),
     output_materializers={"tuned_model": KerasModelMaterializer},
@@ -43,6 +49,7 @@ def fine_tune(
     l2: float = 1e-4,
     training: dict[str, Any] | None = None,
     tta: bool = False,
+    prior_correction: float = 0.0,
     min_val_accuracy: float = 0.0,
 ) -> Annotated[keras.Model, "tuned_model"]:
     """Fine-tune (transfer models), optionally wrap with test-time augmentation, check val accuracy."""
@@ -65,10 +72,21 @@ def fine_tune(
         logger.info("Fine-tuned %d layers of the top %d stages for %d epochs", len(unfrozen), unfreeze_blocks, info["epochs"])
     if info.get("skipped"):
         logger.info("fine-tuning skipped: %s", info["reason"])
+    if not 0.0 <= prior_correction <= 1.0:
+        raise ValueError(f"prior_correction must be between 0 (off) and 1 (the originals' class frequencies), got {prior_correction}")
+    if prior_correction:
+        uncorrected = model if not tta else bloodcell.models.with_tta(model)
+        info["val_accuracy_uncorrected"] = accuracy(uncorrected, val)
+        shift = prior_correction * bloodcell.training.prior_log_ratio(train)
+        bloodcell.models.shift_logits(model, shift)
+        info["prior_correction"] = {name: round(float(v), 4) for name, v in zip(train.class_names, shift)}
     if tta:
         model = bloodcell.models.with_tta(model)
-    val_accuracy = float(np.mean(bloodcell.evaluation.predict_classes(model, val.images) == val.labels))
+    val_accuracy = accuracy(model, val)
     info["val_accuracy"] = val_accuracy
+    if prior_correction:
+        logger.info("prior correction %.2f: val accuracy %.4f -> %.4f", prior_correction,
+                    info["val_accuracy_uncorrected"], val_accuracy)
     log_metadata(info)
     guard("fine_tune", metrics_tables({"val_accuracy": val_accuracy}), min_val_accuracy=min_val_accuracy)
     return model

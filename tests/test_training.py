@@ -135,3 +135,35 @@ def test_cosine_schedule_decays_to_the_floor(sample_dataset):
     assert float(np.asarray(lr)) == pytest.approx(1e-5, rel=1e-3)
     with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
         TrainConfig.from_dict({"lr_schedule": "step"})
+
+
+def test_prior_log_ratio_undoes_the_rebalancing_prior(sample_dataset):
+    from bloodcell.augment import rebalance
+    from bloodcell.training import prior_log_ratio
+
+    # an unbalanced training set: 40 of class 0, 10 of class 1, 20 of each other class
+    labels = sample_dataset.labels
+    take = np.concatenate([np.flatnonzero(labels == c)[: {0: 40, 1: 10}.get(c, 20)] for c in range(8)])
+    train = rebalance(sample_dataset.subset(np.sort(take)), seed=0, group=8)
+    assert np.all(np.bincount(train.labels) == 40)  # rebalanced: equal priors
+    ratio = prior_log_ratio(train)
+    originals = np.array([40, 10] + [20] * 6) / 170
+    np.testing.assert_allclose(ratio, np.log(originals / (1 / 8)), rtol=1e-6)
+    # the small class is pushed down, the large one up; nothing to undo without generated samples
+    assert ratio[1] < ratio[2] < 0 < ratio[0]
+    np.testing.assert_allclose(prior_log_ratio(sample_dataset.subset(np.sort(take))), 0.0, atol=1e-12)
+
+
+def test_shift_logits_multiplies_the_probabilities_by_exp_shift(sample_dataset):
+    from bloodcell.models import shift_logits
+
+    model = build_model("custom_cnn", 8, 96, filters=[8], dense_units=8)
+    x = sample_dataset.images[:6].astype("float32")
+    before = model.predict(x, verbose=0)
+    shift = np.log(np.array([4.0, 0.25, 1, 1, 1, 1, 1, 2.0]))
+    shift_logits(model, shift)
+    after = model.predict(x, verbose=0)
+    expected = before * np.exp(shift)
+    np.testing.assert_allclose(after, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="bias of shape"):
+        shift_logits(model, np.zeros(3))
