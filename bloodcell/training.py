@@ -31,6 +31,31 @@ class OnlineAugment:
     dihedral: bool = True  # random flips and transposition: all 8 rotations/reflections
     noise_sigma_max: float = 0.0  # Gaussian noise with sigma ~ U(0, max) on the 0..255 scale
     noise_probability: float = 0.5  # fraction of images that get noise
+    # colour jitter, a factor per image ~ U(1 - j, 1 + j); 0 leaves it out
+    brightness: float = 0.0  # every pixel value scaled
+    contrast: float = 0.0  # deviations from the image's mean scaled
+    saturation: float = 0.0  # deviations from the pixel's grey level scaled
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def colour(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        n = tf.shape(x)[0]
+        seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 1), 3)
+
+        def factor(j, s):
+            return tf.random.stateless_uniform([n, 1, 1, 1], s, 1.0 - j, 1.0 + j)
+        if self.brightness:
+            x = x * factor(self.brightness, seeds[0])
+        if self.contrast:
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            x = mean + (x - mean) * factor(self.contrast, seeds[1])
+        if self.saturation:
+            grey = tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+            x = grey + (x - grey) * factor(self.saturation, seeds[2])
+        return tf.clip_by_value(x, 0.0, 255.0)
 
     def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         x = tf.cast(images, tf.float32)
@@ -42,6 +67,8 @@ class OnlineAugment:
             x = tf.where(pick(seeds[0]), tf.reverse(x, axis=[2]), x)
             x = tf.where(pick(seeds[1]), tf.reverse(x, axis=[1]), x)
             x = tf.where(pick(seeds[2]), tf.transpose(x, [0, 2, 1, 3]), x)
+        if self.brightness or self.contrast or self.saturation:
+            x = self.colour(x, seed)
         if self.noise_sigma_max > 0:
             sigma = tf.random.stateless_uniform([n, 1, 1, 1], seeds[3], 0.0, self.noise_sigma_max)
             on = tf.cast(tf.random.stateless_uniform([n, 1, 1, 1], seeds[4]) < self.noise_probability, tf.float32)

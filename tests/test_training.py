@@ -167,3 +167,28 @@ def test_shift_logits_multiplies_the_probabilities_by_exp_shift(sample_dataset):
     np.testing.assert_allclose(after, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="bias of shape"):
         shift_logits(model, np.zeros(3))
+
+
+def test_colour_jitter_scales_each_image_within_its_range(sample_dataset):
+    import tensorflow as tf
+
+    from bloodcell.training import OnlineAugment
+
+    x = sample_dataset.images[:32].astype("float32")
+    seed = tf.constant([3, 7], tf.int64)
+    bright = OnlineAugment(dihedral=False, brightness=0.3)
+    y = np.asarray(bright(x, seed))
+    ok = x * 1.3 < 255  # not clipped
+    ratio = np.where(ok & (x > 20), y / np.maximum(x, 1), np.nan).reshape(32, -1)
+    per_image = np.nanmedian(ratio, axis=1)
+    assert np.all((per_image >= 0.7 - 1e-4) & (per_image <= 1.3 + 1e-4)) and per_image.std() > 0.05
+    np.testing.assert_allclose(np.nanmax(ratio, axis=1), np.nanmin(ratio, axis=1), rtol=1e-4)  # one factor an image
+    np.testing.assert_array_equal(y, np.asarray(bright(x, seed)))  # the same seed gives the same batch
+    # saturation keeps every pixel's grey level (where nothing is clipped)
+    sat = np.asarray(OnlineAugment(dihedral=False, saturation=0.5)(x, seed))
+    grey = lambda im: im @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
+    inside = (sat > 0.5).all(-1) & (sat < 254.5).all(-1)
+    np.testing.assert_allclose(grey(sat)[inside], grey(x)[inside], atol=1e-2)
+    assert np.abs(sat - x).max() > 10
+    with pytest.raises(ValueError, match=r"augment.contrast must be in \[0, 1\)"):
+        OnlineAugment(contrast=1.5)
