@@ -4,7 +4,7 @@ A transfer model gets its top backbone stages unfrozen (batch norm kept frozen, 
 unfrozen convs) and is fitted again with AdamW 1e-5. The custom CNN has no pretrained backbone and
 passes through. Either way, ``prior_correction`` (0..1) shifts the output logits towards the
 class frequencies of the training originals (rebalancing trained the model on equal priors, which
-makes it over-predict the small classes), with ``tta: true`` the result is wrapped so that it averages its
+makes it over-predict the small classes); with ``tta: true`` the result is wrapped so that it averages its
 predictions over the 8 flips/rotations of each image (inside the model, so the exported file does
 the same), and its inference-mode val accuracy must reach the floor.
 """
@@ -53,6 +53,8 @@ def fine_tune(
     min_val_accuracy: float = 0.0,
 ) -> Annotated[keras.Model, "tuned_model"]:
     """Fine-tune (transfer models), optionally wrap with test-time augmentation, check val accuracy."""
+    if not 0.0 <= prior_correction <= 1.0:
+        raise ValueError(f"prior_correction must be between 0 (off) and 1 (the originals' class frequencies), got {prior_correction}")
     info: dict[str, Any] = {"tta": tta}
     if not enabled:
         info.update(skipped=True, reason="disabled in config")
@@ -72,8 +74,6 @@ def fine_tune(
         logger.info("Fine-tuned %d layers of the top %d stages for %d epochs", len(unfrozen), unfreeze_blocks, info["epochs"])
     if info.get("skipped"):
         logger.info("fine-tuning skipped: %s", info["reason"])
-    if not 0.0 <= prior_correction <= 1.0:
-        raise ValueError(f"prior_correction must be between 0 (off) and 1 (the originals' class frequencies), got {prior_correction}")
     if prior_correction:
         uncorrected = model if not tta else bloodcell.models.with_tta(model)
         info["val_accuracy_uncorrected"] = accuracy(uncorrected, val)
