@@ -47,9 +47,7 @@ def main() -> None:
         source = ROOT / "data" / "sample"
     data = read_source(source)
     train, val, _ = stratified_split(data, val_fraction=0.1, test_fraction=0.1, seed=0)
-    if len(train) > args.images:
-        keep = np.sort(np.random.default_rng(0).permutation(len(train))[: args.images])
-        train = train.subset(keep)
+    train = train.sample(args.images, seed=0)
     params = cfg["train"]["parameters"]
     training = {**params.get("training", {}), "epochs": args.epochs, "verbose": 0, "early_stopping_patience": 100}
 

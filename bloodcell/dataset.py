@@ -70,6 +70,13 @@ class Dataset:
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
 
+    def sample(self, samples: int, seed: int) -> "Dataset":
+        """``samples`` samples drawn without replacement with ``seed``, in their original order;
+        all of them when ``samples`` is 0 or at least the dataset's size."""
+        if not 0 < samples < len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:samples]))
+
     def subset(self, index: np.ndarray | list[int], **info: Any) -> "Dataset":
         """The samples at ``index`` (in that order), keeping class names and provenance."""
         index = np.asarray(index, dtype=np.int64)

@@ -100,23 +100,25 @@ def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np
     return np.asarray(probs).argmax(axis=1)
 
 
+def accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(predict_classes(model, images) == labels))
+
+
 def corruption_table(model: Any, test: Dataset, samples: int = 0, seed: int = 0,
                      corruptions: list[str] | None = None) -> list[dict[str, Any]]:
     """Accuracy under each corruption at each severity, on ``samples`` test images (0: all), drawn
     with ``seed``; severity 0 is the same images uncorrupted."""
     from bloodcell.corruptions import SEVERITIES, corrupt
 
-    idx = np.arange(len(test))
-    if 0 < samples < len(test):
-        idx = np.sort(np.random.default_rng(seed).permutation(len(test))[:samples])
-    images, labels = test.images[idx], test.labels[idx]
-    clean = float(np.mean(predict_classes(model, images) == labels))
+    picked = test.sample(samples, seed)
+    images, labels, n = picked.images, picked.labels, len(picked)
+    clean = accuracy(model, images, labels)
     rows = []
     for name in corruptions or list(SEVERITIES):
-        rows.append({"corruption": name, "severity": 0, "setting": None, "accuracy": clean, "n": len(idx)})
+        rows.append({"corruption": name, "severity": 0, "setting": None, "accuracy": clean, "n": n})
         for severity, setting in enumerate(SEVERITIES[name], start=1):
-            acc = float(np.mean(predict_classes(model, corrupt(images, name, severity)) == labels))
-            rows.append({"corruption": name, "severity": severity, "setting": float(setting), "accuracy": acc, "n": len(idx)})
+            acc = accuracy(model, corrupt(images, name, severity), labels)
+            rows.append({"corruption": name, "severity": severity, "setting": float(setting), "accuracy": acc, "n": n})
     return rows
 
 

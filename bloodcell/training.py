@@ -177,9 +177,7 @@ class RecalibrateEachEpoch(keras.callbacks.Callback):
 
     def __init__(self, originals: Dataset, samples: int, batch_size: int, augment: OnlineAugment, seed: int):
         super().__init__()
-        rng = np.random.default_rng(seed)
-        take = rng.permutation(len(originals))[: min(samples, len(originals))]
-        self.data = images_only(make_dataset(originals.subset(np.sort(take)), batch_size, augment, seed=seed))
+        self.data = images_only(make_dataset(originals.sample(samples, seed), batch_size, augment, seed=seed))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         steps = self.params.get("steps")
@@ -313,10 +311,7 @@ def train_model(
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if cfg.recalibrate_final:
-        final = originals
-        if 0 < cfg.recalibrate_final_samples < len(originals):
-            take = np.random.default_rng(cfg.seed + 1).permutation(len(originals))[: cfg.recalibrate_final_samples]
-            final = originals.subset(np.sort(take))
+        final = originals.sample(cfg.recalibrate_final_samples, cfg.seed + 1)
         recalibrate_batchnorm(model, images_only(make_dataset(final, 256, cfg.augment, seed=cfg.seed)))
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 

@@ -15,7 +15,6 @@ import time
 from typing import Annotated, Any
 
 import keras
-import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
@@ -30,10 +29,6 @@ from steps._checkpoint import backup_dir
 from steps._guard import guard
 
 logger = get_logger(__name__)
-
-
-def accuracy(model: keras.Model, data: Dataset) -> float:
-    return float(np.mean(bloodcell.evaluation.predict_classes(model, data.images) == data.labels))
 
 
 @step(
@@ -74,19 +69,18 @@ def fine_tune(
         logger.info("Fine-tuned %d layers of the top %d stages for %d epochs", len(unfrozen), unfreeze_blocks, info["epochs"])
     if info.get("skipped"):
         logger.info("fine-tuning skipped: %s", info["reason"])
+    # the TTA wrapper calls ``model``, so shifting ``model``'s logits shifts the wrapper's too
+    packaged = bloodcell.models.with_tta(model) if tta else model
     if prior_correction:
-        uncorrected = model if not tta else bloodcell.models.with_tta(model)
-        info["val_accuracy_uncorrected"] = accuracy(uncorrected, val)
+        info["val_accuracy_uncorrected"] = bloodcell.evaluation.accuracy(packaged, val.images, val.labels)
         shift = prior_correction * bloodcell.training.prior_log_ratio(train)
         bloodcell.models.shift_logits(model, shift)
         info["prior_correction"] = {name: round(float(v), 4) for name, v in zip(train.class_names, shift)}
-    if tta:
-        model = bloodcell.models.with_tta(model)
-    val_accuracy = accuracy(model, val)
+    val_accuracy = bloodcell.evaluation.accuracy(packaged, val.images, val.labels)
     info["val_accuracy"] = val_accuracy
     if prior_correction:
         logger.info("prior correction %.2f: val accuracy %.4f -> %.4f", prior_correction,
                     info["val_accuracy_uncorrected"], val_accuracy)
     log_metadata(info)
     guard("fine_tune", metrics_tables({"val_accuracy": val_accuracy}), min_val_accuracy=min_val_accuracy)
-    return model
+    return packaged
