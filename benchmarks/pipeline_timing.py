@@ -12,6 +12,7 @@ A relative `steps.ingest.parameters.source` in the config is taken relative to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -59,8 +60,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--save-report", help="also write the first run's evaluation report (JSON) here")
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR (a new folder) and keep it: its ZenML store "
+                        "(ZENML_CONFIG_PATH=DIR/zenml) holds the runs' artifacts for a closer look")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bloodcell-bench-") as tmp:
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=False)
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="bloodcell-bench-")) as tmp:
         env = {**os.environ, "ZENML_CONFIG_PATH": str(Path(tmp) / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
                "TF_CPP_MIN_LOG_LEVEL": "2"}
         os.environ.update(env)
