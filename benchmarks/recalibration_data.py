@@ -1,0 +1,65 @@
+"""Which images to recompute batch-norm statistics on: the training augmentation or clean images.
+
+    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
+    .venv/bin/python benchmarks/recalibration_data.py /tmp/run
+
+Takes the trained model of the last run kept by ``pipeline_timing.py --keep`` (its batch norm
+recalibrated, as the train step does, on originals passed through the training augmentation),
+recalibrates copies of it on the same originals with clean images or with noise only, and prints
+val, test and noisy-test (white noise sigma=25) accuracy of each, with TTA and the prior
+correction as the pipeline ships them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kept", help="the DIR given to pipeline_timing.py --keep")
+    parser.add_argument("--samples", type=int, default=4096)
+    args = parser.parse_args()
+    kept = Path(args.kept).resolve()
+    os.environ.update(ZENML_CONFIG_PATH=str(kept / "zenml"), ZENML_ANALYTICS_OPT_IN="false", TF_CPP_MIN_LOG_LEVEL="2")
+    sys.path.insert(0, str(kept / "proj"))  # the run's own code, for its materializers
+
+    import keras
+    from zenml.client import Client
+
+    from bloodcell import evaluation, models, training
+
+    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
+
+    def load(step: str, output: str):
+        return run.steps[step].outputs[output][0].load()
+
+    train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
+    trained = load("train", "model")
+    noisy = evaluation.add_white_noise(test.images, 25.0, seed=0)
+    augment = training.OnlineAugment(**run.steps["train"].config.parameters.get("training", {}).get("augment", {}))
+    originals = training.clean_originals(train).sample(args.samples, 1)
+    variants = {
+        "as trained (the training augmentation)": None,
+        "clean (flips only)": training.OnlineAugment(dihedral=True),
+        "noise only": training.OnlineAugment(dihedral=True, noise_sigma_max=augment.noise_sigma_max,
+                                             noise_probability=augment.noise_probability),
+    }
+    print(f"run {run.name}: {len(originals)} originals for each recalibration")
+    for name, aug in variants.items():
+        model = keras.models.clone_model(trained)
+        model.set_weights(trained.get_weights())
+        if aug is not None:
+            training.recalibrate_batchnorm(model, training.images_only(training.make_dataset(originals, 256, aug, seed=0)))
+        models.shift_logits(model, training.prior_log_ratio(train))
+        tta = models.with_tta(model)
+        print(f"{name}: val {evaluation.accuracy(tta, val.images, val.labels):.4f}, "
+              f"test {evaluation.accuracy(tta, test.images, test.labels):.4f}, "
+              f"noisy test {evaluation.accuracy(tta, noisy, test.labels):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
