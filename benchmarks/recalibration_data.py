@@ -5,9 +5,9 @@
 
 Takes the trained model of the last run kept by ``pipeline_timing.py --keep`` (its batch norm
 recalibrated, as the train step does, on originals passed through the training augmentation),
-recalibrates copies of it on the same originals with clean images or with noise only, and prints
-val, test and noisy-test (white noise sigma=25) accuracy of each, with TTA and the prior
-correction as the pipeline ships them.
+recalibrates copies of it on the same originals (the train step's own sample) with clean images
+or with noise only, and prints val, test and noisy-test (white noise sigma=25) accuracy of each,
+with TTA and the prior correction as the pipeline ships them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kept", help="the DIR given to pipeline_timing.py --keep")
-    parser.add_argument("--samples", type=int, default=4096)
     args = parser.parse_args()
     kept = Path(args.kept).resolve()
     os.environ.update(ZENML_CONFIG_PATH=str(kept / "zenml"), ZENML_ANALYTICS_OPT_IN="false", TF_CPP_MIN_LOG_LEVEL="2")
-    sys.path.insert(0, str(kept / "proj"))  # the run's own code, for its materializers
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's code and materializers
 
     import keras
     from zenml.client import Client
@@ -40,20 +39,21 @@ def main() -> None:
     train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
     trained = load("train", "model")
     noisy = evaluation.add_white_noise(test.images, 25.0, seed=0)
-    augment = training.OnlineAugment(**run.steps["train"].config.parameters.get("training", {}).get("augment", {}))
-    originals = training.clean_originals(train).sample(args.samples, 1)
+    cfg = training.TrainConfig.from_dict(run.steps["train"].config.parameters.get("training"))
+    originals = training.clean_originals(train)
     variants = {
         "as trained (the training augmentation)": None,
         "clean (flips only)": training.OnlineAugment(dihedral=True),
-        "noise only": training.OnlineAugment(dihedral=True, noise_sigma_max=augment.noise_sigma_max,
-                                             noise_probability=augment.noise_probability),
+        "noise only": training.OnlineAugment(dihedral=True, noise_sigma_max=cfg.augment.noise_sigma_max,
+                                             noise_probability=cfg.augment.noise_probability),
     }
-    print(f"run {run.name}: {len(originals)} originals for each recalibration")
+    print(f"run {run.name}: the train step's final recalibration sample for each "
+          f"({cfg.recalibrate_final_samples or len(originals)} of {len(originals)} originals)")
     for name, aug in variants.items():
         model = keras.models.clone_model(trained)
         model.set_weights(trained.get_weights())
         if aug is not None:
-            training.recalibrate_batchnorm(model, training.images_only(training.make_dataset(originals, 256, aug, seed=0)))
+            training.recalibrate_on_originals(model, originals, cfg, aug)
         models.shift_logits(model, training.prior_log_ratio(train))
         tta = models.with_tta(model)
         print(f"{name}: val {evaluation.accuracy(tta, val.images, val.labels):.4f}, "

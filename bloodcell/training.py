@@ -172,6 +172,15 @@ def prior_log_ratio(train: Dataset) -> np.ndarray:
     return ratio
 
 
+def recalibrate_on_originals(model: keras.Model, originals: Dataset, cfg: "TrainConfig",
+                             augment: OnlineAugment | None = None) -> int:
+    """The end-of-training recalibration: batch norm recomputed on ``cfg.recalibrate_final_samples``
+    of the training ``originals`` (drawn with ``cfg.seed + 1``), passed through ``augment`` (by
+    default the training augmentation ``cfg.augment``). Returns the batch count."""
+    final = originals.sample(cfg.recalibrate_final_samples, cfg.seed + 1)
+    return recalibrate_batchnorm(model, images_only(make_dataset(final, 256, augment or cfg.augment, seed=cfg.seed)))
+
+
 class RecalibrateEachEpoch(keras.callbacks.Callback):
     """Recalibrate batch norm on a subset of clean originals just before each validation."""
 
@@ -311,8 +320,7 @@ def train_model(
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if cfg.recalibrate_final:
-        final = originals.sample(cfg.recalibrate_final_samples, cfg.seed + 1)
-        recalibrate_batchnorm(model, images_only(make_dataset(final, 256, cfg.augment, seed=cfg.seed)))
+        recalibrate_on_originals(model, originals, cfg)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
