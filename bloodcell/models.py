@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -180,6 +181,33 @@ def with_tta(model: keras.Model) -> keras.Model:
                 views.append(model(y))
     outputs = layers.Average(name="tta_average")(views)
     return keras.Model(inputs, outputs, name=f"{model.name}_tta")
+
+
+def with_float32_compute(model: keras.Model) -> keras.Model:
+    """``model`` computing in float32 throughout: a model trained under a mixed-precision policy
+    keeps that policy in its saved config, so it would run in float16/bfloat16 wherever it is
+    loaded (slow or unsupported on many CPUs). The weights are float32 already and are copied as
+    they are; a model without mixed-precision layers is returned unchanged."""
+    config = json.loads(model.to_json())
+    mixed = False
+
+    def to_float32(node: Any) -> Any:
+        nonlocal mixed
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith("mixed_"):
+                mixed = True
+                return "float32"
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    config = to_float32(config)
+    if not mixed:
+        return model
+    out = keras.models.model_from_json(json.dumps(config))
+    out.set_weights(model.get_weights())
+    return out
 
 
 def model_fingerprint(model: keras.Model) -> str:

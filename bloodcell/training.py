@@ -194,7 +194,53 @@ class RecalibrateEachEpoch(keras.callbacks.Callback):
             recalibrate_batchnorm(self.model, self.data)
 
 
+class WeightAveraging(keras.callbacks.Callback):
+    """Stochastic weight averaging (Izmailov et al., 2018): the running mean of the trainable
+    weights at the end of each epoch from ``start_epoch`` on; ``apply`` puts it on the model (call
+    it after ``fit``, so it replaces the best epoch that early stopping restores). Batch norm
+    statistics do not fit averaged weights: recompute them afterwards. With ``state_dir`` the
+    running mean is saved there after each epoch and picked up again by a resumed fit."""
+
+    def __init__(self, start_epoch: int, state_dir: str | None = None):
+        super().__init__()
+        self.start_epoch = start_epoch
+        self.path = os.path.join(state_dir, "weight_average.npz") if state_dir else None
+        self.mean: list[np.ndarray] | None = None
+        self.epochs: list[int] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.mean, self.epochs = None, []
+        if self.path and os.path.exists(self.path):
+            with np.load(self.path, allow_pickle=False) as saved:
+                self.epochs = [int(e) for e in saved["epochs"]]
+                self.mean = [saved[f"w{i}"] for i in range(len(self.model.trainable_weights))]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch < self.start_epoch or epoch in self.epochs:
+            return
+        current = [keras.ops.convert_to_numpy(w).astype(np.float64) for w in self.model.trainable_weights]
+        n = len(self.epochs)
+        self.mean = current if self.mean is None else [m + (c - m) / (n + 1) for m, c in zip(self.mean, current)]
+        self.epochs.append(epoch)
+        if self.path:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = self.path + ".tmp.npz"
+            np.savez(tmp, epochs=np.asarray(self.epochs), **{f"w{i}": m for i, m in enumerate(self.mean)})
+            os.replace(tmp, self.path)
+
+    def apply(self) -> list[int]:
+        """Set the model's trainable weights to the average (if any epoch was averaged), forget
+        the saved state, and return the averaged epochs (0-based)."""
+        if self.mean is not None:
+            for w, m in zip(self.model.trainable_weights, self.mean):
+                w.assign(m.astype(w.dtype))
+        if self.path and os.path.exists(self.path):
+            os.remove(self.path)
+        return self.epochs
+
+
 OPTIMIZERS = ("lion", "adamw")
+MIXED_PRECISION = (False, True, "float16", "bfloat16", "auto")
 
 
 @dataclass
@@ -210,6 +256,10 @@ class TrainConfig:
     reduce_lr_patience: int = 3
     reduce_lr_factor: float = 0.5
     min_learning_rate: float = 1e-6
+    # stochastic weight averaging (cosine schedule only): the cosine reaches min_learning_rate
+    # swa_epochs before the end and stays there; the model ends as the average of the weights at
+    # the end of each of those last epochs (batch norm recomputed on top); 0: off
+    swa_epochs: int = 0
     recalibrate_samples_per_epoch: int = 2048  # 0 turns off per-epoch recalibration
     recalibrate_final: bool = True
     recalibrate_final_samples: int = 4096  # clean originals for the final recalibration (0: all of them)
@@ -217,7 +267,10 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 2
     backup_dir: str | None = None  # Keras BackupAndRestore: an interrupted fit resumes from here
-    mixed_precision: bool = False  # mixed_float16 compute (GPU); variables and outputs stay float32
+    # mixed-precision compute; variables and outputs stay float32. "float16" (or true): GPUs;
+    # "bfloat16": CPUs with native bf16 (AMX / AVX512-BF16); "auto": bfloat16 where the CPU has it,
+    # else off; false: float32
+    mixed_precision: bool | str = False
     distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy over the visible GPUs
 
     @classmethod
@@ -233,9 +286,37 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {out.optimizer!r}; choose one of {OPTIMIZERS}")
         if out.lr_schedule not in ("plateau", "cosine"):
             raise ValueError(f"unknown lr_schedule {out.lr_schedule!r}; choose 'plateau' or 'cosine'")
+        if out.swa_epochs and (out.lr_schedule != "cosine" or not out.recalibrate_final
+                               or not 0 < out.swa_epochs < out.epochs):
+            raise ValueError(f"swa_epochs {out.swa_epochs} needs lr_schedule 'cosine', recalibrate_final (averaged weights "
+                             f"need their batch norm recomputed) and fewer epochs than epochs ({out.epochs})")
+        if out.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"unknown mixed_precision {out.mixed_precision!r}; choose one of {MIXED_PRECISION}")
         if out.distribute not in (None, "mirrored"):
             raise ValueError(f"unknown distribute {out.distribute!r}; choose null or 'mirrored'")
         return out
+
+
+    @property
+    def compute_policy(self) -> str:
+        """The Keras dtype policy the model is built and trained under on this machine."""
+        choice = self.mixed_precision
+        if choice == "auto":
+            choice = "bfloat16" if cpu_has_native_bfloat16() else False
+        if choice is True:
+            choice = "float16"
+        return f"mixed_{choice}" if choice else "float32"
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU advertises bfloat16 matrix instructions (Intel AMX or AVX512-BF16), which
+    oneDNN uses for bfloat16 convolutions; without them bfloat16 is emulated and slower."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 @contextlib.contextmanager
@@ -243,8 +324,7 @@ def compute_scope(cfg: TrainConfig) -> Iterator[None]:
     """Build, compile and fit inside this: the mixed-precision policy and distribution strategy
     the config asks for, restored afterwards (other steps in the process are not affected)."""
     previous = keras.mixed_precision.global_policy()
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(cfg.compute_policy)
     try:
         if cfg.distribute == "mirrored":
             with tf.distribute.MirroredStrategy().scope():
@@ -275,7 +355,7 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | N
         if not steps_per_epoch:
             raise ValueError("lr_schedule 'cosine' needs steps_per_epoch")
         lr = keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, decay_steps=steps_per_epoch * cfg.epochs, alpha=cfg.min_learning_rate / cfg.learning_rate,
+            cfg.learning_rate, decay_steps=steps_per_epoch * (cfg.epochs - cfg.swa_epochs), alpha=cfg.min_learning_rate / cfg.learning_rate,
         )
     if cfg.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
@@ -315,10 +395,18 @@ def train_model(
         ),
         *(extra_callbacks or []),
     ]
+    swa = None
+    if cfg.swa_epochs:  # right after the backup (below): each epoch's snapshot is saved right after its checkpoint
+        swa = WeightAveraging(cfg.epochs - cfg.swa_epochs, os.path.join(cfg.backup_dir, "swa") if cfg.backup_dir else None)
+        callbacks.insert(0, swa)
     if cfg.backup_dir:  # first: restores before and saves ahead of the other callbacks
         os.makedirs(cfg.backup_dir, exist_ok=True)
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
+    if swa is not None:
+        averaged = swa.apply()
+        if cfg.verbose:
+            print(f"Weight averaging: the model is the mean of epochs {[e + 1 for e in averaged]}")
     if cfg.recalibrate_final:
         recalibrate_on_originals(model, originals, cfg)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}

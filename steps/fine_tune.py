@@ -69,6 +69,8 @@ def fine_tune(
         logger.info("Fine-tuned %d layers of the top %d stages for %d epochs", len(unfrozen), unfreeze_blocks, info["epochs"])
     if info.get("skipped"):
         logger.info("fine-tuning skipped: %s", info["reason"])
+    # the shipped model computes in float32 whatever precision it was trained in
+    model = bloodcell.models.with_float32_compute(model)
     # the TTA wrapper calls ``model``, so shifting ``model``'s logits shifts the wrapper's too
     packaged = bloodcell.models.with_tta(model) if tta else model
     if prior_correction:

@@ -55,7 +55,7 @@ def train(
     result = TrainingHistory(history=history, info={
         "architecture": architecture, "wall_seconds": round(wall, 1),
         "images_per_second": round(len(train) * epochs / wall, 1) if epochs else 0.0,
-        "mixed_precision": cfg.mixed_precision, "distribute": cfg.distribute or "none",
+        "compute_policy": cfg.compute_policy, "distribute": cfg.distribute or "none",
     })
     guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
     log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),

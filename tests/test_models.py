@@ -99,3 +99,28 @@ def test_tta_averages_the_eight_flips_and_saves_in_safe_mode(tmp_path, sample_da
     tta.save(tmp_path / "tta.keras")
     loaded = keras.saving.load_model(tmp_path / "tta.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_a_mixed_precision_model_ships_computing_in_float32(tmp_path, sample_dataset):
+    from bloodcell.models import with_float32_compute
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    plain = with_float32_compute(mixed)
+    assert {layer.compute_dtype for layer in plain.layers} == {"float32"}
+    assert with_float32_compute(plain) is plain  # nothing to convert
+    for a, b in zip(mixed.weights, plain.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = sample_dataset.images[:8].astype(np.float32)
+    p_mixed, p_plain = mixed.predict(x, verbose=0), plain.predict(x, verbose=0)
+    np.testing.assert_allclose(p_plain, p_mixed, atol=0.02)  # bfloat16 keeps ~3 significant digits
+    assert not np.array_equal(p_plain, p_mixed)  # it really computes differently
+    plain.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), p_plain, atol=1e-6)

@@ -101,6 +101,8 @@ def test_mixed_precision_and_mirrored_strategy_switch_on_and_off(sample_dataset)
     assert model.get_layer("block1_conv1").compute_dtype == "float16"
     assert model.get_layer("probabilities").compute_dtype == "float32"  # softmax stays float32
     assert not np.isnan(history["loss"][0])
+    with pytest.raises(ValueError, match="unknown mixed_precision 'int8'"):
+        TrainConfig.from_dict({"mixed_precision": "int8"})
     with pytest.raises(ValueError, match="unknown distribute 'horovod'"):
         TrainConfig.from_dict({"distribute": "horovod"})
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
@@ -192,3 +194,85 @@ def test_colour_jitter_scales_each_image_within_its_range(sample_dataset):
     assert np.abs(sat - x).max() > 10
     with pytest.raises(ValueError, match=r"augment.contrast must be in \[0, 1\)"):
         OnlineAugment(contrast=1.5)
+
+
+def test_bfloat16_trains_and_auto_follows_the_cpu_flags(sample_dataset, tmp_path):
+    import keras
+
+    from bloodcell.training import compute_scope, cpu_has_native_bfloat16
+
+    amx, old = tmp_path / "amx", tmp_path / "old"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
+    old.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_native_bfloat16(str(amx)) and not cpu_has_native_bfloat16(str(old))
+    assert not cpu_has_native_bfloat16(str(tmp_path / "missing"))
+    auto = TrainConfig.from_dict({"mixed_precision": "auto"}).compute_policy
+    assert auto == ("mixed_bfloat16" if cpu_has_native_bfloat16() else "float32")
+    assert TrainConfig.from_dict({"mixed_precision": True}).compute_policy == "mixed_float16"
+    assert TrainConfig.from_dict({}).compute_policy == "float32"
+
+    _, tr, va, cfg = _tiny(sample_dataset, epochs=1, mixed_precision="bfloat16")
+    with compute_scope(cfg):
+        model = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
+        history = train_model(model, tr, va, cfg)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("probabilities").compute_dtype == "float32"
+    assert not np.isnan(history["loss"][0])
+
+
+def _snapshots():
+    """A callback recording the trainable weights and learning rate at the end of every epoch."""
+    import keras
+
+    class Snapshots(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights, self.lr = {}, {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights[epoch] = [np.asarray(w).copy() for w in self.model.trainable_weights]
+            self.lr[epoch] = float(np.asarray(self.model.optimizer.learning_rate))
+
+    return Snapshots()
+
+
+def test_weight_averaging_ends_with_the_mean_of_the_last_epochs(sample_dataset):
+    model, tr, va, cfg = _tiny(sample_dataset, epochs=4, swa_epochs=2, lr_schedule="cosine",
+                               learning_rate=1e-3, min_learning_rate=1e-4)
+    record = _snapshots()
+    train_model(model, tr, va, cfg, extra_callbacks=[record])
+    # the cosine reaches min_learning_rate after epochs - swa_epochs and holds it
+    assert record.lr[0] > record.lr[1] and record.lr[2] == pytest.approx(1e-4) and record.lr[3] == pytest.approx(1e-4)
+    for final, w2, w3 in zip(model.trainable_weights, record.weights[2], record.weights[3]):
+        np.testing.assert_allclose(np.asarray(final), (w2 + w3) / 2, rtol=1e-5, atol=1e-7)
+    assert not all(np.array_equal(a, b) for a, b in zip(record.weights[2], record.weights[3]))
+    with pytest.raises(ValueError, match="swa_epochs 2 needs lr_schedule 'cosine'"):
+        TrainConfig.from_dict({"swa_epochs": 2})
+    with pytest.raises(ValueError, match="swa_epochs 4 needs"):
+        TrainConfig.from_dict({"swa_epochs": 4, "epochs": 4, "lr_schedule": "cosine"})
+
+
+def test_weight_averaging_survives_an_interruption(sample_dataset, tmp_path):
+    """Killed at the end of epoch 3 of 4 (after its checkpoint): the resumed fit averages epoch 3,
+    saved before the kill, with its own epoch 4."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt("simulated interruption")
+
+    model, tr, va, cfg = _tiny(sample_dataset, epochs=4, swa_epochs=2, lr_schedule="cosine",
+                               backup_dir=str(tmp_path / "backup"))
+    first = _snapshots()
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, tr, va, cfg, extra_callbacks=[first, Interrupt()])
+    assert (tmp_path / "backup" / "swa" / "weight_average.npz").exists()
+    model2, *_ = _tiny(sample_dataset)
+    second = _snapshots()
+    history = train_model(model2, tr, va, cfg, extra_callbacks=[second])
+    assert len(history["loss"]) == 1 and sorted(second.weights) == [3]
+    for final, w2, w3 in zip(model2.trainable_weights, first.weights[2], second.weights[3]):
+        np.testing.assert_allclose(np.asarray(final), (w2 + w3) / 2, rtol=1e-5, atol=1e-7)
+    assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").rglob("*.npz"))
