@@ -1,13 +1,15 @@
 """Training throughput: the train step's own training function next to a plain Keras `model.fit`.
 
     .venv/bin/python benchmarks/train_throughput.py [--config configs/train_cpu.yaml] [--images 4096] [--epochs 3]
+        [--mixed-precision false|bfloat16|float16|auto]
 
 Both train the model the config describes, from the same initial weights, on the same images
 (a stratified subset of the config's source, or the shipped sample if that is missing) for the
 same epochs and batch size, with validation each epoch. The train step's function adds what the
 pipeline needs: the tf.data pipeline with online augmentation (flips/rotations, noise), batch-norm
 recalibration before each validation and at the end, LR schedule, early stopping and backups.
-Plain `fit` gets the images as arrays and nothing else. Prints both img/s and their ratio.
+Plain `fit` gets the images as arrays and nothing else. Both run under the config's compute
+policy (`mixed_precision`, or the one given). Prints both img/s and their ratio.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/train_cpu.yaml")
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--mixed-precision", default=None, type=lambda v: {"false": False, "true": True}.get(v, v),
+                        help="override the config's training.mixed_precision")
     args = parser.parse_args()
 
     import keras
@@ -37,7 +41,7 @@ def main() -> None:
     from bloodcell.ingest import read_source
     from bloodcell.models import build_model
     from bloodcell.split import stratified_split
-    from bloodcell.training import TrainConfig, train_model
+    from bloodcell.training import TrainConfig, compile_model, compute_scope, train_model
 
     cfg = yaml.safe_load((ROOT / args.config).read_text())["steps"]
     source = Path(cfg["ingest"]["parameters"]["source"])
@@ -50,6 +54,8 @@ def main() -> None:
     train = train.sample(args.images, seed=0)
     params = cfg["train"]["parameters"]
     training = {**params.get("training", {}), "epochs": args.epochs, "verbose": 0, "early_stopping_patience": 100}
+    if args.mixed_precision is not None:
+        training["mixed_precision"] = args.mixed_precision
 
     def fresh():
         keras.utils.set_random_seed(0)
@@ -58,23 +64,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as backups:
         step_cfg = TrainConfig.from_dict({**training, "backup_dir": backups})
+        with compute_scope(step_cfg):
+            model = fresh()
+            start = time.perf_counter()
+            train_model(model, train, val, step_cfg)
+            step_rate = len(train) * args.epochs / (time.perf_counter() - start)
+
+    with compute_scope(step_cfg):
         model = fresh()
+        compile_model(model, step_cfg, steps_per_epoch=-(-len(train) // step_cfg.batch_size))
+        x, y = train.images.astype(np.float32), keras.utils.to_categorical(train.labels, len(train.class_names))
+        vx, vy = val.images.astype(np.float32), keras.utils.to_categorical(val.labels, len(val.class_names))
         start = time.perf_counter()
-        train_model(model, train, val, step_cfg)
-        step_rate = len(train) * args.epochs / (time.perf_counter() - start)
-
-    from bloodcell.training import compile_model
-
-    model = fresh()
-    compile_model(model, step_cfg, steps_per_epoch=-(-len(train) // step_cfg.batch_size))
-    x, y = train.images.astype(np.float32), keras.utils.to_categorical(train.labels, len(train.class_names))
-    vx, vy = val.images.astype(np.float32), keras.utils.to_categorical(val.labels, len(val.class_names))
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=step_cfg.batch_size, epochs=args.epochs, validation_data=(vx, vy), verbose=0)
-    plain_rate = len(train) * args.epochs / (time.perf_counter() - start)
+        model.fit(x, y, batch_size=step_cfg.batch_size, epochs=args.epochs, validation_data=(vx, vy), verbose=0)
+        plain_rate = len(train) * args.epochs / (time.perf_counter() - start)
 
     print(f"config {args.config}, {len(train)} training images, {len(val)} validation, {args.epochs} epochs, "
-          f"batch {step_cfg.batch_size}")
+          f"batch {step_cfg.batch_size}, compute policy {step_cfg.compute_policy}")
     print(f"train step (bloodcell.training.train_model): {step_rate:7.1f} img/s")
     print(f"plain keras model.fit                      : {plain_rate:7.1f} img/s")
     print(f"ratio                                      : {step_rate / plain_rate:7.3f}")
