@@ -296,7 +296,6 @@ class TrainConfig:
             raise ValueError(f"unknown distribute {out.distribute!r}; choose null or 'mirrored'")
         return out
 
-
     @property
     def compute_policy(self) -> str:
         """The Keras dtype policy the model is built and trained under on this machine."""
