@@ -1,13 +1,15 @@
 """configs/train_gpu.yaml runs as written, on this CPU: EfficientNetV2S (weights null), fine-tuning,
 TTA, MirroredStrategy, and the heavy steps placed on the step operator the config names (here the
 local_gpu flavor, each step in its own process). Only sizes, the data path and mixed precision
-(float16 is a GPU feature) are changed."""
+are changed: float16 is a GPU feature, so train and fine-tune run under ``auto`` (bfloat16 on a
+CPU that has it), which takes the same mixed-precision path."""
 
 from __future__ import annotations
 
 import yaml
 
 from benchmarks.sandbox import make_sandbox, zenml
+from bloodcell.training import TrainConfig
 
 OPERATOR = "gpu-config-test"  # the config's `gpu`, under a name no other test registers
 
@@ -29,7 +31,8 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     steps["train"]["parameters"]["model"]["weights"] = None
     for name in ("train", "fine_tune"):
         p = steps[name]["parameters"]
-        p["training"].update(epochs=1, batch_size=32, mixed_precision=False)
+        assert p["training"]["mixed_precision"] is True
+        p["training"].update(epochs=1, batch_size=32, mixed_precision="auto")
         if "recalibrate_samples_per_epoch" in p["training"]:
             p["training"]["recalibrate_samples_per_epoch"] = 64
         p["min_val_accuracy"] = 0.0
@@ -50,7 +53,18 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     assert run.steps["split"].config.step_operator is None
     train_meta = run.steps["train"].outputs["training_history"][0].load().info
     assert train_meta["architecture"] == "efficientnetv2s" and train_meta["distribute"] == "mirrored"
+    assert train_meta["compute_policy"] == TrainConfig.from_dict({"mixed_precision": "auto"}).compute_policy
     ft = run.steps["fine_tune"].run_metadata
     assert ft["skipped"] is False and ft["unfrozen_layers"] > 0 and ft["epochs"] == 1 and ft["tta"] is True
     model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
     assert model.name == "efficientnetv2s_transfer_tta" and model.output_shape == (None, 8)
+    # shipped computing in float32, whatever it was trained in
+    assert _policies(model) == {"float32"}
+
+
+def _policies(model) -> set[str]:
+    """The dtype policies of every layer of ``model``, nested models included."""
+    out = {model.dtype_policy.name}
+    for layer in model.layers:
+        out |= _policies(layer) if hasattr(layer, "layers") else {layer.dtype_policy.name}
+    return out
