@@ -54,6 +54,8 @@ def main() -> None:
     train = train.sample(args.images, seed=0)
     params = cfg["train"]["parameters"]
     training = {**params.get("training", {}), "epochs": args.epochs, "verbose": 0, "early_stopping_patience": 100}
+    if training.get("swa_epochs"):  # keep weight averaging (and its cost) in the shorter run
+        training["swa_epochs"] = min(training["swa_epochs"], args.epochs - 1)
     if args.mixed_precision is not None:
         training["mixed_precision"] = args.mixed_precision
 

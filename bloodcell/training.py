@@ -289,7 +289,7 @@ class TrainConfig:
         if out.swa_epochs and (out.lr_schedule != "cosine" or not out.recalibrate_final
                                or not 0 < out.swa_epochs < out.epochs):
             raise ValueError(f"swa_epochs {out.swa_epochs} needs lr_schedule 'cosine', recalibrate_final (averaged weights "
-                             f"need their batch norm recomputed) and fewer epochs than epochs ({out.epochs})")
+                             f"need their batch norm recomputed) and a value below epochs ({out.epochs})")
         if out.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed_precision {out.mixed_precision!r}; choose one of {MIXED_PRECISION}")
         if out.distribute not in (None, "mirrored"):
