@@ -7,7 +7,7 @@ Takes the trained model of the last run kept by ``pipeline_timing.py --keep`` (i
 recalibrated, as the train step does, on originals passed through the training augmentation),
 recalibrates copies of it on the same originals (the train step's own sample) with clean images
 or with noise only, and prints val, test and noisy-test (white noise sigma=25) accuracy of each,
-with TTA and the prior correction as the pipeline ships them.
+with TTA, the prior correction and float32 compute as the pipeline ships them.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
         model.set_weights(trained.get_weights())
         if aug is not None:
             training.recalibrate_on_originals(model, originals, cfg, aug)
+        model = models.with_float32_compute(model)  # as fine_tune ships it
         models.shift_logits(model, training.prior_log_ratio(train))
         tta = models.with_tta(model)
         print(f"{name}: val {evaluation.accuracy(tta, val.images, val.labels):.4f}, "
