@@ -58,42 +58,67 @@ class OnlineAugment:
         return tf.clip_by_value(x, 0.0, 255.0)
 
     def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(images, tf.float32)
-        n = tf.shape(x)[0]
-        seeds = tf.random.experimental.stateless_split(seed, 6)
-        if self.dihedral:
-            def pick(s):
-                return tf.random.stateless_uniform([n, 1, 1, 1], s) < 0.5
-            x = tf.where(pick(seeds[0]), tf.reverse(x, axis=[2]), x)
-            x = tf.where(pick(seeds[1]), tf.reverse(x, axis=[1]), x)
-            x = tf.where(pick(seeds[2]), tf.transpose(x, [0, 2, 1, 3]), x)
+        """``images`` (a batch, any dtype, 0..255) augmented as float32; the same ``seed`` (a
+        stateless seed pair) gives the same result."""
+        n = tf.shape(images)[0]
+        seeds = tf.random.experimental.stateless_split(seed, 4)
+        x = images
+        if self.dihedral:  # one gather: each image through one of the 8 transforms, in its own dtype
+            k = tf.random.stateless_uniform([n], seeds[0], 0, 8, dtype=tf.int32)
+            x = tf.reshape(tf.gather(tf.reshape(x, [n, -1, 3]), tf.gather(_dihedral_index(images.shape[1:3]), k), batch_dims=1),
+                           tf.shape(images))
+        x = tf.cast(x, tf.float32)
         if self.brightness or self.contrast or self.saturation:
             x = self.colour(x, seed)
-        if self.noise_sigma_max > 0:
-            sigma = tf.random.stateless_uniform([n, 1, 1, 1], seeds[3], 0.0, self.noise_sigma_max)
-            on = tf.cast(tf.random.stateless_uniform([n, 1, 1, 1], seeds[4]) < self.noise_probability, tf.float32)
-            x = x + tf.random.stateless_normal(tf.shape(x), seeds[5]) * sigma * on
+        if self.noise_sigma_max > 0:  # noise drawn only for the images that get it
+            sigma = tf.random.stateless_uniform([n], seeds[1], 0.0, self.noise_sigma_max)
+            noisy = tf.where(tf.random.stateless_uniform([n], seeds[2]) < self.noise_probability)
+            noise = tf.random.stateless_normal(tf.concat([tf.shape(noisy)[:1], tf.shape(x)[1:]], 0), seeds[3])
+            x = tf.tensor_scatter_nd_add(x, noisy, noise * tf.reshape(tf.gather_nd(sigma, noisy), [-1, 1, 1, 1]))
             x = tf.clip_by_value(x, 0.0, 255.0)
         return x
 
 
+def _dihedral_index(shape: tuple[int, int]) -> tf.Tensor:
+    """(8, H*W) int32: row k lists, for each output pixel, the input pixel of dihedral transform k
+    (bit 0: left-right flip, bit 1: up-down flip, bit 2: transpose; square images only)."""
+    h, w = shape
+    if h != w:
+        raise ValueError(f"online dihedral augmentation needs square images, got {h}x{w}")
+    grid = np.arange(h * w).reshape(h, w)
+    rows = []
+    for k in range(8):
+        g = grid[:, ::-1] if k & 1 else grid
+        g = g[::-1, :] if k & 2 else g
+        rows.append((g.T if k & 4 else g).reshape(-1))
+    return tf.constant(np.stack(rows).astype(np.int32))
+
+
 def make_dataset(
     ds: Dataset, batch_size: int, augment: OnlineAugment | None = None,
-    shuffle: bool = False, seed: int = 0,
+    shuffle: bool = False, seed: int = 0, repeat: bool = False,
 ) -> tf.data.Dataset:
+    """Batches of (float32 images, labels), augmented by ``augment`` with a fresh seed a batch.
+    ``repeat``: endless, one epoch after the other (each reshuffled), batches not crossing epochs."""
     data = tf.data.Dataset.from_tensor_slices((ds.images, ds.labels))
     if shuffle:
         data = data.shuffle(len(ds), seed=seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size)
+    if repeat:
+        data = data.repeat()
     if augment is not None:
         counter = tf.data.Dataset.counter()
         data = tf.data.Dataset.zip((data, counter)).map(
             lambda xy, i: (augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=tf.data.AUTOTUNE,  # cores; autotuning is off (below)
         )
     else:
         data = data.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return data.prefetch(tf.data.AUTOTUNE)
+    # tf.data autotuning off: with it, retiring an iterator (a new epoch, the end of fit) now and
+    # then stalled for ~20 s on a 2-core machine; without it, AUTOTUNE parallelism means all cores
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return data.prefetch(4).with_options(options)
 
 
 def images_only(data: tf.data.Dataset) -> tf.data.Dataset:
@@ -376,8 +401,10 @@ def train_model(
     def to_onehot(data: tf.data.Dataset) -> tf.data.Dataset:
         return data.map(lambda x, y: (x, tf.one_hot(y, n)))
 
-    compile_model(model, cfg, steps_per_epoch=-(-len(train) // cfg.batch_size))
-    train_data = to_onehot(make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed))
+    steps = -(-len(train) // cfg.batch_size)
+    compile_model(model, cfg, steps_per_epoch=steps)
+    # one endless input pipeline for the whole fit, not a new iterator an epoch
+    train_data = to_onehot(make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True))
     val_data = to_onehot(make_dataset(val, 256))
     originals = clean_originals(train)
     callbacks: list[keras.callbacks.Callback] = []
@@ -401,7 +428,8 @@ def train_model(
     if cfg.backup_dir:  # first: restores before and saves ahead of the other callbacks
         os.makedirs(cfg.backup_dir, exist_ok=True)
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
-    history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
+    history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if swa is not None:
         averaged = swa.apply()
         if cfg.verbose:

@@ -276,3 +276,36 @@ def test_weight_averaging_survives_an_interruption(sample_dataset, tmp_path):
     for final, w2, w3 in zip(model2.trainable_weights, first.weights[2], second.weights[3]):
         np.testing.assert_allclose(np.asarray(final), (w2 + w3) / 2, rtol=1e-5, atol=1e-7)
     assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").rglob("*.npz"))
+
+
+def _dihedral_copies(image):
+    out = []
+    for im in (image, image.transpose(1, 0, 2)):
+        out += [im, im[:, ::-1], im[::-1], im[::-1, ::-1]]
+    return out
+
+
+def test_online_augmentation_rotates_or_reflects_each_image_and_noises_a_fraction(sample_dataset):
+    import tensorflow as tf
+
+    from bloodcell.training import OnlineAugment
+
+    x = np.concatenate([sample_dataset.images] * 2)[:256]
+    seed = tf.constant([5, 1], tf.int64)
+    flipped = np.asarray(OnlineAugment(dihedral=True)(x, seed))
+    assert flipped.dtype == np.float32
+    which = [next((k for k, c in enumerate(_dihedral_copies(im)) if np.array_equal(c, out)), None)
+             for im, out in zip(x.astype(np.float32), flipped)]
+    assert None not in which  # every image is exactly one of its 8 rotations/reflections
+    assert np.bincount(which, minlength=8).min() >= 16  # each of the 8 for some (256 images: 32 expected)
+    np.testing.assert_array_equal(flipped, np.asarray(OnlineAugment(dihedral=True)(x, seed)))  # same seed, same batch
+    assert not np.array_equal(flipped, np.asarray(OnlineAugment(dihedral=True)(x, seed + 1)))
+
+    noisy = np.asarray(OnlineAugment(dihedral=False, noise_sigma_max=40.0, noise_probability=0.25)(x, seed))
+    changed = (noisy != x).reshape(len(x), -1).mean(axis=1)
+    untouched = changed == 0
+    assert 0.15 < 1 - untouched.mean() < 0.35  # about a quarter of the images get noise, the others none
+    inside = (x > 60) & (x < 195)  # away from clipping
+    sd = np.array([(noisy[i] - x[i])[inside[i]].std() for i in np.flatnonzero(~untouched)])
+    assert sd.min() > 0 and sd.max() < 41 and 15 < sd.mean() < 25  # sigma ~ U(0, 40): mean 20
+    assert noisy.min() >= 0 and noisy.max() <= 255
