@@ -59,12 +59,4 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
     assert model.name == "efficientnetv2s_transfer_tta" and model.output_shape == (None, 8)
     # shipped computing in float32, whatever it was trained in
-    assert _policies(model) == {"float32"}
-
-
-def _policies(model) -> set[str]:
-    """The dtype policies of every layer of ``model``, nested models included."""
-    out = {model.dtype_policy.name}
-    for layer in model.layers:
-        out |= _policies(layer) if hasattr(layer, "layers") else {layer.dtype_policy.name}
-    return out
+    assert {layer.dtype_policy.name for layer in model._flatten_layers(include_self=True, recursive=True)} == {"float32"}
