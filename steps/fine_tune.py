@@ -2,9 +2,11 @@
 
 A transfer model gets its top backbone stages unfrozen (batch norm kept frozen, L2 on the
 unfrozen convs) and is fitted again with AdamW 1e-5. The custom CNN has no pretrained backbone and
-passes through. Either way, ``prior_correction`` (0..1) shifts the output logits towards the
-class frequencies of the training originals (rebalancing trained the model on equal priors, which
-makes it over-predict the small classes); with ``tta: true`` the result is wrapped so that it averages its
+passes through. Either way, ``prior_correction`` shifts the output logits towards the class
+frequencies of the training originals (rebalancing trained the model on equal priors, which makes
+it over-predict the small classes): 1 shifts them by log(originals' frequency / rebalanced
+frequency), larger values by a multiple of it (``benchmarks/prior_correction.py`` measures which
+strength the val split prefers); with ``tta: true`` the result is wrapped so that it averages its
 predictions over the 8 flips/rotations of each image (inside the model, so the exported file does
 the same), and its inference-mode val accuracy must reach the floor.
 """
@@ -30,6 +32,8 @@ from steps._guard import guard
 
 logger = get_logger(__name__)
 
+MAX_PRIOR_CORRECTION = 4.0
+
 
 @step(
     cache_policy=content_cache_policy(bloodcell.evaluation, bloodcell.models, bloodcell.training),
@@ -48,8 +52,9 @@ def fine_tune(
     min_val_accuracy: float = 0.0,
 ) -> Annotated[keras.Model, "tuned_model"]:
     """Fine-tune (transfer models), optionally wrap with test-time augmentation, check val accuracy."""
-    if not 0.0 <= prior_correction <= 1.0:
-        raise ValueError(f"prior_correction must be between 0 (off) and 1 (the originals' class frequencies), got {prior_correction}")
+    if not 0.0 <= prior_correction <= MAX_PRIOR_CORRECTION:
+        raise ValueError(f"prior_correction must be between 0 (off) and {MAX_PRIOR_CORRECTION:g} (1: the originals' "
+                         f"class frequencies; more: that log-ratio times the value), got {prior_correction}")
     info: dict[str, Any] = {"tta": tta}
     if not enabled:
         info.update(skipped=True, reason="disabled in config")

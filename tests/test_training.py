@@ -171,6 +171,15 @@ def test_shift_logits_multiplies_the_probabilities_by_exp_shift(sample_dataset):
         shift_logits(model, np.zeros(3))
 
 
+def test_prior_correction_outside_its_range_is_a_clear_error(sample_dataset):
+    from steps.fine_tune import MAX_PRIOR_CORRECTION, fine_tune
+
+    model = build_model("custom_cnn", 8, 96, filters=[8], dense_units=8)
+    for bad in (-0.5, MAX_PRIOR_CORRECTION + 0.5):
+        with pytest.raises(ValueError, match=rf"prior_correction must be between 0 \(off\) and 4 .*got {bad}"):
+            fine_tune.entrypoint(model, sample_dataset, sample_dataset, prior_correction=bad)
+
+
 def test_colour_jitter_scales_each_image_within_its_range(sample_dataset):
     import tensorflow as tf
 
