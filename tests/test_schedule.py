@@ -76,6 +76,8 @@ def test_retrain_weekly_config_carries_a_schedule_that_the_local_runner_strips()
         cfg = yaml.safe_load(open(path))
         assert "schedule" not in cfg and cfg["model"]["name"] == "bloodcell-classifier"
         assert cfg["steps"]["train"]["parameters"]["architecture"] == "custom_cnn"
+        # the weekly retraining is the CPU recipe: the same steps and parameters as train_cpu.yaml
+        assert cfg["steps"] == yaml.safe_load(open(ROOT / "configs" / "train_cpu.yaml"))["steps"]
     finally:
         os.unlink(path)
 
