@@ -9,7 +9,9 @@ in ``--grid``, then the errors summed over the runs. 1.0 shifts the logits by lo
 class frequency / rebalanced frequency); the runs' models were shipped with whatever their config
 said, and are re-shifted exactly: each of the 8 TTA views' probabilities is multiplied by
 exp((strength - shipped) * ratio) and renormalised before the views are averaged, which is what
-shifting the output layer's bias does. Pick the strength on the val column.
+shifting the output layer's bias does. Pick the strength on the val column. With several runs it
+also counts, at that strength, the test images that k of the runs get wrong: the images every
+run misses are the floor that more runs of the same recipe (or an ensemble of them) cannot lift.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def one_run(kept: Path) -> dict:
         "ratio": training.prior_log_ratio(train).tolist(),
         "shipped": float(run.steps["fine_tune"].config.parameters.get("prior_correction", 0.0)),
         "tta": inner is not shipped,
+        "test_ids": list(test.ids),
         "sets": {k: {"labels": y.tolist(),
                      "views": [inner.predict(v, batch_size=256, verbose=0).tolist()
                                for v in (views(x) if inner is not shipped else [x])]}
@@ -69,7 +72,8 @@ def one_run(kept: Path) -> dict:
     }
 
 
-def errors(result: dict, strength: float) -> dict[str, int]:
+def wrong(result: dict, strength: float) -> dict[str, np.ndarray]:
+    """Per set, which samples the model shifted to ``strength`` gets wrong."""
     factor = np.exp((strength - result["shipped"]) * np.asarray(result["ratio"]))
     out = {}
     for name, s in result["sets"].items():
@@ -77,7 +81,7 @@ def errors(result: dict, strength: float) -> dict[str, int]:
         for p in s["views"]:
             q = np.asarray(p) * factor
             probs = probs + q / q.sum(axis=1, keepdims=True)
-        out[name] = int((np.argmax(probs, axis=1) != np.asarray(s["labels"])).sum())
+        out[name] = np.argmax(probs, axis=1) != np.asarray(s["labels"])
     return out
 
 
@@ -92,14 +96,16 @@ def main() -> None:
         return
     grid = [float(g) for g in args.grid.split(",")]
     totals = {g: {"val": 0, "test": 0, "noisy": 0} for g in grid}
+    results = []
     for kept in args.kept:
         out = subprocess.run([sys.executable, __file__, "--child", kept], check=True, capture_output=True, text=True).stdout
         result = json.loads(out)
+        results.append(result)
         n = {k: len(s["labels"]) for k, s in result["sets"].items()}
         print(f"{kept} (run {result['name']}, shipped with {result['shipped']:g}, TTA {result['tta']}; "
               f"n = {n['val']} val, {n['test']} test)")
         for g in grid:
-            e = errors(result, g)
+            e = {k: int(v.sum()) for k, v in wrong(result, g).items()}
             for k in e:
                 totals[g][k] += e[k]
             print(f"  {g:4.2f}: " + ", ".join(f"{k} {e[k]} errors ({100 * (1 - e[k] / n[k]):.2f}%)" for k in e), flush=True)
@@ -109,6 +115,15 @@ def main() -> None:
             print(f"  {g:4.2f}: " + ", ".join(f"{k} {v}" for k, v in totals[g].items()))
     best = min(grid, key=lambda g: (totals[g]["val"], abs(g - 1.0)))
     print(f"fewest val errors at prior_correction {best:g}")
+    if len(results) > 1:
+        ids = results[0]["test_ids"]
+        if any(r["test_ids"] != ids for r in results):
+            print("the runs have different test splits: no shared-error count")
+            return
+        missed = sum(wrong(r, best)["test"].astype(int) for r in results)
+        counts = np.bincount(missed, minlength=len(results) + 1)
+        print(f"test images missed by k of the {len(results)} runs at {best:g}: "
+              + ", ".join(f"k={k}: {c}" for k, c in enumerate(counts) if k))
 
 
 if __name__ == "__main__":
