@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,17 +41,13 @@ def views(images: np.ndarray) -> list[np.ndarray]:
 def one_run(kept: Path) -> dict:
     """Per-view probabilities of the kept run's shipped model (runs in a child process: each
     kept run has its own ZenML store)."""
-    os.environ.update(ZENML_CONFIG_PATH=str(kept / "zenml"), ZENML_ANALYTICS_OPT_IN="false", TF_CPP_MIN_LOG_LEVEL="2")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's code and materializers
+    from benchmarks.sandbox import last_kept_run
+
+    run, load = last_kept_run(kept)
     import keras
-    from zenml.client import Client
 
     from bloodcell import evaluation, training
-
-    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
-
-    def load(step: str, output: str):
-        return run.steps[step].outputs[output][0].load()
 
     train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
     shipped = load("fine_tune", "tuned_model")

@@ -13,7 +13,6 @@ with TTA, the prior correction and float32 compute as the pipeline ships them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,25 +21,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kept", help="the DIR given to pipeline_timing.py --keep")
     args = parser.parse_args()
-    kept = Path(args.kept).resolve()
-    os.environ.update(ZENML_CONFIG_PATH=str(kept / "zenml"), ZENML_ANALYTICS_OPT_IN="false", TF_CPP_MIN_LOG_LEVEL="2")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's code and materializers
+    from benchmarks.sandbox import last_kept_run
 
+    run, load = last_kept_run(Path(args.kept))
     import keras
-    from zenml.client import Client
 
     from bloodcell import evaluation, models, training
-
-    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
-
-    def load(step: str, output: str):
-        return run.steps[step].outputs[output][0].load()
 
     train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
     trained = load("train", "model")
     noisy = evaluation.add_white_noise(test.images, 25.0, seed=0)
     cfg = training.TrainConfig.from_dict(run.steps["train"].config.parameters.get("training"))
     originals = training.clean_originals(train)
+    strength = float(run.steps["fine_tune"].config.parameters.get("prior_correction", 0.0))
     variants = {
         "as trained (the training augmentation)": None,
         "clean (flips only)": training.OnlineAugment(dihedral=True),
@@ -55,7 +49,7 @@ def main() -> None:
         if aug is not None:
             training.recalibrate_on_originals(model, originals, cfg, aug)
         model = models.with_float32_compute(model)  # as fine_tune ships it
-        models.shift_logits(model, training.prior_log_ratio(train))
+        models.shift_logits(model, strength * training.prior_log_ratio(train))
         tta = models.with_tta(model)
         print(f"{name}: val {evaluation.accuracy(tta, val.images, val.labels):.4f}, "
               f"test {evaluation.accuracy(tta, test.images, test.labels):.4f}, "
