@@ -26,16 +26,12 @@ import numpy as np
 
 
 def views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations, in the order ``models.with_tta`` builds them."""
-    out = []
-    for transposed in (False, True):
-        x = images.transpose(0, 2, 1, 3) if transposed else images
-        for flip_h in (False, True):
-            for flip_v in (False, True):
-                y = x[:, :, ::-1] if flip_h else x
-                y = y[:, ::-1] if flip_v else y
-                out.append(np.ascontiguousarray(y))
-    return out
+    """The 8 flips/rotations of each image (the training augmentation's table of them; the
+    order does not matter to an average)."""
+    from bloodcell.training import _dihedral_index
+
+    flat = images.reshape(len(images), -1, images.shape[-1])
+    return [flat[:, row].reshape(images.shape) for row in np.asarray(_dihedral_index(images.shape[1:3]))]
 
 
 def one_run(kept: Path) -> dict:
