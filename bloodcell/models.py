@@ -166,6 +166,20 @@ def shift_logits(model: keras.Model, shift: Any) -> None:
     head.bias.assign(keras.ops.convert_to_numpy(head.bias) + shift)
 
 
+def with_subtype_head(model: keras.Model, fine_classes: int) -> keras.Model:
+    """A training model with two outputs, ``probabilities`` (``model``'s own) and ``subtype``, a
+    second softmax over ``fine_classes`` fed by the same features as the ``probabilities`` layer.
+    It shares every layer with ``model``, so training it trains ``model``, which stays as it was
+    built (the subtype head is not part of it)."""
+    try:
+        head = model.get_layer("probabilities")
+    except ValueError:
+        raise ValueError(f"{model.name} has no output layer named 'probabilities' to put a subtype head beside") from None
+    features = head.input
+    subtype = layers.Dense(fine_classes, activation="softmax", dtype="float32", name="subtype")(features)
+    return keras.Model(model.inputs, {"probabilities": model.outputs[0], "subtype": subtype}, name=f"{model.name}_subtypes")
+
+
 def with_tta(model: keras.Model) -> keras.Model:
     """Test-time augmentation inside the model: the average of its probabilities over the 8
     flips/rotations of each image (cells have no orientation). Built from Keras ops only, so it

@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from bloodcell.dataset import Dataset
+from bloodcell.models import with_subtype_head
+from bloodcell.subtypes import fine_classes, fine_targets
 
 
 @dataclass
@@ -96,11 +98,12 @@ def _dihedral_index(shape: tuple[int, int]) -> tf.Tensor:
 
 def make_dataset(
     ds: Dataset, batch_size: int, augment: OnlineAugment | None = None,
-    shuffle: bool = False, seed: int = 0, repeat: bool = False,
+    shuffle: bool = False, seed: int = 0, repeat: bool = False, targets: Any = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 images, labels), augmented by ``augment`` with a fresh seed a batch.
-    ``repeat``: endless, one epoch after the other (each reshuffled), batches not crossing epochs."""
-    data = tf.data.Dataset.from_tensor_slices((ds.images, ds.labels))
+    ``repeat``: endless, one epoch after the other (each reshuffled), batches not crossing epochs.
+    ``targets`` (arrays, or a dict of arrays, one row a sample) go in place of the labels."""
+    data = tf.data.Dataset.from_tensor_slices((ds.images, ds.labels if targets is None else targets))
     if shuffle:
         data = data.shuffle(len(ds), seed=seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size)
@@ -297,6 +300,11 @@ class TrainConfig:
     # else off; false: float32
     mixed_precision: bool | str = False
     distribute: str | None = None  # "mirrored": tf.distribute.MirroredStrategy over the visible GPUs
+    # auxiliary subtype head (bloodcell/subtypes.py): class name -> subtypes read from file-name
+    # prefixes (PBC: ig: [MY, MMY, PMY], neutrophil: [BNE, SNE]); a second softmax over them is
+    # trained beside the classes, with this weight on its loss, and dropped afterwards
+    subtypes: dict[str, list[str]] | None = None
+    subtype_loss_weight: float = 0.5
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None) -> "TrainConfig":
@@ -317,6 +325,11 @@ class TrainConfig:
                              f"need their batch norm recomputed) and a value below epochs ({out.epochs})")
         if out.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"unknown mixed_precision {out.mixed_precision!r}; choose one of {MIXED_PRECISION}")
+        if out.subtypes is not None and not (
+                isinstance(out.subtypes, dict) and all(isinstance(v, list) for v in out.subtypes.values())):
+            raise ValueError(f"subtypes must map class names to lists of subtypes, e.g. {{ig: [MY, MMY, PMY]}}, got {out.subtypes!r}")
+        if not out.subtype_loss_weight > 0:
+            raise ValueError(f"subtype_loss_weight must be above 0, got {out.subtype_loss_weight}")
         if out.distribute not in (None, "mirrored"):
             raise ValueError(f"unknown distribute {out.distribute!r}; choose null or 'mirrored'")
         return out
@@ -373,7 +386,10 @@ def in_current_scope(model: keras.Model) -> keras.Model:
         return keras.saving.load_model(path, safe_mode=True)
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | None = None) -> None:
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | None = None,
+                  subtype_head: bool = False) -> None:
+    """Compile with the configured optimizer, LR schedule and loss; ``subtype_head``: ``model`` is
+    a ``models.with_subtype_head`` training model (a loss for each output, accuracy of the classes)."""
     lr: Any = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
         if not steps_per_epoch:
@@ -386,7 +402,12 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | N
     else:
         optimizer = keras.optimizers.Lion(learning_rate=lr, weight_decay=cfg.weight_decay)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    if subtype_head:
+        model.compile(optimizer=optimizer, loss={"probabilities": loss, "subtype": loss},
+                      loss_weights={"probabilities": 1.0, "subtype": cfg.subtype_loss_weight},
+                      metrics={"probabilities": ["accuracy"]})
+    else:
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def train_model(
@@ -394,18 +415,34 @@ def train_model(
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict[str, list[float]]:
     """Fit ``model`` (compiled here with the configured optimizer and LR schedule) and return the
-    Keras history."""
+    Keras history. With ``cfg.subtypes`` a subtype head is trained beside the model's output
+    (``bloodcell.subtypes``); ``model`` itself stays without it, and the history's ``accuracy``
+    and ``val_accuracy`` are those of the classes."""
     keras.utils.set_random_seed(cfg.seed)
     n = len(train.class_names)
-
-    def to_onehot(data: tf.data.Dataset) -> tf.data.Dataset:
-        return data.map(lambda x, y: (x, tf.one_hot(y, n)))
-
     steps = -(-len(train) // cfg.batch_size)
-    compile_model(model, cfg, steps_per_epoch=steps)
-    # one endless input pipeline for the whole fit, not a new iterator an epoch
-    train_data = to_onehot(make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True))
-    val_data = to_onehot(make_dataset(val, 256))
+    fine = fine_classes(train, cfg.subtypes) if cfg.subtypes else []
+    fitted = model
+    if fine:
+        fitted = with_subtype_head(model, len(fine))
+        if cfg.verbose:
+            print(f"Subtype head over {len(fine)} fine classes: {fine}")
+
+        def targets(ds: Dataset) -> dict[str, np.ndarray]:
+            return {"probabilities": np.eye(n, dtype=np.float32)[ds.labels], "subtype": fine_targets(ds, fine)}
+
+        # one endless input pipeline for the whole fit, not a new iterator an epoch
+        train_data = make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True,
+                                  targets=targets(train))
+        val_data = make_dataset(val, 256, targets=targets(val))
+    else:
+        def to_onehot(data: tf.data.Dataset) -> tf.data.Dataset:
+            return data.map(lambda x, y: (x, tf.one_hot(y, n)))
+
+        train_data = to_onehot(make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True))
+        val_data = to_onehot(make_dataset(val, 256))
+    compile_model(fitted, cfg, steps_per_epoch=steps, subtype_head=bool(fine))
+    accuracy = "probabilities_accuracy" if fine else "accuracy"
     originals = clean_originals(train)
     callbacks: list[keras.callbacks.Callback] = []
     if cfg.recalibrate_samples_per_epoch:
@@ -417,7 +454,7 @@ def train_model(
         ))
     callbacks += [
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=cfg.early_stopping_patience, restore_best_weights=True, verbose=1,
+            monitor=f"val_{accuracy}", mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True, verbose=1,
         ),
         *(extra_callbacks or []),
     ]
@@ -428,15 +465,16 @@ def train_model(
     if cfg.backup_dir:  # first: restores before and saves ahead of the other callbacks
         os.makedirs(cfg.backup_dir, exist_ok=True)
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
-    history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
+    history = fitted.fit(train_data, validation_data=val_data, epochs=cfg.epochs, steps_per_epoch=steps,
+                         callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if swa is not None:
         averaged = swa.apply()
         if cfg.verbose:
             print(f"Weight averaging: the model is the mean of epochs {[e + 1 for e in averaged]}")
     if cfg.recalibrate_final:
         recalibrate_on_originals(model, originals, cfg)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    rename = {accuracy: "accuracy", f"val_{accuracy}": "val_accuracy"}
+    return {rename.get(k, k): [float(v) for v in vals] for k, vals in history.history.items()}
 
 
 @dataclass

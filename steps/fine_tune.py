@@ -22,6 +22,7 @@ from zenml.logger import get_logger
 
 import bloodcell.evaluation
 import bloodcell.models
+import bloodcell.subtypes
 import bloodcell.training
 from bloodcell.dataset import Dataset
 from bloodcell.tables import metrics_tables
@@ -36,7 +37,7 @@ MAX_PRIOR_CORRECTION = 4.0
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.evaluation, bloodcell.models, bloodcell.training),
+    cache_policy=content_cache_policy(bloodcell.evaluation, bloodcell.models, bloodcell.subtypes, bloodcell.training),
     output_materializers={"tuned_model": KerasModelMaterializer},
 )
 def fine_tune(

@@ -12,6 +12,7 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 import bloodcell.models
+import bloodcell.subtypes
 import bloodcell.training
 from bloodcell.dataset import Dataset
 from bloodcell.tables import history_tables
@@ -26,7 +27,7 @@ logger = get_logger(__name__)
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.models, bloodcell.training),
+    cache_policy=content_cache_policy(bloodcell.models, bloodcell.subtypes, bloodcell.training),
     output_materializers={"model": KerasModelMaterializer, "training_history": TrainingHistoryMaterializer},
 )
 def train(
