@@ -151,14 +151,19 @@ def unfreeze_top(model: keras.Model, blocks: int, l2: float = 1e-4) -> list[str]
     return unfrozen
 
 
+def output_layer(model: keras.Model, purpose: str) -> keras.layers.Layer:
+    """The model's softmax output layer ``probabilities``; a clear error naming ``purpose`` if it has none."""
+    try:
+        return model.get_layer("probabilities")
+    except ValueError:
+        raise ValueError(f"{model.name} has no output layer named 'probabilities' {purpose}") from None
+
+
 def shift_logits(model: keras.Model, shift: Any) -> None:
     """Add ``shift`` (one value a class) to the logits of the model's softmax output layer
     ``probabilities``, in place: the probabilities become proportional to the old ones times
     exp(shift). The model's architecture is unchanged (it is the output layer's bias)."""
-    try:
-        head = model.get_layer("probabilities")
-    except ValueError:
-        raise ValueError(f"{model.name} has no output layer named 'probabilities' to shift") from None
+    head = output_layer(model, "to shift")
     shift = np.asarray(shift, dtype="float32")
     if not isinstance(head, layers.Dense) or head.bias is None or head.bias.shape != shift.shape:
         raise ValueError(f"cannot shift the logits of {model.name}: its 'probabilities' layer is not a Dense "
@@ -171,11 +176,7 @@ def with_subtype_head(model: keras.Model, fine_classes: int) -> keras.Model:
     second softmax over ``fine_classes`` fed by the same features as the ``probabilities`` layer.
     It shares every layer with ``model``, so training it trains ``model``, which stays as it was
     built (the subtype head is not part of it)."""
-    try:
-        head = model.get_layer("probabilities")
-    except ValueError:
-        raise ValueError(f"{model.name} has no output layer named 'probabilities' to put a subtype head beside") from None
-    features = head.input
+    features = output_layer(model, "to put a subtype head beside").input
     subtype = layers.Dense(fine_classes, activation="softmax", dtype="float32", name="subtype")(features)
     return keras.Model(model.inputs, {"probabilities": model.outputs[0], "subtype": subtype}, name=f"{model.name}_subtypes")
 

@@ -44,7 +44,6 @@ def fine_classes(train: Dataset, subtypes: dict[str, list[str]] | None) -> list[
     for label, sid in zip(train.labels, train.ids):
         seen.setdefault(int(label), set()).add(subtype_of(sid))
     out: list[str] = []
-    split = False
     for c, name in enumerate(train.class_names):
         listed = [str(s).upper() for s in subtypes.get(name, [])]
         found = [s for s in listed if s in seen.get(c, set())]
@@ -53,10 +52,9 @@ def fine_classes(train: Dataset, subtypes: dict[str, list[str]] | None) -> list[
                            "subtype %s left out", name, s, s)
         if len(found) >= 2:
             out += [f"{name}/{s}" for s in found]
-            split = True
         else:
             out.append(name)
-    return out if split else []
+    return out if any("/" in f for f in out) else []
 
 
 def fine_targets(ds: Dataset, fine: list[str]) -> np.ndarray:

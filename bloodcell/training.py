@@ -422,25 +422,18 @@ def train_model(
     n = len(train.class_names)
     steps = -(-len(train) // cfg.batch_size)
     fine = fine_classes(train, cfg.subtypes) if cfg.subtypes else []
-    fitted = model
-    if fine:
-        fitted = with_subtype_head(model, len(fine))
-        if cfg.verbose:
-            print(f"Subtype head over {len(fine)} fine classes: {fine}")
+    fitted = with_subtype_head(model, len(fine)) if fine else model
+    if fine and cfg.verbose:
+        print(f"Subtype head over {len(fine)} fine classes: {fine}")
 
-        def targets(ds: Dataset) -> dict[str, np.ndarray]:
-            return {"probabilities": np.eye(n, dtype=np.float32)[ds.labels], "subtype": fine_targets(ds, fine)}
+    def targets(ds: Dataset) -> Any:
+        onehot = np.eye(n, dtype=np.float32)[ds.labels]
+        return {"probabilities": onehot, "subtype": fine_targets(ds, fine)} if fine else onehot
 
-        # one endless input pipeline for the whole fit, not a new iterator an epoch
-        train_data = make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True,
-                                  targets=targets(train))
-        val_data = make_dataset(val, 256, targets=targets(val))
-    else:
-        def to_onehot(data: tf.data.Dataset) -> tf.data.Dataset:
-            return data.map(lambda x, y: (x, tf.one_hot(y, n)))
-
-        train_data = to_onehot(make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True))
-        val_data = to_onehot(make_dataset(val, 256))
+    # one endless input pipeline for the whole fit, not a new iterator an epoch
+    train_data = make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True,
+                              targets=targets(train))
+    val_data = make_dataset(val, 256, targets=targets(val))
     compile_model(fitted, cfg, steps_per_epoch=steps, subtype_head=bool(fine))
     accuracy = "probabilities_accuracy" if fine else "accuracy"
     originals = clean_originals(train)
