@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make run    venv + install + `zenml init` + the quickstart pipeline on the local ZenML stack
-#   make test   venv + install + the test suite
+#   make test   venv + install + lint (ruff) + the test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 GPUS ?= [0]
 
-.PHONY: install run test train-cpu benchmark stack-gpu-local clean
+.PHONY: install run lint test train-cpu benchmark stack-gpu-local clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (this project needs Python 3.11; set PYTHON=...)"; exit 1; }
@@ -32,7 +32,10 @@ run: $(STAMP) .zen
 train-cpu:
 	$(MAKE) run CONFIG=configs/train_cpu.yaml
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest
 
 benchmark: $(STAMP) .zen
@@ -40,7 +43,7 @@ benchmark: $(STAMP) .zen
 
 # A stack whose step operator `gpu` runs steps in local processes, one GPU each from $(GPUS).
 stack-gpu-local: $(STAMP) .zen
-	$(BIN)/zenml step-operator flavor register bloodcell.step_operator.LocalGPUStepOperatorFlavor
+	$(BIN)/zenml step-operator flavor register bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor
 	$(BIN)/zenml step-operator register gpu --flavor=local_gpu --gpus='$(GPUS)'
 	$(BIN)/zenml stack register gpu-local -o default -a default -s gpu --set
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bloodcell.augment import ENGINES, augment_images  # noqa: E402
+from bloodcell.augment.rebalance import ENGINES, augment_images  # noqa: E402
 from bloodcell.ingest import read_source  # noqa: E402
 
 

@@ -18,10 +18,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bloodcell.cli import _outlier_config  # noqa: E402
 from bloodcell.dataset import Dataset  # noqa: E402
 from bloodcell.ingest import read_source  # noqa: E402
-from bloodcell.outliers import filter_outliers  # noqa: E402
+from bloodcell.outliers import OutlierConfig, filter_outliers  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "clock",
           "horse", "immunohistochemistry", "hubble_deep_field", "brick", "grass", "gravel", "colorwheel", "logo")
@@ -76,7 +75,7 @@ def main() -> None:
     ds = Dataset(images=np.concatenate([genuine.images, *images]),
                  labels=np.concatenate([genuine.labels, rng.integers(0, 8, len(ids))]),
                  ids=genuine.ids + ids)
-    cfg = _outlier_config(args.config)
+    cfg = OutlierConfig.from_pipeline_config(args.config)
     start = time.perf_counter()
     result = filter_outliers(ds, cfg)
     wall = time.perf_counter() - start

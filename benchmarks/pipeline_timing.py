@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.sandbox import ROOT, ZENML, make_sandbox  # noqa: E402
+from tests.sandbox import ROOT, ZENML, make_sandbox  # noqa: E402
 
 MEASURE = """
 import json, resource, subprocess, sys, time

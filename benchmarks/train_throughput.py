@@ -38,10 +38,11 @@ def main() -> None:
 
     import keras
 
+    from bloodcell.compute import compute_scope
     from bloodcell.ingest import read_source
     from bloodcell.models import build_model
     from bloodcell.split import stratified_split
-    from bloodcell.training import TrainConfig, compile_model, compute_scope, train_model
+    from bloodcell.training import TrainConfig, compile_model, train_model
 
     cfg = yaml.safe_load((ROOT / args.config).read_text())["steps"]
     source = Path(cfg["ingest"]["parameters"]["source"])
@@ -52,10 +53,11 @@ def main() -> None:
     data = read_source(source)
     train, val, _ = stratified_split(data, val_fraction=0.1, test_fraction=0.1, seed=0)
     train = train.sample(args.images, seed=0)
-    params = cfg["train"]["parameters"]
+    params = cfg.get("train", {}).get("parameters", {})
     training = {**params.get("training", {}), "epochs": args.epochs, "verbose": 0, "early_stopping_patience": 100}
-    if training.get("swa_epochs"):  # keep weight averaging (and its cost) in the shorter run
-        training["swa_epochs"] = min(training["swa_epochs"], args.epochs - 1)
+    recipe = TrainConfig.from_dict(params.get("training"))
+    if recipe.swa_epochs:  # keep weight averaging (and its cost) in the shorter run
+        training["swa_epochs"] = min(recipe.swa_epochs, args.epochs - 1)
     if args.mixed_precision is not None:
         training["mixed_precision"] = args.mixed_precision
 
@@ -66,13 +68,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as backups:
         step_cfg = TrainConfig.from_dict({**training, "backup_dir": backups})
-        with compute_scope(step_cfg):
+        with compute_scope(step_cfg.compute_policy, step_cfg.distribute):
             model = fresh()
             start = time.perf_counter()
             train_model(model, train, val, step_cfg)
             step_rate = len(train) * args.epochs / (time.perf_counter() - start)
 
-    with compute_scope(step_cfg):
+    with compute_scope(step_cfg.compute_policy, step_cfg.distribute):
         model = fresh()
         compile_model(model, step_cfg, steps_per_epoch=-(-len(train) // step_cfg.batch_size))
         x, y = train.images.astype(np.float32), keras.utils.to_categorical(train.labels, len(train.class_names))

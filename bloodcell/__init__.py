@@ -1,6 +1,8 @@
-"""Plain, tested functions behind the blood-cell ZenML pipeline.
+"""Plain, tested functions behind the blood-cell ZenML pipeline (no ZenML in here, except in
+``bloodcell.mlops``: the CLI, model registry, lineage, scheduler and GPU step operator).
 
-The ZenML steps in ``steps/`` are thin wrappers around the functions in this package.
+The ZenML steps in ``steps/`` are thin wrappers around these functions; ``pipelines/`` composes
+the steps.
 """
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -13,6 +15,12 @@ CLASS_NAMES: tuple[str, ...] = (
     "neutrophil",
     "platelet",
 )
-"""Class index = position in this tuple (alphabetical folder order, as in BloodMNIST)."""
+"""PBC's 8 classes; class index = position in this tuple (alphabetical folder order, as in BloodMNIST)."""
 
-__all__ = ["CLASS_NAMES"]
+MODEL_NAME = "bloodcell-classifier"
+"""The model in ZenML's Model Control Plane that every training run makes a version of."""
+
+MODEL_ARTIFACT = "tuned_model"
+"""The training pipeline's shipped model: the artifact a model version is used through."""
+
+__all__ = ["CLASS_NAMES", "MODEL_ARTIFACT", "MODEL_NAME"]

@@ -18,6 +18,31 @@ def image_hashes(images: np.ndarray) -> list[str]:
 
 UNLABELED = -1
 
+# Sample ids trace each sample to its source. A file's id is its path relative to the source
+# folder; an npz row's is ``file.npz:row`` (``file.npz:part:row`` for MedMNIST parts); a sample that
+# rebalancing generated from an original is ``<original id>#aug<k>``. These functions are the one
+# place that writes and reads those forms.
+GENERATED = "#aug"
+
+
+def npz_id(file_name: str, part: str, row: int) -> str:
+    """The id of row ``row`` of an npz array (``part``: a MedMNIST part such as ``train``, or "")."""
+    return f"{file_name}:{part}:{row}" if part else f"{file_name}:{row}"
+
+
+def generated_id(source: str, k: int) -> str:
+    """The id of the ``k``-th sample generated from the original ``source``."""
+    return f"{source}{GENERATED}{k}"
+
+
+def is_generated(sample_id: str) -> bool:
+    return GENERATED in sample_id
+
+
+def source_id(sample_id: str) -> str:
+    """The original a sample comes from: itself, or the source of a generated sample."""
+    return sample_id.partition(GENERATED)[0]
+
 
 @dataclass
 class Dataset:
@@ -70,14 +95,18 @@ class Dataset:
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
 
-    def sample(self, samples: int, seed: int) -> "Dataset":
+    def sample(self, samples: int, seed: int) -> Dataset:
         """``samples`` samples drawn without replacement with ``seed``, in their original order;
         all of them when ``samples`` is 0 or at least the dataset's size."""
         if not 0 < samples < len(self):
             return self
         return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:samples]))
 
-    def subset(self, index: np.ndarray | list[int], **info: Any) -> "Dataset":
+    def originals(self) -> Dataset:
+        """The samples that rebalancing did not generate."""
+        return self.subset([i for i, sid in enumerate(self.ids) if not is_generated(sid)])
+
+    def subset(self, index: np.ndarray | list[int], **info: Any) -> Dataset:
         """The samples at ``index`` (in that order), keeping class names and provenance."""
         index = np.asarray(index, dtype=np.int64)
         return Dataset(

@@ -39,7 +39,7 @@ class EvaluationReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvaluationReport":
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationReport:
         return cls(
             class_names=list(d["class_names"]),
             sets={k: SetMetrics(**v) for k, v in d["sets"].items()},

@@ -1,12 +1,9 @@
-"""Reading images from a class-per-folder tree, the 96x96 challenge ``.npz`` or a MedMNIST ``.npz``.
+"""Reading a data source: a class-per-folder tree, the 96x96 challenge ``.npz`` or a MedMNIST
+``.npz`` (labelled), or any folder or ``.npz`` of images to classify (unlabelled).
 
 Every problem with the input raises :class:`IngestError` naming the file (or the npz row) and
 the rule it broke. Nothing is returned, and so no artifact is written, unless all of it is good.
-
-Images of another size are resized to ``image_size`` x ``image_size``: a non-square image is first
-centre-cropped to a square (the shorter side), then resized with a Lanczos filter - the same
-method that made the 96x96 PBC derivative. Grayscale, RGBA/LA/palette and 16-bit images are
-converted to 8-bit RGB (alpha composited on white) and every conversion is counted.
+Each image goes through ``bloodcell.images`` (8-bit RGB, centre crop, Lanczos resize).
 """
 
 from __future__ import annotations
@@ -17,72 +14,20 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from bloodcell import CLASS_NAMES
-from bloodcell.dataset import Dataset
+from bloodcell.dataset import UNLABELED, Dataset, npz_id
+from bloodcell.images import IngestError, fit_array, load_image
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
 # licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
 DOC_SUFFIXES = {".md", ".txt", ".rst", ".csv", ".json", ".yaml", ".yml", ".html", ".pdf"}
 DOC_NAMES = {"README", "LICENSE", "LICENCE", "NOTICE", "COPYING", "AUTHORS"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 MEDMNIST_PARTS = ("train", "val", "test")
 
 logger = logging.getLogger("bloodcell.ingest")
 
-
-class IngestError(ValueError):
-    """The input breaks a rule; the message names the file or row and the rule."""
-
-
-def _to_rgb8(img: Image.Image, conversions: Counter) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB, counting what was converted."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        # 16-bit data keeps its full range: scale 0..65535 down to 0..255.
-        conversions["16bit_to_8bit"] += 1
-        arr8 = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
-        conversions["grayscale_to_rgb"] += 1
-        return Image.fromarray(arr8, mode="L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        conversions["alpha_removed"] += 1
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode in ("L", "1"):
-        conversions["grayscale_to_rgb"] += 1
-        return img.convert("RGB")
-    conversions[f"{mode}_to_rgb"] += 1
-    return img.convert("RGB")
-
-
-def _fit_size(img: Image.Image, size: int, conversions: Counter) -> Image.Image:
-    if img.size == (size, size):
-        return img
-    conversions["resized"] += 1
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    return img.resize((size, size), Image.Resampling.LANCZOS)
-
-
-def load_image(path: Path, image_size: int, conversions: Counter) -> np.ndarray:
-    """One image file as uint8 (size, size, 3)."""
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode fully now: a truncated file fails here, not later
-            img = _to_rgb8(img, conversions)
-            img = _fit_size(img, image_size, conversions)
-            return np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise IngestError(f"{path}: not an image file PIL can read (rule: every file in a class folder is an image)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise IngestError(f"{path}: unreadable or truncated image ({exc}) (rule: every image decodes completely)") from None
+__all__ = ["IngestError", "read_source", "read_unlabeled"]
 
 
 def read_folder(root: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
@@ -135,7 +80,8 @@ def _images_from_array(arr: np.ndarray, where: str, image_size: int, conversions
     if arr.ndim == 3:  # (N, H, W) grayscale
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise IngestError(f"{where}: images have shape {arr.shape} (rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)")
+        raise IngestError(f"{where}: images have shape {arr.shape} "
+                          "(rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
         if bad.any():
@@ -162,7 +108,7 @@ def _images_from_array(arr: np.ndarray, where: str, image_size: int, conversions
         alpha = arr[..., 3:4].astype(np.float32) / 255.0
         arr = np.round(arr[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
     if arr.shape[1:3] != (image_size, image_size):
-        arr = np.stack([_fit_size(Image.fromarray(a), image_size, conversions) for a in arr]).astype(np.uint8)
+        arr = np.stack([fit_array(a, image_size, conversions) for a in arr])
     return arr
 
 
@@ -226,10 +172,9 @@ def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CL
             raw_images, raw_labels = _npz_array(npz, ikey, where), _npz_array(npz, lkey, f"{path}:{lkey}")
             imgs = _images_from_array(raw_images, where, image_size, conversions)
             labs = _labels_from_array(raw_labels, len(imgs), f"{path}:{lkey}", len(class_names))
-            prefix = f"{path.name}:{part}:" if part else f"{path.name}:"
             images.append(imgs)
             labels.append(labs)
-            ids.extend(f"{prefix}{row}" for row in range(len(imgs)))
+            ids.extend(npz_id(path.name, part, row) for row in range(len(imgs)))
     return Dataset(
         images=np.concatenate(images),
         labels=np.concatenate(labels),
@@ -259,10 +204,11 @@ def _is_doc(path: Path) -> bool:
     return path.suffix.lower() in DOC_SUFFIXES or path.stem.upper() in DOC_NAMES
 
 
-def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.ndarray, list[str]]:
-    """Images to predict on, and their ids: every image file under a folder (recursively, ids
-    relative to it), or the ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids
-    ``file.npz:row``). Labels, where present, are ignored. Bad input raises :class:`IngestError`."""
+def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> Dataset:
+    """Images to classify, as an unlabelled :class:`Dataset`: every image file under a folder
+    (recursively, ids relative to it; documentation files are skipped and logged), or the
+    ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids ``file.npz:row``). Labels,
+    where present, are ignored. Bad input raises :class:`IngestError`."""
     path = Path(source).expanduser()
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder (rule: give a folder of images or an .npz)")
@@ -277,19 +223,21 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> tuple[np.
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
         images = np.stack([load_image(p, image_size, conversions) for p in _progress(files, "reading images")])
-        return images, [p.relative_to(path).as_posix() for p in files]
-    if path.suffix.lower() != ".npz":
+        ids = [p.relative_to(path).as_posix() for p in files]
+        fmt = "folder"
+    elif path.suffix.lower() == ".npz":
+        with _open_npz(path) as npz:
+            keys = ["images"] if "images" in npz.files else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
+            if not keys:
+                raise IngestError(f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST '*_images')")
+            arrays, ids = [], []
+            for key in keys:
+                imgs = _images_from_array(_npz_array(npz, key, f"{path}:{key}"), f"{path}:{key}", image_size, conversions)
+                part = key[: -len("_images")] if key != "images" else ""
+                arrays.append(imgs)
+                ids += [npz_id(path.name, part, row) for row in range(len(imgs))]
+        images, fmt = np.concatenate(arrays), "npz"
+    else:
         raise IngestError(f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)")
-    with _open_npz(path) as npz:
-        keys = ["images"] if "images" in npz.files else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
-        if not keys:
-            raise IngestError(f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST '*_images')")
-        images, ids = [], []
-        for key in keys:
-            raw = _npz_array(npz, key, f"{path}:{key}")
-            imgs = _images_from_array(raw, f"{path}:{key}", image_size, conversions)
-            part = key[: -len("_images")] if key != "images" else ""
-            prefix = f"{path.name}:{part}:" if part else f"{path.name}:"
-            images.append(imgs)
-            ids += [f"{prefix}{row}" for row in range(len(imgs))]
-    return np.concatenate(images), ids
+    return Dataset(images=images, labels=np.full(len(ids), UNLABELED), ids=ids,
+                   info={"source": str(path), "format": fmt, "conversions": dict(conversions)})

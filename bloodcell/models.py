@@ -1,4 +1,5 @@
-"""Model builders. Every model takes RGB images with values 0..255 and outputs 8 probabilities."""
+"""Model builders. Every model takes RGB images with values 0..255 (preprocessing is inside) and
+outputs one probability per class."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
+
+from bloodcell import dihedral
 
 
 def build_custom_cnn(
@@ -17,7 +20,7 @@ def build_custom_cnn(
     image_size: int = 96,
     filters: tuple[int, ...] | list[int] = (32, 64, 128, 256),
     convs_per_block: int = 2,
-    stem_stride: int = 1,
+    stem_stride: int = 2,
     stem_filters: int = 0,
     dense_units: int = 256,
     dropout: float = 0.3,
@@ -151,19 +154,30 @@ def unfreeze_top(model: keras.Model, blocks: int, l2: float = 1e-4) -> list[str]
     return unfrozen
 
 
-def output_layer(model: keras.Model, purpose: str) -> keras.layers.Layer:
-    """The model's softmax output layer ``probabilities``; a clear error naming ``purpose`` if it has none."""
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer inside ``model``, depth first, the layers of nested models (a transfer model's
+    backbone, the model inside a TTA wrapper) included."""
+    out = []
+    for layer in model.layers:
+        out.append(layer)
+        if isinstance(layer, keras.Model):
+            out += all_layers(layer)
+    return out
+
+
+def output_layer(model: keras.Model) -> keras.layers.Layer:
+    """The model's softmax output layer ``probabilities``."""
     try:
         return model.get_layer("probabilities")
     except ValueError:
-        raise ValueError(f"{model.name} has no output layer named 'probabilities' {purpose}") from None
+        raise ValueError(f"{model.name} has no output layer named 'probabilities' to shift") from None
 
 
 def shift_logits(model: keras.Model, shift: Any) -> None:
     """Add ``shift`` (one value a class) to the logits of the model's softmax output layer
     ``probabilities``, in place: the probabilities become proportional to the old ones times
     exp(shift). The model's architecture is unchanged (it is the output layer's bias)."""
-    head = output_layer(model, "to shift")
+    head = output_layer(model)
     shift = np.asarray(shift, dtype="float32")
     if not isinstance(head, layers.Dense) or head.bias is None or head.bias.shape != shift.shape:
         raise ValueError(f"cannot shift the logits of {model.name}: its 'probabilities' layer is not a Dense "
@@ -171,29 +185,12 @@ def shift_logits(model: keras.Model, shift: Any) -> None:
     head.bias.assign(keras.ops.convert_to_numpy(head.bias) + shift)
 
 
-def with_subtype_head(model: keras.Model, fine_classes: int) -> keras.Model:
-    """A training model with two outputs, ``probabilities`` (``model``'s own) and ``subtype``, a
-    second softmax over ``fine_classes`` fed by the same features as the ``probabilities`` layer.
-    It shares every layer with ``model``, so training it trains ``model``, which stays as it was
-    built (the subtype head is not part of it)."""
-    features = output_layer(model, "to put a subtype head beside").input
-    subtype = layers.Dense(fine_classes, activation="softmax", dtype="float32", name="subtype")(features)
-    return keras.Model(model.inputs, {"probabilities": model.outputs[0], "subtype": subtype}, name=f"{model.name}_subtypes")
-
-
 def with_tta(model: keras.Model) -> keras.Model:
     """Test-time augmentation inside the model: the average of its probabilities over the 8
-    flips/rotations of each image (cells have no orientation). Built from Keras ops only, so it
-    saves and loads as one ``.keras`` file in safe mode."""
+    rotations/reflections of each image (cells have no orientation). Built from Keras ops only, so
+    it saves and loads as one ``.keras`` file in safe mode."""
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
-    views = []
-    for transposed in (False, True):
-        x = ops.transpose(inputs, (0, 2, 1, 3)) if transposed else inputs
-        for flip_h in (False, True):
-            for flip_v in (False, True):
-                y = ops.flip(x, axis=2) if flip_h else x
-                y = ops.flip(y, axis=1) if flip_v else y
-                views.append(model(y))
+    views = [model(dihedral.transform(inputs, k, keras.ops)) for k in range(dihedral.COUNT)]
     outputs = layers.Average(name="tta_average")(views)
     return keras.Model(inputs, outputs, name=f"{model.name}_tta")
 

@@ -21,9 +21,11 @@ dataset is flagged automatically (the most extreme first). A reviewed list overr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.decomposition import PCA
 
 from bloodcell.dataset import Dataset
@@ -42,6 +44,14 @@ class OutlierConfig:
     always_keep: list[str] = field(default_factory=list)
     always_drop: list[str] = field(default_factory=list)
     seed: int = 0
+
+    @classmethod
+    def from_pipeline_config(cls, path: str | None) -> OutlierConfig:
+        """The ``filter_outliers`` parameters of a training pipeline config (defaults for the rest)."""
+        if not path:
+            return cls()
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+        return cls(**(cfg.get("steps", {}).get("filter_outliers", {}).get("parameters", {}) or {}))
 
 
 @dataclass

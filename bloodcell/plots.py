@@ -70,7 +70,7 @@ def confusion_matrix_png(confusion: list[list[int]], class_names: list[str], tit
 def training_curves(history: dict[str, list[float]]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, key in zip(axes, ("loss", "accuracy")):
-        for k in (key, f"val_{key}", f"subtype_{key}", f"val_subtype_{key}"):  # the subtype head's, if trained
+        for k in (key, f"val_{key}"):
             if k in history:
                 ax.plot(range(1, len(history[k]) + 1), history[k], label=k)
         ax.set_xlabel("epoch")

@@ -24,8 +24,8 @@ def decide(new_value: float, gate_passed: bool, production_value: float | None, 
            metric: str = "plain_accuracy", min_improvement: float = 0.0) -> Decision:
     """``production_value`` is production's ``metric`` on the new version's test split (None: no
     production version yet)."""
-    common = dict(metric=metric, new_value=new_value, production_value=production_value,
-                  production_version=production_version)
+    common = {"metric": metric, "new_value": new_value, "production_value": production_value,
+              "production_version": production_version}
     if not gate_passed:
         return Decision(False, "quality gate failed", **common)
     if production_value is None:

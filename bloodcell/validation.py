@@ -27,7 +27,7 @@ THRESHOLD_KEYS = ("min_value", "max_value", "value", "value_set", "mostly", "str
 class ExpectationFailed(RuntimeError):
     """A data expectation failed; the message names the step, expectation, observed value, threshold."""
 
-    def __init__(self, report: "ValidationReport"):
+    def __init__(self, report: ValidationReport):
         self.report = report
         lines = [f"step '{report.step}': {len(report.failures)} expectation(s) failed"]
         lines += [f"  - {r.describe()}" for r in report.failures]
@@ -65,7 +65,7 @@ class ValidationReport:
     def failures(self) -> list[CheckResult]:
         return [r for r in self.results if not r.success]
 
-    def raise_for_failures(self) -> "ValidationReport":
+    def raise_for_failures(self) -> ValidationReport:
         """Raise :class:`ExpectationFailed` if any expectation failed; else return self."""
         if not self.success:
             raise ExpectationFailed(self)
@@ -75,7 +75,7 @@ class ValidationReport:
         return {"step": self.step, "results": [asdict(r) for r in self.results]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ValidationReport":
+    def from_dict(cls, d: dict[str, Any]) -> ValidationReport:
         return cls(step=d["step"], results=[CheckResult(**r) for r in d["results"]])
 
     def html(self) -> str:
@@ -135,7 +135,8 @@ def resolve_params(kwargs: dict[str, Any], params: dict[str, Any], step: str) ->
         if isinstance(value, dict) and set(value) == {"param"}:
             name = value["param"]
             if name not in params:
-                raise ValueError(f"expectation for step '{step}' refers to parameter '{name}', which the step does not have ({sorted(params)})")
+                raise ValueError(f"expectation for step '{step}' refers to parameter '{name}', "
+                                 f"which the step does not have ({sorted(params)})")
             value = params[name]
         out[key] = value
     return out

@@ -10,7 +10,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from bloodcell import plots
-from bloodcell.training import TrainingHistory
+from bloodcell.history import TrainingHistory
 from materializers._io import read_json, write_bytes, write_json
 
 

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import keras
 from zenml.enums import ArtifactType, VisualizationType
-from zenml.materializers.base_materializer import BaseMaterializer
 from zenml.io import fileio
+from zenml.materializers.base_materializer import BaseMaterializer
 
 from bloodcell.models import model_fingerprint
 from materializers._io import write_text

@@ -1,4 +1,4 @@
-"""Metadata on the run's model version (Model Control Plane), when the config names a model."""
+"""Metadata on the run's model version (Model Control Plane) and on the run (its code version)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from zenml import get_step_context, log_metadata
-from zenml.exceptions import StepContextError
 
 
-def log_to_model(metadata: dict[str, Any]) -> bool:
-    """Log ``metadata`` on the model version this run produces; False if the config has no ``model:``."""
-    try:
-        get_step_context().model
-    except StepContextError:
-        return False
+def log_to_model(metadata: dict[str, Any]) -> None:
+    """Log ``metadata`` on the model version this run produces."""
     log_metadata(metadata, infer_model=True)
-    return True
 
 
 SOURCE_DIRS = ("bloodcell", "steps", "pipelines", "materializers", "configs")

@@ -13,7 +13,7 @@ import bloodcell.evaluation
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import EvaluationReport
 from bloodcell.tables import metrics_tables
-from materializers import EvaluationReportMaterializer
+from materializers.evaluation_materializer import EvaluationReportMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
 from steps._model import log_to_model
@@ -21,10 +21,11 @@ from steps._model import log_to_model
 logger = get_logger(__name__)
 
 
-@step(cache_policy=content_cache_policy(bloodcell.corruptions, bloodcell.evaluation), output_materializers={"evaluation": EvaluationReportMaterializer})
+@step(cache_policy=content_cache_policy(bloodcell.corruptions, bloodcell.evaluation),
+      output_materializers={"evaluation": EvaluationReportMaterializer})
 def evaluate(
     model: keras.Model, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
-    corruption_samples: int | None = 0,
+    corruption_samples: int | None = 768,
     min_plain_accuracy: float = 0.0, min_noisy_accuracy: float = 0.0,
 ) -> Annotated[EvaluationReport, "evaluation"]:
     """Accuracy, macro-F1, per-class precision/recall and confusion matrices, in inference mode,

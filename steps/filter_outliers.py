@@ -11,11 +11,14 @@ import bloodcell.outliers
 from bloodcell.dataset import Dataset
 from bloodcell.outliers import OutlierConfig, OutlierReport
 from bloodcell.tables import filter_tables
-from materializers import DatasetMaterializer, OutlierReportMaterializer
+from materializers.dataset_materializer import DatasetMaterializer
+from materializers.outlier_materializer import OutlierReportMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
 
 logger = get_logger(__name__)
+
+_DEFAULT = OutlierConfig()  # the step's defaults are the filter's own
 
 
 @step(
@@ -24,15 +27,15 @@ logger = get_logger(__name__)
 )
 def filter_outliers(
     dataset: Dataset,
-    n_components: int = 32,
-    thumb: int = 24,
-    z_threshold: float = 12.0,
-    borderline_z: float = 8.0,
-    duplicate_group_size: int = 5,
-    max_fraction: float = 0.05,
+    n_components: int = _DEFAULT.n_components,
+    thumb: int = _DEFAULT.thumb,
+    z_threshold: float = _DEFAULT.z_threshold,
+    borderline_z: float = _DEFAULT.borderline_z,
+    duplicate_group_size: int = _DEFAULT.duplicate_group_size,
+    max_fraction: float = _DEFAULT.max_fraction,
     always_keep: list[str] | None = None,
     always_drop: list[str] | None = None,
-    seed: int = 0,
+    seed: int = _DEFAULT.seed,
 ) -> tuple[Annotated[Dataset, "filtered_dataset"], Annotated[OutlierReport, "outlier_report"]]:
     """Remove what is not a stained blood-cell image; report every sample's scores and why."""
     cfg = OutlierConfig(

@@ -10,7 +10,7 @@ from zenml.logger import get_logger
 from bloodcell.dataset import Dataset
 from bloodcell.ingest import read_source
 from bloodcell.tables import ingest_tables
-from materializers import DatasetMaterializer
+from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
 from steps._model import log_code_version
 

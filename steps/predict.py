@@ -10,12 +10,11 @@ import pandas as pd
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from bloodcell import MODEL_ARTIFACT
 from bloodcell.dataset import Dataset
 from bloodcell.predict import predict_table
 
 logger = get_logger(__name__)
-
-MODEL_ARTIFACT = "tuned_model"  # the training pipeline's shipped model
 
 
 @step(enable_cache=False)

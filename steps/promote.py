@@ -9,14 +9,13 @@ from typing import Annotated, Any
 from zenml import get_step_context, log_metadata, step
 from zenml.client import Client
 from zenml.enums import ModelStages
-from zenml.exceptions import StepContextError
 from zenml.logger import get_logger
 
 import bloodcell.evaluation
+from bloodcell import MODEL_ARTIFACT
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import EvaluationReport
 from bloodcell.promotion import decide
-from steps.predict import MODEL_ARTIFACT
 
 logger = get_logger(__name__)
 
@@ -27,11 +26,7 @@ def promote(
 ) -> Annotated[dict[str, Any], "promotion"]:
     """Compare with production on the same test images; set the stage; record the decision and
     both figures on the step and on the model version."""
-    try:
-        current = get_step_context().model
-    except StepContextError:
-        logger.warning("no `model:` in the pipeline config: nothing to promote")
-        return {"promoted": False, "reason": "no model in the pipeline config"}
+    current = get_step_context().model
     new_value = evaluation.summary()[metric]
     try:
         production = Client().get_model_version(current.name, ModelStages.PRODUCTION)

@@ -7,41 +7,45 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-import bloodcell.augment
+import bloodcell.augment.rebalance
+import bloodcell.dihedral
+from bloodcell.augment.rebalance import RebalanceConfig
 from bloodcell.dataset import Dataset
 from bloodcell.tables import rebalance_tables
-from materializers import DatasetMaterializer
+from materializers.dataset_materializer import DatasetMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
 
 logger = get_logger(__name__)
 
+_DEFAULT = RebalanceConfig()  # the step's defaults are the function's own
+
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.augment),
+    cache_policy=content_cache_policy(bloodcell.augment.rebalance, bloodcell.dihedral),
     output_materializers={"balanced_train": DatasetMaterializer},
 )
 def rebalance(
     train: Dataset,
     val: Dataset,
     test: Dataset,
-    engine: str = "keras",
-    multiplier: float = 1.0,
-    seed: int = 0,
-    group: int = 32,
+    engine: str = _DEFAULT.engine,
+    multiplier: float = _DEFAULT.multiplier,
+    seed: int = _DEFAULT.seed,
+    group: int = _DEFAULT.group,
     randaugment: dict[str, Any] | None = None,
     augmix: dict[str, Any] | None = None,
-    shift: float = 0.05,
-    zoom: float = 0.08,
+    shift: float = _DEFAULT.shift,
+    zoom: float = _DEFAULT.zoom,
 ) -> Annotated[Dataset, "balanced_train"]:
     """Originals kept; minority classes topped up with RandAugment / AugMix variants.
 
     ``val`` and ``test`` are only read to check that nothing from them leaks into training."""
-    balanced = bloodcell.augment.rebalance(
-        train, engine=engine, multiplier=multiplier, seed=seed, group=group,
-        randaugment=randaugment, augmix=augmix, shift=shift, zoom=zoom,
-    )
-    logger.info("Rebalanced %d -> %d samples (%d generated with %s)", len(train), len(balanced), balanced.info.get("generated", 0), engine)
-    log_metadata({"before": train.class_counts(), "after": balanced.class_counts(), "generated": int(balanced.info.get("generated", 0))})
+    cfg = RebalanceConfig(engine=engine, multiplier=multiplier, seed=seed, group=group, randaugment=randaugment or {},
+                          augmix=augmix or {}, shift=shift, zoom=zoom)
+    balanced = bloodcell.augment.rebalance.rebalance(train, cfg)
+    generated = int(balanced.info.get("generated", 0))
+    logger.info("Rebalanced %d -> %d samples (%d generated with %s)", len(train), len(balanced), generated, engine)
+    log_metadata({"before": train.class_counts(), "after": balanced.class_counts(), "generated": generated})
     guard("rebalance", rebalance_tables(train, balanced, set(val.ids) | set(test.ids)))
     return balanced

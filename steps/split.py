@@ -9,7 +9,7 @@ from zenml import log_metadata, step
 import bloodcell.split
 from bloodcell.dataset import Dataset
 from bloodcell.tables import split_tables
-from materializers import DatasetMaterializer
+from materializers.dataset_materializer import DatasetMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
 

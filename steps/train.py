@@ -11,13 +11,20 @@ import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+import bloodcell.augment.online
+import bloodcell.calibration
+import bloodcell.compute
+import bloodcell.dihedral
+import bloodcell.input_pipeline
 import bloodcell.models
-import bloodcell.subtypes
 import bloodcell.training
+import bloodcell.weight_averaging
 from bloodcell.dataset import Dataset
+from bloodcell.history import TrainingHistory
 from bloodcell.tables import history_tables
-from bloodcell.training import TrainConfig, TrainingHistory
-from materializers import KerasModelMaterializer, TrainingHistoryMaterializer
+from bloodcell.training import TrainConfig
+from materializers.history_materializer import TrainingHistoryMaterializer
+from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
 from steps._checkpoint import backup_dir
 from steps._guard import guard
@@ -27,7 +34,9 @@ logger = get_logger(__name__)
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.models, bloodcell.subtypes, bloodcell.training),
+    cache_policy=content_cache_policy(bloodcell.augment.online, bloodcell.calibration, bloodcell.compute, bloodcell.dihedral,
+                                      bloodcell.input_pipeline, bloodcell.models, bloodcell.training,
+                                      bloodcell.weight_averaging),
     output_materializers={"model": KerasModelMaterializer, "training_history": TrainingHistoryMaterializer},
 )
 def train(
@@ -38,11 +47,12 @@ def train(
     training: dict[str, Any] | None = None,
     min_val_accuracy: float = 0.0,
 ) -> tuple[Annotated[keras.Model, "model"], Annotated[TrainingHistory, "training_history"]]:
-    """Build ``architecture`` with the ``model`` options and fit it with the ``training`` options."""
+    """Build ``architecture`` with the ``model`` options (``bloodcell.models``) and fit it with the
+    ``training`` options (``bloodcell.training.TrainConfig``; unset options keep the CPU recipe)."""
     cfg = TrainConfig.from_dict(training)
     if cfg.backup_dir is None:
         cfg.backup_dir = backup_dir("train", train.fingerprint, val.fingerprint, architecture, model, training)
-    with bloodcell.training.compute_scope(cfg):
+    with bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
         net = bloodcell.models.build_model(
             architecture, num_classes=len(train.class_names), image_size=train.images.shape[1], **(model or {})
         )

@@ -1,8 +1,12 @@
+"""Augmentation: rebalancing (RandAugment + AugMix, materialised) and the online transforms."""
+
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from bloodcell.augment import geometric, rebalance
+from bloodcell.augment.rebalance import geometric, rebalance
+from bloodcell.dataset import is_generated, source_id
 
 
 def test_rebalance_brings_every_class_to_the_largest(sample_dataset):
@@ -18,12 +22,12 @@ def test_rebalance_brings_every_class_to_the_largest(sample_dataset):
     generated = out.ids[len(train):]
     assert len(generated) == 7 * 20 and len(set(generated)) == len(generated)
     for gid, label in zip(generated, out.labels[len(train):]):
-        src, _, k = gid.partition("#aug")
-        assert k.isdigit()
-        assert train.labels[train.ids.index(src)] == label  # the source is an original of the same class
+        assert is_generated(gid) and gid.startswith(source_id(gid))
+        assert train.labels[train.ids.index(source_id(gid))] == label  # the source is an original of the same class
     gen = out.images[len(train):]
     assert gen.dtype == np.uint8 and gen.shape[1:] == (96, 96, 3)
-    assert not any(np.array_equal(g, train.images[train.ids.index(i.partition("#aug")[0])]) for g, i in zip(gen, generated))
+    assert not any(np.array_equal(g, train.images[train.ids.index(source_id(i))]) for g, i in zip(gen, generated))
+    assert out.originals().ids == train.ids
     assert out.info["generated"] == 140
 
 
@@ -43,7 +47,7 @@ def test_geometric_is_a_dihedral_copy(sample_dataset):
 
 
 def test_keras_cv_engine_is_selectable(sample_dataset):
-    from bloodcell.augment import augment_images
+    from bloodcell.augment.rebalance import augment_images
 
     out = augment_images(sample_dataset.images[:8], engine="keras_cv", seed=1)
     assert out.shape == (8, 96, 96, 3) and out.dtype == np.uint8
@@ -53,7 +57,7 @@ def test_keras_cv_engine_is_selectable(sample_dataset):
 def test_unknown_engine_is_a_clear_error(sample_dataset):
     import pytest
 
-    from bloodcell.augment import augment_images
+    from bloodcell.augment.rebalance import augment_images
 
     with pytest.raises(ValueError, match="unknown augmentation engine 'albumentations'"):
         augment_images(sample_dataset.images[:2], engine="albumentations")
@@ -70,7 +74,7 @@ def test_rebalance_is_bitwise_deterministic(sample_dataset):
 
 
 def test_small_cells_stay_small(sample_dataset):
-    from bloodcell.augment import augment_images
+    from bloodcell.augment.rebalance import augment_images
 
     platelets = sample_dataset.images[sample_dataset.labels == sample_dataset.class_names.index("platelet")][:32]
     out = augment_images(platelets, seed=0)
@@ -80,3 +84,60 @@ def test_small_cells_stay_small(sample_dataset):
         return (gray < np.median(gray, axis=(1, 2), keepdims=True) - 40).mean()
 
     assert dark_fraction(out) < 2.0 * dark_fraction(platelets) + 0.01
+
+
+def test_colour_jitter_scales_each_image_within_its_range(sample_dataset):
+    import tensorflow as tf
+
+    from bloodcell.augment.online import OnlineAugment
+
+    x = sample_dataset.images[:32].astype("float32")
+    seed = tf.constant([3, 7], tf.int64)
+    bright = OnlineAugment(dihedral=False, noise_sigma_max=0.0, brightness=0.3)
+    y = np.asarray(bright(x, seed))
+    ok = x * 1.3 < 255  # not clipped
+    ratio = np.where(ok & (x > 20), y / np.maximum(x, 1), np.nan).reshape(32, -1)
+    per_image = np.nanmedian(ratio, axis=1)
+    assert np.all((per_image >= 0.7 - 1e-4) & (per_image <= 1.3 + 1e-4)) and per_image.std() > 0.05
+    np.testing.assert_allclose(np.nanmax(ratio, axis=1), np.nanmin(ratio, axis=1), rtol=1e-4)  # one factor an image
+    np.testing.assert_array_equal(y, np.asarray(bright(x, seed)))  # the same seed gives the same batch
+    # saturation keeps every pixel's grey level (where nothing is clipped)
+    sat = np.asarray(OnlineAugment(dihedral=False, noise_sigma_max=0.0, saturation=0.5)(x, seed))
+    grey = lambda im: im @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
+    inside = (sat > 0.5).all(-1) & (sat < 254.5).all(-1)
+    np.testing.assert_allclose(grey(sat)[inside], grey(x)[inside], atol=1e-2)
+    assert np.abs(sat - x).max() > 10
+    with pytest.raises(ValueError, match=r"augment.contrast must be in \[0, 1\)"):
+        OnlineAugment(contrast=1.5)
+
+
+def _dihedral_copies(image):
+    out = []
+    for im in (image, image.transpose(1, 0, 2)):
+        out += [im, im[:, ::-1], im[::-1], im[::-1, ::-1]]
+    return out
+
+
+def test_online_augmentation_rotates_or_reflects_each_image_and_noises_a_fraction(sample_dataset):
+    import tensorflow as tf
+
+    from bloodcell.augment.online import OnlineAugment
+
+    x = np.concatenate([sample_dataset.images] * 2)[:256]
+    seed = tf.constant([5, 1], tf.int64)
+    flipped = np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed))
+    assert flipped.dtype == np.float32
+    which = [next((k for k, c in enumerate(_dihedral_copies(im)) if np.array_equal(c, out)), None)
+             for im, out in zip(x.astype(np.float32), flipped)]
+    assert None not in which  # every image is exactly one of its 8 rotations/reflections
+    assert np.bincount(which, minlength=8).min() >= 16  # each of the 8 for some (256 images: 32 expected)
+    np.testing.assert_array_equal(flipped, np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed)))  # same seed, same batch
+    assert not np.array_equal(flipped, np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed + 1)))
+
+    noisy = np.asarray(OnlineAugment(dihedral=False, noise_sigma_max=40.0, noise_probability=0.25)(x, seed))
+    untouched = (noisy == x).reshape(len(x), -1).all(axis=1)
+    assert 0.15 < 1 - untouched.mean() < 0.35  # about a quarter of the images get noise, the others none
+    inside = (x > 60) & (x < 195)  # away from clipping
+    sd = np.array([(noisy[i] - x[i])[inside[i]].std() for i in np.flatnonzero(~untouched)])
+    assert sd.min() > 0 and sd.max() < 41 and 15 < sd.mean() < 25  # sigma ~ U(0, 40): mean 20
+    assert noisy.min() >= 0 and noisy.max() <= 255

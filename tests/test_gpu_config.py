@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import yaml
 
-from benchmarks.sandbox import make_sandbox, zenml
+from bloodcell.models import all_layers
 from bloodcell.training import TrainConfig
+
+from sandbox import make_sandbox, zenml
 
 OPERATOR = "gpu-config-test"  # the config's `gpu`, under a name no other test registers
 
@@ -24,14 +26,14 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     steps = cfg["steps"]
     assert steps["train"]["parameters"]["architecture"] == "efficientnetv2s"
     assert steps["train"]["parameters"]["model"]["weights"] == "imagenet"
-    cfg["model"]["name"] = "bloodcell-gpu-config-test"
+    cfg["model"] = {"name": "bloodcell-gpu-config-test"}
     steps["ingest"]["parameters"]["source"] = "data/sample"
-    steps["filter_outliers"]["parameters"]["n_components"] = 16
+    steps["filter_outliers"] = {"parameters": {"n_components": 16}}
     steps["rebalance"]["parameters"]["multiplier"] = 1.0
     steps["train"]["parameters"]["model"]["weights"] = None
     for name in ("train", "fine_tune"):
         p = steps[name]["parameters"]
-        assert p["training"]["mixed_precision"] is True
+        assert p["training"]["mixed_precision"] == "float16"
         p["training"].update(epochs=1, batch_size=32, mixed_precision="auto")
         if "recalibrate_samples_per_epoch" in p["training"]:
             p["training"]["recalibrate_samples_per_epoch"] = 64
@@ -39,7 +41,7 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     steps["evaluate"]["parameters"].update(corruption_samples=8, min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
     (proj / "configs" / "gpu_tiny.yaml").write_text(yaml.safe_dump(cfg))
 
-    zenml(proj, "step-operator", "flavor", "register", "bloodcell.step_operator.LocalGPUStepOperatorFlavor", check=False)
+    zenml(proj, "step-operator", "flavor", "register", "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor", check=False)
     zenml(proj, "step-operator", "register", OPERATOR, "--flavor=local_gpu", "--gpus=[0]", f"--lock_dir={tmp_path / 'locks'}")
     zenml(proj, "stack", "register", OPERATOR, "-o", "default", "-a", "default", "-s", OPERATOR, "--set")
     try:
@@ -59,4 +61,4 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
     assert model.name == "efficientnetv2s_transfer_tta" and model.output_shape == (None, 8)
     # shipped computing in float32, whatever it was trained in
-    assert {layer.dtype_policy.name for layer in model._flatten_layers(include_self=True, recursive=True)} == {"float32"}
+    assert {layer.dtype_policy.name for layer in [model, *all_layers(model)]} == {"float32"}

@@ -15,7 +15,7 @@ from bloodcell.ingest import IngestError, read_source
 def test_reads_the_shipped_sample(sample_dataset):
     ds = sample_dataset
     assert ds.images.shape == (400, 96, 96, 3) and ds.images.dtype == np.uint8
-    assert ds.class_counts() == {c: 50 for c in CLASS_NAMES}
+    assert ds.class_counts() == dict.fromkeys(CLASS_NAMES, 50)
     assert len(set(ds.ids)) == 400
     # ids trace to the file, labels follow the alphabetical folder order
     i = ds.ids.index(next(s for s in ds.ids if s.startswith("monocyte/")))
@@ -170,3 +170,15 @@ def test_not_an_npz(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(IngestError, match=r"x\.npz: cannot be read as an \.npz"):
         read_source(path)
+
+
+def test_decompression_bomb_names_the_file(small_tree, monkeypatch):
+    """An image over PIL's pixel limit stops ingest with PIL's reason and the file's name."""
+    from PIL import Image as PILImage
+
+    bomb = small_tree / "neutrophil" / "bomb.png"
+    PILImage.new("RGB", (300, 300), (200, 150, 200)).save(bomb)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 300 * 300 // 4)  # twice over the limit is an error
+    with pytest.raises(IngestError, match=r"bomb\.png: Image size \(90000 pixels\) exceeds limit .*"
+                                          r"\(rule: an image has at most 22500 pixels\)"):
+        read_source(small_tree)

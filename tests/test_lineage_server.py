@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from benchmarks.sandbox import ZENML, make_sandbox
+from sandbox import ZENML, make_sandbox
 
 GUARDED = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate"]
 
@@ -28,7 +28,7 @@ def _free_port() -> int:
 def served(tmp_path_factory):
     proj = make_sandbox(tmp_path_factory.mktemp("lineage"))
     cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=2, recalibrate_samples_per_epoch=64)
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64)
     cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0, corruption_samples=None)
@@ -55,7 +55,7 @@ def served(tmp_path_factory):
 
 
 def test_lineage_json_names_run_steps_artifacts_and_checks(served):
-    res = served(sys.executable, "-m", "bloodcell.cli", "lineage", "--version", "latest", "--json")
+    res = served(sys.executable, "-m", "bloodcell.mlops.cli", "lineage", "--version", "latest", "--json")
     info = json.loads(res.stdout)
     assert info["model"]["name"] == "bloodcell-classifier" and info["model"]["number"] == 1
     assert info["model"]["stage"] == "production"  # the first version passed the gate and was promoted
@@ -84,11 +84,11 @@ def test_lineage_json_names_run_steps_artifacts_and_checks(served):
 
 
 def test_lineage_text_for_the_production_version(served):
-    text = served(sys.executable, "-m", "bloodcell.cli", "lineage").stdout
+    text = served(sys.executable, "-m", "bloodcell.mlops.cli", "lineage").stdout
     assert text.startswith("model bloodcell-classifier version 1")
     assert "stage production" in text
     assert "step train: completed" in text and "ran on orchestrator" in text
     assert "expectations ingest_expectations" in text and "passed" in text
     assert "ok   expect_column_values_to_be_between on samples.height: observed" in text
-    missing = served(sys.executable, "-m", "bloodcell.cli", "lineage", "--version", "7", check=False)
+    missing = served(sys.executable, "-m", "bloodcell.mlops.cli", "lineage", "--version", "7", check=False)
     assert missing.returncode == 2 and "has no version '7'" in missing.stderr

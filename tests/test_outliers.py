@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bloodcell.cli import main as cli
 from bloodcell.dataset import Dataset
+from bloodcell.mlops.cli import main as cli
 from bloodcell.outliers import OutlierConfig, duplicate_groups, filter_outliers
 
 

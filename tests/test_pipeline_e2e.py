@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from benchmarks.sandbox import make_sandbox, zenml
+from sandbox import make_sandbox, zenml
 
 STEPS = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate", "promote"]
 CACHEABLE = STEPS[1:-1]  # ingest reads the disk and promote asks the registry: both always run
@@ -38,13 +38,13 @@ def _status(run) -> dict[str, str]:
 def project(tmp_path_factory) -> Path:
     proj = make_sandbox(tmp_path_factory.mktemp("proj"))
     cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=2, recalibrate_samples_per_epoch=64)
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64)
     # two epochs make no usable model: floors at zero keep the gates from flaking (they are tested
     # with real floors in test_validation.py and test_failed_expectation_stops_the_run...)
     cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
     cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
-    cfg["model"]["name"] = MODEL
+    cfg["model"] = {"name": MODEL}
     (proj / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return proj
 
@@ -124,7 +124,7 @@ def test_first_version_is_promoted_and_exports_from_the_registry(project, first_
     writes it from the registry; its predictions (and those of `predict production`) are evaluate's."""
     from zenml.client import Client
 
-    from bloodcell.cli import main as cli
+    from bloodcell.mlops.cli import main as cli
 
     decision = first_run.steps["promote"].outputs["promotion"][0].load()
     assert decision["promoted"] is True and decision["reason"] == "no production version yet"
@@ -160,7 +160,7 @@ def test_worse_model_is_not_promoted(project, first_run):
     from zenml.client import Client
 
     cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, learning_rate=1e-12)
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, swa_epochs=0, learning_rate=1e-12, min_learning_rate=1e-12)
     (project / "configs" / "worse.yaml").write_text(yaml.safe_dump(cfg))
     run, _ = _run(project, "configs/worse.yaml")
     decision = run.steps["promote"].outputs["promotion"][0].load()
@@ -173,12 +173,11 @@ def test_worse_model_is_not_promoted(project, first_run):
 
 
 def test_inference_pipeline_predicts_with_the_production_version(project, first_run):
+    import pandas as pd
     from zenml.client import Client
 
-    import pandas as pd
-
     cfg = yaml.safe_load((project / "configs" / "predict.yaml").read_text())
-    cfg["model"]["name"] = MODEL
+    cfg["model"] = {"name": MODEL, "version": "production"}
     cfg["steps"]["predict"]["parameters"]["output"] = "out/predictions.csv"
     (project / "out").mkdir(exist_ok=True)
     (project / "configs" / "predict_e2e.yaml").write_text(yaml.safe_dump(cfg))
@@ -260,3 +259,28 @@ def test_bad_input_fails_the_run_and_writes_no_artifact(project, first_run, tmp_
     assert str(run.status) == "failed"
     assert str(run.steps["ingest"].status) == "failed"
     assert run.steps["ingest"].outputs == {} or not any(run.steps["ingest"].outputs.values())
+
+
+def test_latest_is_the_newest_version_that_holds_a_model(project, first_run, tmp_path, capsys):
+    """A run that fails at ingest still makes a model version, with no model in it: `latest`
+    skips it (and says so), a version number names it and gets a clear error."""
+    from zenml.client import Client
+
+    from bloodcell import MODEL_ARTIFACT
+    from bloodcell.mlops.cli import main as cli
+    from bloodcell.mlops.registry import get_version
+
+    cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
+    cfg["steps"]["ingest"]["parameters"]["source"] = str(tmp_path / "no_such_folder")
+    (project / "configs" / "missing.yaml").write_text(yaml.safe_dump(cfg))
+    _, res = _run(project, "configs/missing.yaml", check=False)
+    assert res.returncode != 0 and "no_such_folder: no such file or folder" in res.stdout + res.stderr
+    newest = Client().list_model_versions(model=MODEL, sort_by="desc:number", size=1).items[0]
+    assert newest.get_artifact(MODEL_ARTIFACT) is None
+    latest = get_version("latest", MODEL)
+    assert latest.number < newest.number and latest.get_artifact(MODEL_ARTIFACT) is not None
+    out = tmp_path / "latest.keras"
+    assert cli(["export", "--version", "latest", "--model-name", MODEL, "--output", str(out)]) == 0
+    assert f"version {latest.number} " in capsys.readouterr().out and out.is_file()
+    assert cli(["export", "--version", str(newest.number), "--model-name", MODEL, "--output", str(out)]) == 2
+    assert f"version {newest.number} holds no model" in capsys.readouterr().err

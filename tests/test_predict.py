@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from bloodcell import CLASS_NAMES
-from bloodcell.cli import main as cli
 from bloodcell.ingest import IngestError, read_source, read_unlabeled
+from bloodcell.mlops.cli import main as cli
 from bloodcell.models import build_model
 
 
@@ -48,8 +48,8 @@ def test_documentation_files_are_skipped_anything_else_must_be_an_image(small_tr
     n = sum(1 for p in small_tree.rglob("*") if p.is_file())
     (small_tree / "README.md").write_text("attribution")
     (small_tree / "ig" / "LICENSE").write_text("CC BY 4.0")
-    images, ids = read_unlabeled(small_tree)
-    assert len(images) == len(ids) == n and "README.md" not in ids
+    ds = read_unlabeled(small_tree)
+    assert len(ds) == n and "README.md" not in ds.ids and not ds.labelled
     (small_tree / "ig" / "notes.dat").write_bytes(b"not an image")
     with pytest.raises(IngestError, match=r"notes\.dat: not an image file"):
         read_unlabeled(small_tree)

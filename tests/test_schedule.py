@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
-from benchmarks.sandbox import make_sandbox
-from bloodcell.schedule import cron_trigger
+from bloodcell.mlops.schedule import cron_trigger
+
+from sandbox import make_sandbox
 
 PROBE = '''
 import os
@@ -48,7 +50,7 @@ def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path)
     log = tmp_path / "runs.jsonl"
     env = {**os.environ, "PYTHONPATH": str(proj)}
     res = subprocess.run(
-        [sys.executable, "-m", "bloodcell.cli", "schedule", "-c", "sched.yaml",
+        [sys.executable, "-m", "bloodcell.mlops.cli", "schedule", "-c", "sched.yaml",
          "--source", "sched_probe.sched_probe", "--log", str(log), "--max-runs", "3"],
         cwd=proj, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -64,22 +66,25 @@ def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path)
     assert "skipped" in res.stderr or "maximum number of running instances reached" in res.stderr
 
 
-def test_retrain_weekly_config_carries_a_schedule_that_the_local_runner_strips():
-    from bloodcell.schedule import unscheduled_config
+def test_retrain_weekly_is_the_cpu_recipe_on_a_schedule(tmp_path, capsys):
+    from bloodcell.mlops.cli import main as cli
+    from bloodcell.mlops.schedule import load_schedule
+
     from conftest import ROOT
 
-    path, cron = unscheduled_config(str(ROOT / "configs" / "retrain_weekly.yaml"))
-    try:
-        assert cron == "0 3 * * 1"
-        import yaml
-
-        cfg = yaml.safe_load(open(path))
-        assert "schedule" not in cfg and cfg["model"]["name"] == "bloodcell-classifier"
-        assert cfg["steps"]["train"]["parameters"]["architecture"] == "custom_cnn"
-        # the weekly retraining is the CPU recipe: the same steps and parameters as train_cpu.yaml
-        assert cfg["steps"] == yaml.safe_load(open(ROOT / "configs" / "train_cpu.yaml"))["steps"]
-    finally:
-        os.unlink(path)
+    config, schedule = load_schedule(str(ROOT / "configs" / "retrain_weekly.yaml"))
+    assert Path(config) == (ROOT / "configs" / "train_cpu.yaml").resolve()
+    assert schedule == {"name": "bloodcell-retrain-weekly", "cron_expression": "0 3 * * 1"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schedule: {cron_expression: '0 3 * * 1'}\n")
+    with pytest.raises(ValueError, match="a schedule file has `pipeline_config"):
+        load_schedule(str(bad))
+    bad.write_text("pipeline_config: nowhere.yaml\nschedule: {cron_expression: '0 3 * * 1'}\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml does not exist"):
+        load_schedule(str(bad))
+    # the local orchestrator cannot run ZenML schedules: --register says so and registers nothing
+    assert cli(["schedule", str(ROOT / "configs" / "retrain_weekly.yaml"), "--register"]) == 2
+    assert "cannot run ZenML schedules: run `bloodcell schedule` without --register" in capsys.readouterr().err
 
 
 def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(tmp_path):
@@ -100,23 +105,24 @@ def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(t
         for f in sorted(cls.iterdir())[-5:]:
             extra[f] = f.read_bytes()
             f.unlink()
-    cfg = yaml.safe_load((proj / "configs" / "retrain_weekly.yaml").read_text())
-    quick = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"] = quick["steps"]
+    cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
     cfg["steps"]["ingest"]["parameters"]["source"] = str(source)
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, recalibrate_samples_per_epoch=32)
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, swa_epochs=0, recalibrate_samples_per_epoch=32)
     cfg["steps"]["evaluate"]["parameters"]["corruption_samples"] = None
     for step, key in (("train", "min_val_accuracy"), ("fine_tune", "min_val_accuracy"),
                       ("evaluate", "min_plain_accuracy"), ("evaluate", "min_noisy_accuracy")):
         cfg["steps"][step]["parameters"][key] = 0.0
-    cfg["model"]["name"] = "bloodcell-schedule-test"
-    cfg["schedule"]["cron_expression"] = "*/2 * * * * *"
-    (proj / "configs" / "weekly_fast.yaml").write_text(yaml.safe_dump(cfg))
+    cfg["model"] = {"name": "bloodcell-schedule-test"}
+    (proj / "configs" / "fast.yaml").write_text(yaml.safe_dump(cfg))
+    # a schedule file like retrain_weekly.yaml, on a schedule of seconds
+    weekly = yaml.safe_load((proj / "configs" / "retrain_weekly.yaml").read_text())
+    weekly.update(pipeline_config="fast.yaml", schedule={**weekly["schedule"], "cron_expression": "*/2 * * * * *"})
+    (proj / "configs" / "weekly_fast.yaml").write_text(yaml.safe_dump(weekly))
     env = {**os.environ, "PYTHONPATH": str(proj)}
 
     def schedule(runs: int) -> list[dict]:
         log = tmp_path / f"runs{runs}.jsonl"
-        res = subprocess.run([sys.executable, "-m", "bloodcell.cli", "schedule", "-c", "configs/weekly_fast.yaml",
+        res = subprocess.run([sys.executable, "-m", "bloodcell.mlops.cli", "schedule", "configs/weekly_fast.yaml",
                               "--log", str(log), "--max-runs", str(runs)],
                              cwd=proj, env=env, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -126,7 +132,8 @@ def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(t
     assert first["status"] == second["status"] == "completed"
     runs = Client().list_pipeline_runs(sort_by="desc:created", size=2, pipeline_name="training_pipeline").items
     statuses = {name: str(s.status) for name, s in runs[0].steps.items()}
-    assert all(statuses[s] == "cached" for s in ("filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate")), statuses
+    cacheable = ("filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate")
+    assert all(statuses[s] == "cached" for s in cacheable), statuses
     assert second["seconds"] < first["seconds"]  # no training: import, ingest and the cache lookups
 
     for f, data in extra.items():

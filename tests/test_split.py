@@ -36,7 +36,7 @@ def test_identical_images_stay_in_one_split(sample_dataset):
                   ids=ds.ids + [f"copy_of/{sample_dataset.ids[i]}" for i in dup_src])
     for seed in range(5):
         parts = stratified_split(ds, seed=seed)
-        for k, i in enumerate(dup_src):
+        for i in dup_src:
             where = [name for name, p in zip("tvs", parts) if sample_dataset.ids[i] in p.ids]
             where_copy = [name for name, p in zip("tvs", parts) if f"copy_of/{sample_dataset.ids[i]}" in p.ids]
             assert where == where_copy and len(where) == 1

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks.sandbox import ZENML, make_sandbox, zenml
-from bloodcell.step_operator import acquire_gpu
+from bloodcell.mlops.step_operator import acquire_gpu
+
+from sandbox import ZENML, make_sandbox, zenml
 
 PROBE = '''
 import os
@@ -43,9 +43,8 @@ def probe() -> None:
 
 def test_pool_hands_out_free_indices_and_waits_when_all_are_taken(tmp_path):
     locks = str(tmp_path / "locks")
-    with acquire_gpu([0, 1], locks) as a:
-        with acquire_gpu([0, 1], locks) as b:
-            assert (a, b) == (0, 1)
+    with acquire_gpu([0, 1], locks) as a, acquire_gpu([0, 1], locks) as b:
+        assert (a, b) == (0, 1)
     order = []
 
     def second() -> None:
@@ -59,9 +58,8 @@ def test_pool_hands_out_free_indices_and_waits_when_all_are_taken(tmp_path):
         order.append("first releases 3")
     t.join(5)
     assert order == ["waiting", "first releases 3", "second got 3"]
-    with pytest.raises(ValueError, match="at least one GPU"):
-        with acquire_gpu([], locks):
-            pass
+    with pytest.raises(ValueError, match="at least one GPU"), acquire_gpu([], locks):
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +68,7 @@ def gpu_project(tmp_path_factory):
     (proj / "probe.py").write_text(PROBE)
     (proj / "probe.yaml").write_text("steps:\n  where:\n    step_operator: gpu\n  maybe_crash:\n    step_operator: gpu\n")
     locks = tmp_path_factory.mktemp("locks")
-    zenml(proj, "step-operator", "flavor", "register", "bloodcell.step_operator.LocalGPUStepOperatorFlavor", check=False)
+    zenml(proj, "step-operator", "flavor", "register", "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor", check=False)
     zenml(proj, "step-operator", "register", "gpu", "--flavor=local_gpu", "--gpus=[0, 1]", f"--lock_dir={locks}")
     zenml(proj, "stack", "register", "gpu-local", "-o", "default", "-a", "default", "-s", "gpu", "--set")
     return proj

@@ -9,6 +9,7 @@ from bloodcell import tables
 from bloodcell.dataset import Dataset
 from bloodcell.split import stratified_split
 from bloodcell.validation import ExpectationFailed, load_suites, validate
+
 from conftest import ROOT
 
 SUITES = load_suites(ROOT / "configs" / "expectations.yaml")
@@ -61,7 +62,8 @@ def test_failure_message_names_step_expectation_observed_and_threshold(sample_da
         validate("ingest", tables.ingest_tables(_with(sample_dataset, images=imgs)), SUITES["ingest"]).raise_for_failures()
     msg = str(err.value)
     assert "step 'ingest'" in msg
-    assert "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], threshold {'min_value': 2.0}" in msg
+    assert ("expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], "
+            "threshold {'min_value': 2.0}") in msg
     assert len(err.value.report.failures) >= 1
 
 
@@ -108,7 +110,8 @@ def test_training_and_quality_gates():
                for x in failed("train", tables.history_tables(good), min_val_accuracy=0.95))
     metrics = {"plain_accuracy": 0.97, "noisy_accuracy": 0.80}
     assert failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.95, min_noisy_accuracy=0.8) == []
-    assert any("metrics.noisy_accuracy" in x for x in failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.9, min_noisy_accuracy=0.9))
+    failures = failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.9, min_noisy_accuracy=0.9)
+    assert any("metrics.noisy_accuracy" in x for x in failures)
 
 
 def test_unknown_param_and_expectation_are_clear_errors():

@@ -1,11 +1,17 @@
-"""Scheduled pipeline runs for stacks whose orchestrator cannot run ZenML schedules (the local one).
+"""Scheduled pipeline runs.
 
-``bloodcell schedule --cron EXPR -c CONFIG`` triggers ``zenml pipeline run`` on a cron schedule
-with APScheduler (EXPR defaults to the config's own ``schedule.cron_expression``, which is
-removed from the config each run is given: the local orchestrator cannot run ZenML schedules, so
-this process is the scheduler): never two runs at once (a trigger that fires while a run is going is skipped
-and logged), each run's outcome logged (and appended as a JSON line to ``--log``), and a failed
-run does not stop the schedule. EXPR is a 5-field crontab line, or 6 fields with seconds first.
+A schedule file (``configs/retrain_weekly.yaml``) names a pipeline config and a ZenML schedule::
+
+    pipeline_config: train_cpu.yaml   # relative to the schedule file
+    schedule: {name: bloodcell-retrain-weekly, cron_expression: "0 3 * * 1"}
+
+``bloodcell schedule FILE --register`` registers it with the active stack's orchestrator (one that
+runs ZenML schedules: Kubernetes, Kubeflow, Airflow, Vertex, SageMaker). The local orchestrator
+cannot, so there ``bloodcell schedule FILE`` (or ``-c CONFIG --cron EXPR``) is the scheduler:
+APScheduler triggers ``zenml pipeline run`` on the cron, never two runs at once (a trigger that
+fires while a run is going is skipped and logged), each run's outcome logged (and appended as a
+JSON line to ``--log``), and a failed run does not stop the schedule. EXPR is a 5-field crontab
+line, or 6 fields with seconds first (UTC).
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
-from bloodcell.runlog import failure_lines
+from bloodcell.mlops.runlog import failure_lines
 
 logger = logging.getLogger("bloodcell.schedule")
 
@@ -54,8 +60,8 @@ class PipelineRunner:
         proc = subprocess.run([zenml, "pipeline", "run", self.source, "-c", self.config],
                               capture_output=True, text=True)
         outcome = {
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-            "finished": datetime.now(timezone.utc).isoformat(),
+            "started": datetime.fromtimestamp(started, UTC).isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
             "seconds": round(time.time() - started, 1),
             "status": "completed" if proc.returncode == 0 else "failed",
             "exit_code": proc.returncode,
@@ -81,10 +87,41 @@ def unscheduled_config(config: str) -> tuple[str, str | None]:
     schedule = cfg.pop("schedule", None) or {}
     if not schedule:
         return config, None
-    tmp = tempfile.NamedTemporaryFile("w", prefix=Path(config).stem + ".", suffix=".yaml", delete=False)
-    with tmp:
+    with tempfile.NamedTemporaryFile("w", prefix=Path(config).stem + ".", suffix=".yaml", delete=False) as tmp:
         yaml.safe_dump(cfg, tmp, sort_keys=False)
     return tmp.name, schedule.get("cron_expression")
+
+
+def load_schedule(path: str) -> tuple[str, dict]:
+    """A schedule file's pipeline config (its path resolved against the file's folder) and its
+    ``schedule`` section (``name``, ``cron_expression``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: schedule file not found")
+    spec = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(spec, dict) or not spec.get("pipeline_config") or not (spec.get("schedule") or {}).get("cron_expression"):
+        raise ValueError(f"{p}: a schedule file has `pipeline_config: <config>.yaml` and "
+                         "`schedule: {name: ..., cron_expression: ...}`")
+    config = (p.parent / spec["pipeline_config"]).resolve()
+    if not config.is_file():
+        raise FileNotFoundError(f"{p}: its pipeline_config {config} does not exist")
+    return str(config), dict(spec["schedule"])
+
+
+def register_schedule(config: str, schedule: dict, source: str) -> str:
+    """Register ``schedule`` for the pipeline ``source`` with ``config`` on the active stack's
+    orchestrator; a clear error if that orchestrator cannot run ZenML schedules."""
+    from zenml.client import Client
+    from zenml.config.schedule import Schedule
+    from zenml.utils import source_utils
+
+    stack = Client().active_stack
+    if not stack.orchestrator.config.is_schedulable:
+        raise ValueError(f"the orchestrator of stack {stack.name!r} ({stack.orchestrator.flavor}) cannot run ZenML "
+                         "schedules: run `bloodcell schedule` without --register and this process is the scheduler")
+    pipeline = source_utils.load(source)
+    pipeline.with_options(config_path=config, schedule=Schedule(**schedule))()
+    return f"registered schedule {schedule.get('name') or ''} ({schedule['cron_expression']}) for {source} -c {config}"
 
 
 def run_schedule(cron: str | None, config: str, source: str, log_file: str | None = None, max_runs: int | None = None) -> list[dict]:

@@ -1,7 +1,7 @@
 """How strong the prior correction should be: accuracy against fine_tune's `prior_correction`.
 
     .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
-    .venv/bin/python benchmarks/prior_correction.py /tmp/run [/tmp/run2 ...]
+    .venv/bin/python experiments/prior_correction.py /tmp/run [/tmp/run2 ...]
 
 For the last run kept in each DIR by ``pipeline_timing.py --keep``: the shipped model's val, test
 and noisy-test (white noise sigma=25, seed 0, as ``evaluate``) errors for each correction strength
@@ -26,24 +26,21 @@ import numpy as np
 
 
 def views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations of each image (the training augmentation's table of them; the
-    order does not matter to an average)."""
-    from bloodcell.training import _dihedral_index
+    """The 8 rotations/reflections of each image, as the shipped model's TTA takes them."""
+    from bloodcell import dihedral
 
-    flat = images.reshape(len(images), -1, images.shape[-1])
-    return [flat[:, row].reshape(images.shape) for row in np.asarray(_dihedral_index(images.shape[1:3]))]
+    return [np.ascontiguousarray(dihedral.transform(images, k)) for k in range(dihedral.COUNT)]
 
 
 def one_run(kept: Path) -> dict:
     """Per-view probabilities of the kept run's shipped model (runs in a child process: each
     kept run has its own ZenML store)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's code and materializers
-    from benchmarks.sandbox import last_kept_run
+    from kept_run import last_kept_run
 
     run, load = last_kept_run(kept)
     import keras
 
-    from bloodcell import evaluation, training
+    from bloodcell import calibration, evaluation
 
     train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
     shipped = load("fine_tune", "tuned_model")
@@ -52,7 +49,7 @@ def one_run(kept: Path) -> dict:
             "noisy": (evaluation.add_white_noise(test.images, 25.0, seed=0), test.labels)}
     return {
         "name": run.name,
-        "ratio": training.prior_log_ratio(train).tolist(),
+        "ratio": calibration.prior_log_ratio(train).tolist(),
         "shipped": float(run.steps["fine_tune"].config.parameters.get("prior_correction", 0.0)),
         "tta": inner is not shipped,
         "test_ids": list(test.ids),

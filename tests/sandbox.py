@@ -1,4 +1,5 @@
-"""A throw-away copy of the project with its own ZenML repo, for tests and benchmarks.
+"""A throw-away copy of the project with its own ZenML repo, for tests (and the benchmarks
+that time whole pipeline runs).
 
 The copy has the project's sources, configs and the shipped sample, so a caller can change an
 image or a source file there without touching the checkout.
@@ -12,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bloodcell.runlog import failure_lines
+from bloodcell.mlops.runlog import failure_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("bloodcell", "steps", "materializers", "pipelines", "configs")
@@ -35,19 +36,3 @@ def zenml(proj: Path, *args: str, check: bool = True, env: dict[str, str] | None
     if check and res.returncode != 0:
         raise RuntimeError(f"zenml {' '.join(args)} failed ({res.returncode}):\n{failure_lines(res.stdout + res.stderr)}")
     return res
-
-
-def last_kept_run(kept: Path):
-    """The newest pipeline run in a DIR kept by ``pipeline_timing.py --keep``, and ``load(step,
-    output)`` for its artifacts. Points ZenML at that DIR's store, so call it before anything in
-    the process opens a ZenML client; artifacts load with this checkout's materializers."""
-    os.environ.update(ZENML_CONFIG_PATH=str(Path(kept).resolve() / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
-                      TF_CPP_MIN_LOG_LEVEL="2")
-    from zenml.client import Client
-
-    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
-
-    def load(step: str, output: str):
-        return run.steps[step].outputs[output][0].load()
-
-    return run, load

@@ -1,12 +1,16 @@
-"""Augmentation: materialised rebalancing (RandAugment + AugMix) and light online transforms."""
+"""Rebalancing: every class of the train split topped up to the size of the largest with
+augmented copies of its own originals (RandAugment + AugMix), materialised once by the
+``rebalance`` step. ``engine``: Keras 3 core layers (default) or keras-cv's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from bloodcell.dataset import Dataset
+from bloodcell import dihedral
+from bloodcell.dataset import Dataset, generated_id
 
 ENGINES = ("keras", "keras_cv")
 
@@ -30,8 +34,6 @@ def _keras_core(seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], 
         keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 2),
         keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 3),
     ])
-    names = list(rand._AUGMENT_LAYERS)
-
     def apply(name, images, transform):
         return tf.cast(getattr(rand, name).transform_images(images, transform), tf.float32)
 
@@ -39,6 +41,9 @@ def _keras_core(seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], 
     def randaugment_fn(images):
         images = light(images, training=True)
         chosen = rand.get_random_transformation(images, training=True)
+        # ``transforms`` holds one entry per operation, keyed by the sub-layer's attribute name, in
+        # the order ``layer_idxes`` counts them (the layer's own transform_images relies on it)
+        names = list(chosen["transforms"])
         for i in range(rand.num_ops):
             images = tf.switch_case(
                 tf.cast(chosen["layer_idxes"][i], tf.int32),
@@ -72,15 +77,8 @@ ENGINE_BUILDERS = {"keras": _keras_core, "keras_cv": _keras_cv}
 
 
 def geometric(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random horizontal flip and 90-degree rotation of each image (exact, no interpolation)."""
-    out = images.copy()
-    flips = rng.random(len(out)) < 0.5
-    out[flips] = out[flips, :, ::-1]
-    turns = rng.integers(0, 4, len(out))
-    for k in (1, 2, 3):
-        sel = turns == k
-        out[sel] = np.rot90(out[sel], k=k, axes=(1, 2))
-    return out
+    """Each image through one of its 8 rotations/reflections, drawn at random (exact, no interpolation)."""
+    return dihedral.apply_each(images, rng.integers(0, dihedral.COUNT, len(images)))
 
 
 def plan_sources(labels: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,80 +99,76 @@ def plan_sources(labels: np.ndarray, target: int, rng: np.random.Generator) -> n
     return np.concatenate(plan) if plan else np.empty(0, dtype=np.int64)
 
 
-def augment_images(
-    images: np.ndarray,
-    engine: str = "keras",
-    seed: int = 0,
-    group: int = 32,
-    randaugment: dict[str, Any] | None = None,
-    augmix: dict[str, Any] | None = None,
-    shift: float = 0.05,
-    zoom: float = 0.08,
-) -> np.ndarray:
+@dataclass
+class RebalanceConfig:
+    """The ``rebalance`` step's options (its defaults are these)."""
+
+    engine: str = "keras"  # or "keras_cv"
+    multiplier: float = 1.0  # every class to this multiple of the largest
+    seed: int = 0
+    group: int = 32  # images that share one RandAugment/AugMix operation choice
+    randaugment: dict[str, Any] = field(default_factory=dict)  # keras.layers.RandAugment options
+    augmix: dict[str, Any] = field(default_factory=dict)  # keras.layers.AugMix options
+    shift: float = 0.05  # the light shift and zoom before them (zoom small: platelets stay small)
+    zoom: float = 0.08
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINE_BUILDERS:
+            raise ValueError(f"unknown augmentation engine {self.engine!r}; choose one of {ENGINES}")
+        if self.multiplier < 1.0:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+
+
+def augment_images(images: np.ndarray, cfg: RebalanceConfig | None = None, **overrides: Any) -> np.ndarray:
     """Flip/rot90, a small shift and zoom, then RandAugment on even positions and AugMix on odd ones.
 
-    uint8 in, uint8 out. ``group`` images share one RandAugment/AugMix operation choice. Zoom is
-    at most ``zoom`` either way, so small cells (platelets) stay small. The same input, seed and
-    options give bitwise the same output: the Keras global seed is set from ``seed`` as well, for
-    the random draws the layers make without their own seed.
+    uint8 in, uint8 out. ``cfg.group`` images share one RandAugment/AugMix operation choice. Zoom
+    is at most ``cfg.zoom`` either way, so small cells (platelets) stay small. The same input,
+    seed and options give bitwise the same output: the Keras global seed is set from the seed as
+    well, for the random draws the layers make without their own seed.
     """
     import keras
     import tensorflow as tf
 
-    if engine not in ENGINE_BUILDERS:
-        raise ValueError(f"unknown augmentation engine {engine!r}; choose one of {ENGINES}")
-    keras.utils.set_random_seed(seed)
-    rand_fn, mix_fn = ENGINE_BUILDERS[engine](seed, randaugment or {}, augmix or {}, shift, zoom)
-    rng = np.random.default_rng(seed)
+    cfg = cfg or RebalanceConfig(**overrides)
+    keras.utils.set_random_seed(cfg.seed)
+    rand_fn, mix_fn = ENGINE_BUILDERS[cfg.engine](cfg.seed, cfg.randaugment or {}, cfg.augmix or {}, cfg.shift, cfg.zoom)
+    rng = np.random.default_rng(cfg.seed)
     base = geometric(images, rng)
     out = np.empty_like(base)
     even = np.arange(0, len(base), 2)
     odd = np.arange(1, len(base), 2)
     for fn, sel in ((rand_fn, even), (mix_fn, odd)):
-        for start in range(0, len(sel), group):
-            part = sel[start:start + group]
+        for start in range(0, len(sel), cfg.group):
+            part = sel[start:start + cfg.group]
             res = np.asarray(fn(tf.convert_to_tensor(base[part].astype(np.float32))))
             out[part] = np.clip(np.round(res), 0, 255).astype(np.uint8)
     return out
 
 
-def rebalance(
-    train: Dataset,
-    engine: str = "keras",
-    multiplier: float = 1.0,
-    seed: int = 0,
-    group: int = 32,
-    randaugment: dict[str, Any] | None = None,
-    augmix: dict[str, Any] | None = None,
-    shift: float = 0.05,
-    zoom: float = 0.08,
-) -> Dataset:
-    """Bring every class to ``multiplier`` x the size of the largest by augmenting its originals.
+def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, **overrides: Any) -> Dataset:
+    """Bring every class to ``cfg.multiplier`` x the size of the largest by augmenting its originals.
 
-    Originals come first, unchanged; each generated sample's id is ``<source id>#aug<k>``.
+    Originals come first, unchanged; each generated sample's id is ``dataset.generated_id(source, k)``.
     """
-    if multiplier < 1.0:
-        raise ValueError(f"multiplier must be >= 1, got {multiplier}")
+    cfg = cfg or RebalanceConfig(**overrides)
     counts = np.bincount(train.labels, minlength=len(train.class_names))
-    target = int(round(counts.max() * multiplier))
-    rng = np.random.default_rng(seed)
+    target = int(round(counts.max() * cfg.multiplier))
+    rng = np.random.default_rng(cfg.seed)
     sources = plan_sources(train.labels, target, rng)
     if len(sources) == 0:
         return train.subset(np.arange(len(train)), generated=0)
-    generated = augment_images(
-        train.images[sources], engine=engine, seed=seed, group=group,
-        randaugment=randaugment, augmix=augmix, shift=shift, zoom=zoom,
-    )
+    generated = augment_images(train.images[sources], cfg)
     uses: dict[int, int] = {}
     gen_ids = []
     for s in sources:
         k = uses.get(int(s), 0) + 1
         uses[int(s)] = k
-        gen_ids.append(f"{train.ids[s]}#aug{k}")
+        gen_ids.append(generated_id(train.ids[s], k))
     return Dataset(
         images=np.concatenate([train.images, generated]),
         labels=np.concatenate([train.labels, train.labels[sources]]),
         ids=train.ids + gen_ids,
         class_names=list(train.class_names),
-        info={**train.info, "generated": int(len(sources)), "augmentation_engine": engine, "target_per_class": target},
+        info={**train.info, "generated": int(len(sources)), "augmentation_engine": cfg.engine, "target_per_class": target},
     )

@@ -4,34 +4,58 @@
     bloodcell predict MODEL INPUT --output predictions.csv      (MODEL: a .keras file or a model version)
     bloodcell export [--version production|latest|N] --output model.keras
     bloodcell lineage [--version production|latest|N] [--json]
-    bloodcell schedule [--cron "0 3 * * 1"] -c configs/retrain_weekly.yaml [--log runs.jsonl]
+    bloodcell schedule configs/retrain_weekly.yaml [--log runs.jsonl] [--register]
+    bloodcell schedule -c CONFIG --cron "0 3 * * 1"
+
+Each command imports what it needs when it runs: TensorFlow only for the commands that load a
+model (``predict``, ``export``), with its C++ start-up logging quiet.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
+from bloodcell import MODEL_NAME
+from bloodcell.mlops.registry import VERSION_HELP
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logging, once it is set up
 
 
-def _outlier_config(config: str | None):
-    from bloodcell.outliers import OutlierConfig
+@contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a while: C++ libraries write there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-    if not config:
-        return OutlierConfig()
-    cfg = yaml.safe_load(Path(config).read_text()) or {}
-    params = cfg.get("steps", {}).get("filter_outliers", {}).get("parameters", {}) or {}
-    return OutlierConfig(**params)
+
+def _load_tensorflow() -> None:
+    """Import TensorFlow and let it probe its devices without its start-up lines (oneDNN, CUDA):
+    TensorFlow writes them before its logging settings apply. Errors still raise as usual."""
+    with _stderr_to_devnull():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
 
 
 def cmd_outliers(args: argparse.Namespace) -> int:
     from bloodcell.ingest import read_source
-    from bloodcell.outliers import filter_outliers
+    from bloodcell.outliers import OutlierConfig, filter_outliers
 
     ds = read_source(args.input, image_size=args.image_size)
-    result = filter_outliers(ds, _outlier_config(args.config))
+    result = filter_outliers(ds, OutlierConfig.from_pipeline_config(args.config))
     out = result.table[["id", "score", "flagged", "reason"]]
     out.to_csv(args.output, index=False)
     print(f"{int(out.flagged.sum())} of {len(out)} samples flagged; wrote {args.output}")
@@ -42,23 +66,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from bloodcell.ingest import read_unlabeled
     from bloodcell.predict import load_model, predict_table
 
+    _load_tensorflow()
     if args.model.endswith(".keras") or Path(args.model).exists():
         model = load_model(args.model)
     else:
-        from bloodcell.registry import load_version_model
+        from bloodcell.mlops.registry import load_version_model
 
         version, model = load_version_model(args.model, args.model_name)
         print(f"using {args.model_name} version {version.number} ({version.stage or 'no stage'})")
-    images, ids = read_unlabeled(args.input, image_size=int(model.input_shape[1]))
-    table = predict_table(model, images, ids)
+    images = read_unlabeled(args.input, image_size=int(model.input_shape[1]))
+    table = predict_table(model, images.images, images.ids)
     table.to_csv(args.output, index=False)
     print(f"predicted {len(table)} images; wrote {args.output}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bloodcell.registry import export_model
+    from bloodcell.mlops.registry import export_model
 
+    _load_tensorflow()
     info = export_model(args.output, args.version, args.model_name)
     acc = f", test accuracy {info['plain_accuracy']:.4f}" if isinstance(info["plain_accuracy"], float) else ""
     print(f"exported {info['name']} version {info['version']} ({info['stage'] or 'no stage'}{acc}) to {info['output']}")
@@ -68,7 +94,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     import json
 
-    from bloodcell.registry import format_lineage, lineage
+    from bloodcell.mlops.lineage import format_lineage, lineage
 
     info = lineage(args.version, args.model_name)
     sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n" if args.json else format_lineage(info))
@@ -78,10 +104,19 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     import logging
 
-    from bloodcell.schedule import run_schedule
+    from bloodcell.mlops.schedule import load_schedule, register_schedule, run_schedule
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    outcomes = run_schedule(args.cron, args.config, args.source, args.log, args.max_runs)
+    if bool(args.file) == bool(args.config):
+        raise ValueError("give one of: a schedule file (configs/retrain_weekly.yaml), or -c CONFIG")
+    config, schedule = load_schedule(args.file) if args.file else (args.config, {})
+    cron = args.cron or schedule.get("cron_expression")
+    if args.register:
+        if not cron:
+            raise ValueError("--register needs a cron: a schedule file's cron_expression or --cron")
+        print(register_schedule(config, {**schedule, "cron_expression": cron}, args.source))
+        return 0
+    outcomes = run_schedule(cron, config, args.source, args.log, args.max_runs)
     failed = sum(o["status"] == "failed" for o in outcomes)
     print(f"{len(outcomes)} runs, {failed} failed")
     return 0
@@ -97,25 +132,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_outliers)
     p = sub.add_parser("predict", help="classify a folder of images or an .npz with an exported .keras model")
-    p.add_argument("model", help="a .keras file, or a model version: production, staging, latest or a number")
+    p.add_argument("model", help=f"a .keras file, or a model version: {VERSION_HELP}")
     p.add_argument("input", help="a folder of images (searched recursively) or an .npz with an 'images' array")
     p.add_argument("--output", required=True, help="CSV to write: id,predicted_class,confidence,p_<class>...")
-    p.add_argument("--model-name", default="bloodcell-classifier", help="registered model, when MODEL is a version")
+    p.add_argument("--model-name", default=MODEL_NAME, help="registered model, when MODEL is a version")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="write a model version's model as one self-contained .keras file")
-    p.add_argument("--version", default="production", help="production (default), staging, latest or a number")
+    p.add_argument("--version", default="production", help=VERSION_HELP)
     p.add_argument("--output", required=True, help=".keras file to write")
-    p.add_argument("--model-name", default="bloodcell-classifier")
+    p.add_argument("--model-name", default=MODEL_NAME)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("lineage", help="which data, code and checks produced a model version")
-    p.add_argument("--version", default="production", help="production (default), staging, latest or a number")
+    p.add_argument("--version", default="production", help=VERSION_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--model-name", default="bloodcell-classifier")
+    p.add_argument("--model-name", default=MODEL_NAME)
     p.set_defaults(func=cmd_lineage)
-    p = sub.add_parser("schedule", help="run a pipeline on a cron schedule (for stacks that cannot schedule)")
-    p.add_argument("--cron", help="crontab line (5 fields, UTC) or 6 fields with seconds first "
-                   "(default: the config's schedule.cron_expression)")
-    p.add_argument("-c", "--config", required=True, help="pipeline YAML config")
+    p = sub.add_parser("schedule", help="run a pipeline on a cron schedule here, or register the schedule with the orchestrator")
+    p.add_argument("file", nargs="?", help="schedule file: pipeline_config and schedule (configs/retrain_weekly.yaml)")
+    p.add_argument("-c", "--config", help="a pipeline YAML config to run instead of a schedule file's (with --cron, "
+                   "or its own schedule.cron_expression)")
+    p.add_argument("--cron", help="crontab line (5 fields, UTC) or 6 fields with seconds first (default: the file's)")
+    p.add_argument("--register", action="store_true", help="register the schedule with the active stack's orchestrator "
+                   "(one that runs ZenML schedules) instead of running it from this process")
     p.add_argument("--source", default="pipelines.training.training_pipeline", help="pipeline to run")
     p.add_argument("--log", help="append each run's outcome to this JSON-lines file")
     p.add_argument("--max-runs", type=int, help="stop after this many runs (default: run until interrupted)")

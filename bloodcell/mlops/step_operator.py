@@ -2,7 +2,7 @@
 
 ZenML ships none. Register and use it with
 
-    zenml step-operator flavor register bloodcell.step_operator.LocalGPUStepOperatorFlavor
+    zenml step-operator flavor register bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor
     zenml step-operator register gpu --flavor=local_gpu --gpus='[0, 1]'
     zenml stack register gpu-local -o default -a default -s gpu --set
 
@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from zenml.step_operators import BaseStepOperator, BaseStepOperatorConfig, BaseStepOperatorFlavor
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 FLAVOR = "local_gpu"
 ZENML_ENTRYPOINT = "zenml.entrypoints.entrypoint"
-LOCAL_ENTRYPOINT = "bloodcell.local_entrypoint"
+LOCAL_ENTRYPOINT = "bloodcell.mlops.local_entrypoint"
 
 
 class LocalGPUStepOperatorConfig(BaseStepOperatorConfig):
@@ -57,17 +58,15 @@ def acquire_gpu(gpus: list[int], lock_dir: str, poll_seconds: float = 1.0, log=p
     waited = False
     while True:
         for gpu in gpus:
-            handle = open(Path(lock_dir) / f"gpu{gpu}.lock", "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                yield gpu
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+            with open(Path(lock_dir) / f"gpu{gpu}.lock", "w") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                try:
+                    yield gpu
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
             return
         if not waited:
             log(f"all GPUs {gpus} are busy; waiting for one to free up")
@@ -80,7 +79,7 @@ class LocalGPUStepOperator(BaseStepOperator):
     def config(self) -> LocalGPUStepOperatorConfig:
         return self._config  # type: ignore[return-value]
 
-    def launch(self, info: "StepRunInfo", entrypoint_command: list[str], environment: dict[str, str]) -> None:
+    def launch(self, info: StepRunInfo, entrypoint_command: list[str], environment: dict[str, str]) -> None:
         name = info.pipeline_step_name
         with acquire_gpu(self.config.gpus, self.config.lock_dir, self.config.poll_seconds) as gpu:
             env = {**os.environ, **environment, "CUDA_VISIBLE_DEVICES": str(gpu)}
@@ -88,7 +87,7 @@ class LocalGPUStepOperator(BaseStepOperator):
                 # the same interpreter (and so the same environment) as the orchestrator
                 entrypoint_command = [sys.executable, *entrypoint_command[1:]]
             if entrypoint_command[1:3] == ["-m", ZENML_ENTRYPOINT]:
-                # ZenML's entrypoint, minus its container set-up (cd /app): see bloodcell.local_entrypoint
+                # ZenML's entrypoint, minus its container set-up (cd /app): see bloodcell.mlops.local_entrypoint
                 entrypoint_command = [entrypoint_command[0], "-m", LOCAL_ENTRYPOINT, *entrypoint_command[3:]]
             print(f"[local_gpu] step '{name}' starts in a new process on GPU {gpu}", flush=True)
             proc = subprocess.Popen(entrypoint_command, env=env, stdout=subprocess.PIPE,

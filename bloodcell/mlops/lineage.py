@@ -1,50 +1,14 @@
-"""The ZenML Model Control Plane, from outside a pipeline: pick a model version, export its model,
-and gather its lineage (run, steps, artifacts, expectation results)."""
+"""Lineage of a model version: the runs linked to it with their config and code version, every
+step (status, cached, duration, where it ran), its input and output artifacts (name, version,
+fingerprint, uri, source) and the expectation results that guarded it."""
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-MODEL_NAME = "bloodcell-classifier"
-MODEL_ARTIFACT = "tuned_model"
-
-
-def get_version(version: str = "production", name: str = MODEL_NAME):
-    """``production``, ``staging``, ``latest`` or a version number -> ``ModelVersionResponse``."""
-    from zenml.client import Client
-    from zenml.enums import ModelStages
-
-    stages = {s.value: s for s in ModelStages}
-    key: Any = int(version) if str(version).isdigit() else stages.get(str(version).lower())
-    if key is None:
-        raise ValueError(f"version {version!r}: give production, staging, latest or a version number")
-    try:
-        return Client().get_model_version(name, key)
-    except KeyError:
-        raise LookupError(f"model {name!r} has no version {version!r}; list them with `zenml model version list {name}`") from None
-
-
-def load_version_model(version: str = "production", name: str = MODEL_NAME):
-    mv = get_version(version, name)
-    artifact = mv.get_artifact(MODEL_ARTIFACT)
-    if artifact is None:
-        raise LookupError(f"model {name!r} version {mv.number} has no {MODEL_ARTIFACT!r} artifact")
-    return mv, artifact.load()
-
-
-def export_model(output: str, version: str = "production", name: str = MODEL_NAME) -> dict[str, Any]:
-    """Write the version's model as one ``.keras`` file (written aside, then moved into place)."""
-    if not output.endswith(".keras"):
-        raise ValueError(f"{output}: the output must be a .keras file")
-    mv, model = load_version_model(version, name)
-    tmp = output[: -len(".keras")] + ".partial.keras"
-    model.save(tmp)
-    os.replace(tmp, output)
-    meta = mv.run_metadata
-    return {"name": name, "version": mv.number, "stage": mv.stage, "output": output,
-            "plain_accuracy": meta.get("plain_accuracy"), "noisy_accuracy": meta.get("noisy_accuracy")}
+from bloodcell import MODEL_NAME
+from bloodcell.mlops.registry import get_version
 
 
 def _seconds(start, end) -> float | None:
@@ -96,7 +60,7 @@ def lineage(version: str = "latest", name: str = MODEL_NAME, load_reports: bool 
                 "cached": str(s.status) == "cached",
                 "duration_s": _seconds(s.start_time, s.end_time),
                 "ran_on": f"step operator {operator}" if operator else "orchestrator",
-                "parameters": {k: v for k, v in s.config.parameters.items()},
+                "parameters": dict(s.config.parameters),
                 "inputs": [_artifact(a, load_reports) for avs in s.inputs.values() for a in avs],
                 "outputs": [_artifact(a, load_reports) for avs in s.outputs.values() for a in avs],
             })

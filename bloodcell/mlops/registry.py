@@ -1,0 +1,82 @@
+"""The ZenML Model Control Plane, from outside a pipeline: pick a version of the model, load or
+export the model it holds.
+
+``latest`` means the newest version that holds a model: a run that failed before ``fine_tune``
+still made a version (ZenML creates it when the run starts), and that empty version is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from bloodcell import MODEL_ARTIFACT, MODEL_NAME
+
+logger = logging.getLogger("bloodcell.registry")
+
+VERSION_HELP = "production (default), staging, latest (the newest version that holds a model) or a version number"
+
+
+def get_version(version: str = "production", name: str = MODEL_NAME):
+    """``production``, ``staging``, ``latest`` or a version number -> ``ModelVersionResponse``."""
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    version = str(version).lower()
+    if version == "latest":
+        return latest_with_model(name)
+    stages = {s.value: s for s in ModelStages if s != ModelStages.LATEST}
+    key: Any = int(version) if version.isdigit() else stages.get(version)
+    if key is None:
+        raise ValueError(f"version {version!r}: give {VERSION_HELP}")
+    try:
+        return Client().get_model_version(name, key)
+    except KeyError:
+        raise LookupError(f"model {name!r} has no version {version!r}; list them with `zenml model version list {name}`") from None
+
+
+def latest_with_model(name: str = MODEL_NAME):
+    """The newest version of ``name`` that holds a model (``MODEL_ARTIFACT``); newer versions
+    without one (runs that failed or stopped early) are skipped, and the log says so."""
+    from zenml.client import Client
+
+    skipped = []
+    page = 1
+    while True:
+        versions = Client().list_model_versions(model=name, sort_by="desc:number", page=page, size=50)
+        for mv in versions.items:
+            if mv.get_artifact(MODEL_ARTIFACT) is not None:
+                if skipped:
+                    logger.warning("model %s: latest version with a model is %s; newer version(s) %s hold none "
+                                   "(runs that failed before fine_tune)", name, mv.number, skipped)
+                return mv
+            skipped.append(mv.number)
+        if page >= versions.total_pages:
+            break
+        page += 1
+    raise LookupError(f"model {name!r} has no version that holds a model ({len(skipped)} version(s), none with a "
+                      f"{MODEL_ARTIFACT!r} artifact); train one with `make run`")
+
+
+def load_version_model(version: str = "production", name: str = MODEL_NAME):
+    """The model version and the model it holds."""
+    mv = get_version(version, name)
+    artifact = mv.get_artifact(MODEL_ARTIFACT)
+    if artifact is None:
+        raise LookupError(f"model {name!r} version {mv.number} holds no model (no {MODEL_ARTIFACT!r} artifact: "
+                          "its run failed before fine_tune); `--version latest` takes the newest version that has one")
+    return mv, artifact.load()
+
+
+def export_model(output: str, version: str = "production", name: str = MODEL_NAME) -> dict[str, Any]:
+    """Write the version's model as one ``.keras`` file (written aside, then moved into place)."""
+    if not output.endswith(".keras"):
+        raise ValueError(f"{output}: the output must be a .keras file")
+    mv, model = load_version_model(version, name)
+    tmp = output[: -len(".keras")] + ".partial.keras"
+    model.save(tmp)
+    os.replace(tmp, output)
+    meta = mv.run_metadata
+    return {"name": name, "version": mv.number, "stage": mv.stage, "output": output,
+            "plain_accuracy": meta.get("plain_accuracy"), "noisy_accuracy": meta.get("noisy_accuracy")}
