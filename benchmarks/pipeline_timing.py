@@ -44,12 +44,15 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
 
 
 def sandbox_config(proj: Path, config: str) -> str:
-    """The config, with a relative data source made absolute against the repository root."""
+    """The config, with relative data sources made absolute against the repository root."""
     cfg = yaml.safe_load((ROOT / config).read_text())
-    ingest = cfg.setdefault("steps", {}).setdefault("ingest", {}).setdefault("parameters", {})
+    steps = cfg.setdefault("steps", {})
+    ingest = steps.setdefault("ingest", {}).setdefault("parameters", {})
     source = Path(ingest.get("source", "data/sample"))
     if not source.is_absolute() and not str(source).startswith("data/sample"):
         ingest["source"] = str((ROOT / source).resolve())
+    for spec in steps.get("ingest_external", {}).get("parameters", {}).get("external") or []:
+        spec["path"] = str((ROOT / spec["path"]).resolve())
     out = proj / "configs" / ("bench_" + Path(config).name)
     out.write_text(yaml.safe_dump(cfg))
     return str(out.relative_to(proj))
@@ -97,8 +100,14 @@ def main() -> None:
         print(f"test split (n={report.sets['plain'].n}): plain accuracy {report.sets['plain'].accuracy:.4f}, "
               f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise sigma={report.params['noise_sigma']:g}: "
               f"accuracy {report.sets['noisy'].accuracy:.4f}")
+        for name, m in report.external.items():
+            recall = ", ".join(f"{c} {m.per_class[c]['recall']:.3f} (n={int(m.per_class[c]['support'])})" for c in m.present)
+            print(f"external set {name} (n={m.n}): accuracy {m.accuracy:.4f}, balanced accuracy {m.balanced_accuracy:.4f}; "
+                  f"recall {recall}")
         if report.corruptions:
-            print(f"corruptions (accuracy on {report.corruptions[0]['n']} test images):")
+            corrupted = [r["accuracy"] for r in report.corruptions if r["severity"]]
+            print(f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the {len(corrupted)} "
+                  f"corrupted settings {sum(corrupted) / len(corrupted):.4f}):")
             for r in report.corruptions:
                 if r["severity"]:
                     print(f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): {r['accuracy']:.4f}")

@@ -1,4 +1,6 @@
-"""Evaluation on the plain test split and on the same split with white Gaussian noise."""
+"""Evaluation of a shipped model: the plain test split, the same split with white Gaussian noise,
+a corruption table, and other labs' images (external sets). Labels are matched to the model's
+classes by name (``bloodcell.classes.label_map``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from bloodcell.classes import label_map
 from bloodcell.dataset import Dataset
 
 
@@ -25,6 +28,12 @@ class SetMetrics:
     per_class: dict[str, dict[str, float]]
     confusion: list[list[int]]
     n: int
+    balanced_accuracy: float = 0.0  # mean recall over the classes present (support > 0)
+
+    @property
+    def present(self) -> list[str]:
+        """The classes this set has samples of."""
+        return [c for c, m in self.per_class.items() if m["support"] > 0]
 
 
 @dataclass
@@ -34,6 +43,8 @@ class EvaluationReport:
     params: dict[str, Any] = field(default_factory=dict)
     # one row per corruption and severity (0 = clean): corruption, severity, setting, accuracy, n
     corruptions: list[dict[str, Any]] = field(default_factory=list)
+    # other labs' images, by set name (ingest_external)
+    external: dict[str, SetMetrics] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +56,7 @@ class EvaluationReport:
             sets={k: SetMetrics(**v) for k, v in d["sets"].items()},
             params=dict(d.get("params", {})),
             corruptions=list(d.get("corruptions", [])),
+            external={k: SetMetrics(**v) for k, v in d.get("external", {}).items()},
         )
 
     def summary(self) -> dict[str, float]:
@@ -52,6 +64,9 @@ class EvaluationReport:
         for name, m in self.sets.items():
             out[f"{name}_accuracy"] = m.accuracy
             out[f"{name}_macro_f1"] = m.macro_f1
+        for name, m in self.external.items():
+            out[f"external_{name}_accuracy"] = m.accuracy
+            out[f"external_{name}_balanced_accuracy"] = m.balanced_accuracy
         return out
 
     def markdown(self) -> str:
@@ -77,13 +92,21 @@ class EvaluationReport:
                     for s in severities
                 ]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if self.external:
+            lines += ["", "### other labs' images (external sets; balanced accuracy over the classes present)", "",
+                      "| set | n | accuracy | balanced accuracy | recall per class present |", "|---|---|---|---|---|"]
+            for name, m in self.external.items():
+                recall = ", ".join(f"{c} {m.per_class[c]['recall']:.2f} (n={int(m.per_class[c]['support'])})" for c in m.present)
+                lines.append(f"| {name} | {m.n} | {m.accuracy:.4f} | {m.balanced_accuracy:.4f} | {recall} |")
         return "\n".join(lines) + "\n"
 
 
 def set_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> SetMetrics:
+    """Metrics of predictions ``y_pred`` against ``y_true`` (both indices into ``class_names``)."""
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return SetMetrics(
+        balanced_accuracy=float(r[s > 0].mean()) if (s > 0).any() else 0.0,
         accuracy=float(accuracy_score(y_true, y_pred)),
         macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         per_class={
@@ -104,14 +127,12 @@ def accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predict_classes(model, images) == labels))
 
 
-def corruption_table(model: Any, test: Dataset, samples: int = 0, seed: int = 0,
+def corruption_table(model: Any, images: np.ndarray, labels: np.ndarray,
                      corruptions: list[str] | None = None) -> list[dict[str, Any]]:
-    """Accuracy under each corruption at each severity, on ``samples`` test images (0: all), drawn
-    with ``seed``; severity 0 is the same images uncorrupted."""
+    """Accuracy under each corruption at each severity; severity 0 is the images uncorrupted."""
     from bloodcell.corruptions import SEVERITIES, corrupt
 
-    picked = test.sample(samples, seed)
-    images, labels, n = picked.images, picked.labels, len(picked)
+    n = len(images)
     clean = accuracy(model, images, labels)
     rows = []
     for name in corruptions or list(SEVERITIES):
@@ -122,15 +143,38 @@ def corruption_table(model: Any, test: Dataset, samples: int = 0, seed: int = 0,
     return rows
 
 
+def in_model_classes(ds: Dataset, classes: list[str], where: str) -> np.ndarray:
+    """``ds``'s labels as indices into the model's ``classes``; a clear error naming any class of
+    ``ds`` (among those it has samples of) that the model does not know."""
+    present = sorted(set(ds.labels.tolist()))
+    mapping = np.full(len(ds.class_names), -1, dtype=np.int64)
+    mapping[present] = label_map([ds.class_names[i] for i in present], classes, where)
+    return mapping[ds.labels]
+
+
+def external_sets(external: Dataset) -> dict[str, Dataset]:
+    """The sets of an ``ingest_external`` dataset, by name."""
+    return {name: external.subset(np.arange(r["start"], r["stop"])) for name, r in external.info.get("sets", {}).items()}
+
+
 def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
-                   corruption_samples: int | None = 0) -> EvaluationReport:
-    """Metrics of ``model`` (in inference mode) on ``test``, on ``test`` + white noise, and (unless
-    ``corruption_samples`` is None) the corruption table on that many test images (0: all)."""
-    report = EvaluationReport(class_names=list(test.class_names), params={"noise_sigma": noise_sigma, "noise_seed": seed})
-    report.sets["plain"] = set_metrics(test.labels, predict_classes(model, test.images), test.class_names)
+                   corruption_samples: int | None = 0, external: Dataset | None = None) -> EvaluationReport:
+    """Metrics of ``model`` (in inference mode) on ``test``, on ``test`` + white noise, (unless
+    ``corruption_samples`` is None) the corruption table on that many test images (0: all), and on
+    each set of ``external`` (other labs' images)."""
+    from bloodcell.predict import model_classes
+
+    classes = model_classes(model)
+    y = in_model_classes(test, classes, "test split")
+    report = EvaluationReport(class_names=classes, params={"noise_sigma": noise_sigma, "noise_seed": seed})
+    report.sets["plain"] = set_metrics(y, predict_classes(model, test.images), classes)
     if noise_sigma > 0:
         noisy = add_white_noise(test.images, noise_sigma, seed)
-        report.sets["noisy"] = set_metrics(test.labels, predict_classes(model, noisy), test.class_names)
+        report.sets["noisy"] = set_metrics(y, predict_classes(model, noisy), classes)
     if corruption_samples is not None:
-        report.corruptions = corruption_table(model, test, corruption_samples, seed)
+        picked = test.sample(corruption_samples, seed)
+        report.corruptions = corruption_table(model, picked.images, in_model_classes(picked, classes, "test split"))
+    for name, part in external_sets(external).items() if external is not None else ():
+        truth = in_model_classes(part, classes, f"external set {name!r}")
+        report.external[name] = set_metrics(truth, predict_classes(model, part.images), classes)
     return report

@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+MIN_SIZE, MAX_SIZE = 32, 512
+
 
 class IngestError(ValueError):
     """The input breaks a rule; the message names the file or row and the rule."""
+
+
+def check_image_size(size: int) -> int:
+    if not (isinstance(size, int) and MIN_SIZE <= size <= MAX_SIZE):
+        raise IngestError(f"image_size {size!r} (rule: an integer from {MIN_SIZE} to {MAX_SIZE} pixels)")
+    return size
 
 
 def to_rgb8(img: Image.Image, conversions: Counter) -> Image.Image:

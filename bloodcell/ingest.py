@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bloodcell import CLASS_NAMES
+from bloodcell.classes import MIN_CLASSES, check_class_list, folder_classes, mapped_classes
 from bloodcell.dataset import UNLABELED, Dataset, npz_id
-from bloodcell.images import IngestError, fit_array, load_image
+from bloodcell.images import IngestError, check_image_size, fit_array, load_image
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
 # licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
@@ -27,23 +29,18 @@ MEDMNIST_PARTS = ("train", "val", "test")
 
 logger = logging.getLogger("bloodcell.ingest")
 
-__all__ = ["IngestError", "read_source", "read_unlabeled"]
+__all__ = ["IngestError", "read_external", "read_source", "read_unlabeled"]
 
 
-def read_folder(root: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
-    """A folder with one sub-folder per class (named as in ``class_names``)."""
-    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [d for d in subdirs if d not in class_names]
-    if unknown:
-        raise IngestError(
-            f"{root / unknown[0]}: unknown class folder (rule: sub-folders are named after the classes {list(class_names)})"
-        )
-    missing = [c for c in class_names if c not in subdirs]
-    if missing:
-        raise IngestError(f"{root / missing[0]}: class folder missing (rule: every class {list(class_names)} has a folder)")
-
+def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None = None,
+                class_map: dict[str, str] | None = None, min_classes: int = MIN_CLASSES) -> Dataset:
+    """A folder with one sub-folder per class: the classes are the sub-folder names, sorted, after
+    ``class_map`` (or ``classes``, which the folders must then match: ``bloodcell.classes``)."""
+    check_image_size(image_size)
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_names, class_of = folder_classes(folders, classes, class_map, str(root), min_classes)
     files: list[tuple[Path, int]] = []
-    for label, name in enumerate(class_names):
+    for name in folders:
         folder = root / name
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         if not any(p.is_file() for p in entries):
@@ -51,20 +48,17 @@ def read_folder(root: Path, image_size: int = 96, class_names: tuple[str, ...] =
         for p in entries:
             if p.is_dir():
                 raise IngestError(f"{p}: nested folder inside a class folder (rule: class folders hold image files only)")
-            files.append((p, label))
-
+            files.append((p, class_names.index(class_of[name])))
     conversions: Counter = Counter()
     images = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(_progress(files, "reading images")):
         images[i] = load_image(path, image_size, conversions)
     ids = [p.relative_to(root).as_posix() for p, _ in files]
-    return Dataset(
-        images=images,
-        labels=np.array([label for _, label in files], dtype=np.int64),
-        ids=ids,
-        class_names=list(class_names),
-        info={"source": str(root), "format": "folder", "conversions": dict(conversions)},
-    )
+    info = {"source": str(root), "format": "folder", "conversions": dict(conversions)}
+    if class_map:
+        info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
+    return Dataset(images=images, labels=np.array([label for _, label in files], dtype=np.int64), ids=ids,
+                   class_names=class_names, info=info)
 
 
 def _progress(items: list, desc: str):
@@ -144,8 +138,12 @@ def _npz_array(npz, key: str, where: str) -> np.ndarray:
         raise IngestError(f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
 
 
-def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
-    """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged)."""
+def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = None,
+             class_map: dict[str, str] | None = None) -> Dataset:
+    """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged).
+    ``classes`` names the label indices (PBC's 8 by default); ``class_map`` renames or merges them."""
+    check_image_size(image_size)
+    class_names = check_class_list(CLASS_NAMES if classes is None else classes, str(path))
     npz = _open_npz(path)
     keys = set(npz.files)
     with npz:
@@ -175,29 +173,62 @@ def read_npz(path: Path, image_size: int = 96, class_names: tuple[str, ...] = CL
             images.append(imgs)
             labels.append(labs)
             ids.extend(npz_id(path.name, part, row) for row in range(len(imgs)))
-    return Dataset(
-        images=np.concatenate(images),
-        labels=np.concatenate(labels),
-        ids=ids,
-        class_names=list(class_names),
-        info={"source": str(path), "format": fmt, "conversions": dict(conversions)},
-    )
+    names, new_index = mapped_classes(class_names, class_map, str(path))
+    info = {"source": str(path), "format": fmt, "conversions": dict(conversions)}
+    if class_map:
+        info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
+    return Dataset(images=np.concatenate(images), labels=new_index[np.concatenate(labels)], ids=ids,
+                   class_names=names, info=info)
 
 
-def read_source(source: str | os.PathLike, image_size: int = 96, class_names: tuple[str, ...] = CLASS_NAMES) -> Dataset:
-    """Read a class-per-folder tree or an ``.npz`` file."""
+def read_source(source: str | os.PathLike, image_size: int = 96, classes: Sequence[str] | None = None,
+                class_map: dict[str, str] | None = None) -> Dataset:
+    """Read a class-per-folder tree or an ``.npz`` file (``bloodcell.classes`` for the class list)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder (rule: the data source exists; give a folder of class folders or an .npz)")
     if path.is_dir():
-        ds = read_folder(path, image_size, tuple(class_names))
+        ds = read_folder(path, image_size, classes, class_map)
     elif path.suffix.lower() == ".npz":
-        ds = read_npz(path, image_size, tuple(class_names))
+        ds = read_npz(path, image_size, classes, class_map)
     else:
         raise IngestError(f"{path}: neither a folder nor an .npz file (rule: the source is a folder of class folders or an .npz)")
     if len(ds) == 0:
         raise IngestError(f"{path}: no samples (rule: at least one image)")
     return ds
+
+
+EXTERNAL_KEYS = ("name", "path", "class_map")
+
+
+def read_external(sets: Sequence[dict] | None, image_size: int) -> Dataset:
+    """Labelled folders of other labs' images (for evaluation only), as one :class:`Dataset`: ids
+    ``<set name>/<file>``, class names the union of the sets' classes (each set's folders after its
+    own ``class_map``), and ``info["sets"]``: each set's path and its ``[start, stop)`` rows."""
+    parts: dict[str, Dataset] = {}
+    for i, spec in enumerate(sets or []):
+        if not isinstance(spec, dict) or not {"name", "path"} <= set(spec) or set(spec) - set(EXTERNAL_KEYS):
+            raise IngestError(f"external[{i}]: {spec!r} (rule: each external set is a mapping with name, path "
+                              "and optionally class_map)")
+        name = str(spec["name"])
+        if name in parts or not name or "/" in name:
+            raise IngestError(f"external[{i}]: name {name!r} (rule: set names are unique, non-empty, without '/')")
+        path = Path(str(spec["path"])).expanduser()
+        if not path.is_dir():
+            raise IngestError(f"external[{i}] ({name}): {path}: no such folder (rule: an external set is a folder "
+                              "with one sub-folder per class)")
+        parts[name] = read_folder(path, image_size, None, spec.get("class_map"), min_classes=1)
+    names = sorted({c for ds in parts.values() for c in ds.class_names})
+    images, labels, ids, ranges = [], [], [], {}
+    for name, ds in parts.items():
+        start = len(ids)
+        images.append(ds.images)
+        labels.append(np.array([names.index(c) for c in ds.class_names], dtype=np.int64)[ds.labels])
+        ids += [f"{name}/{sid}" for sid in ds.ids]
+        ranges[name] = {"path": ds.info["source"], "start": start, "stop": len(ids)}
+    return Dataset(images=np.concatenate(images) if images else np.empty((0, image_size, image_size, 3), np.uint8),
+                   labels=np.concatenate(labels) if labels else np.empty(0, np.int64), ids=ids, class_names=names,
+                   info={"source": "external", "format": "external", "sets": ranges})
 
 
 def _is_doc(path: Path) -> bool:
@@ -209,6 +240,7 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> Dataset:
     (recursively, ids relative to it; documentation files are skipped and logged), or the
     ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids ``file.npz:row``). Labels,
     where present, are ignored. Bad input raises :class:`IngestError`."""
+    check_image_size(image_size)
     path = Path(source).expanduser()
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder (rule: give a folder of images or an .npz)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -238,12 +239,52 @@ BUILDERS = {
 }
 
 
-def build_model(architecture: str, num_classes: int, image_size: int, **kwargs: Any) -> keras.Model:
-    """Build the model named ``architecture`` with the given keyword arguments."""
+def build_model(architecture: str, classes: int | Sequence[str], image_size: int, **kwargs: Any) -> keras.Model:
+    """Build the model named ``architecture`` with the given keyword arguments. ``classes``: the
+    class names (the model then carries them: ``class_names_of``), or just their number."""
     try:
         builder = BUILDERS[architecture]
     except KeyError:
         raise ValueError(
             f"unknown architecture {architecture!r}; choose one of {sorted(BUILDERS)}"
         ) from None
-    return builder(num_classes=num_classes, image_size=image_size, **kwargs)
+    names = None if isinstance(classes, int) else [str(c) for c in classes]
+    model = builder(num_classes=len(names) if names else classes, image_size=image_size, **kwargs)
+    return with_class_names(model, names) if names else model
+
+
+@keras.saving.register_keras_serializable(package="bloodcell")
+class ClassNames(layers.Layer):
+    """Identity on the probabilities that carries the class names in the model's saved config, so
+    a ``.keras`` file names its outputs. Registered with Keras: loading a file that has it needs
+    ``bloodcell.models`` imported (or ``custom_objects={"ClassNames": ClassNames}``)."""
+
+    def __init__(self, class_names: Sequence[str], **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")  # never cast the probabilities under a mixed policy
+        super().__init__(**kwargs)
+        self.class_names = [str(c) for c in class_names]
+
+    def call(self, inputs: Any) -> Any:
+        return inputs
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "class_names": self.class_names}
+
+
+def with_class_names(model: keras.Model, class_names: Sequence[str]) -> keras.Model:
+    """``model`` (the same layers) with a ``ClassNames`` layer after its output."""
+    if model.output_shape[-1] != len(class_names):
+        raise ValueError(f"{model.name} outputs {model.output_shape[-1]} classes, not the {len(class_names)} of {list(class_names)}")
+    outputs = ClassNames(class_names, name="class_names")(model.outputs[0])
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def class_names_of(model: keras.Model) -> list[str] | None:
+    """The class names a model carries (anywhere inside it, e.g. inside a TTA wrapper), or None."""
+    for layer in all_layers(model):
+        if isinstance(layer, ClassNames):
+            return list(layer.class_names)
+    return None

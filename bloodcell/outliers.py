@@ -29,6 +29,7 @@ import yaml
 from sklearn.decomposition import PCA
 
 from bloodcell.dataset import Dataset
+from bloodcell.stain import channel_means
 
 SCORES = ("reconstruction_z", "distance_z", "texture_z", "colour_z")
 
@@ -77,16 +78,27 @@ class OutlierResult:
         return self.report.table
 
 
+def _area_means(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(N, H, W, ...) float down to (N, rows, cols, ...) by averaging over as-equal-as-possible cells."""
+    h, w = images.shape[1:3]
+    ys = np.linspace(0, h, rows + 1).astype(int)
+    xs = np.linspace(0, w, cols + 1).astype(int)
+    y_sizes, x_sizes = np.diff(ys).reshape(1, -1, 1), np.diff(xs).reshape(1, 1, -1)
+    if images.ndim == 4:
+        y_sizes, x_sizes = y_sizes[..., None], x_sizes[..., None]
+    summed = np.add.reduceat(np.add.reduceat(images, ys[:-1], axis=1), xs[:-1], axis=2)
+    return summed / (y_sizes * x_sizes)
+
+
 def thumbnails(images: np.ndarray, thumb: int) -> np.ndarray:
-    """Area-average (N, H, W, 3) uint8 down to (N, thumb*thumb*3) float32 in 0..1."""
+    """Area-average (N, H, W, 3) uint8 down to (N, thumb*thumb*3) float32 in 0..1 (any image size
+    from ``thumb`` up)."""
     n, h, w, c = images.shape
-    if h % thumb or w % thumb:
-        raise ValueError(f"thumb size {thumb} must divide the image size {h}x{w}")
-    fh, fw = h // thumb, w // thumb
+    if thumb > min(h, w):
+        raise ValueError(f"thumb size {thumb} is larger than the images ({h}x{w})")
     out = np.empty((n, thumb, thumb, c), dtype=np.float32)
     for start in range(0, n, 2048):  # chunks keep memory small on big datasets
-        chunk = images[start:start + 2048].astype(np.float32) / 255.0
-        out[start:start + 2048] = chunk.reshape(len(chunk), thumb, fh, thumb, fw, c).mean(axis=(2, 4))
+        out[start:start + 2048] = _area_means(images[start:start + 2048].astype(np.float32) / 255.0, thumb, thumb)
     return out.reshape(n, -1)
 
 
@@ -109,25 +121,20 @@ def texture_z(images: np.ndarray) -> np.ndarray:
 
 def colour_z(images: np.ndarray) -> np.ndarray:
     """Largest |robust z| over per-channel means and the R-G and B-G casts of each image."""
-    means = np.empty((len(images), 3))
-    for start in range(0, len(images), 2048):
-        means[start:start + 2048] = images[start:start + 2048].mean(axis=(1, 2))
+    means = channel_means(images)
     feats = np.column_stack([means, means[:, 0] - means[:, 1], means[:, 2] - means[:, 1]])
     return np.abs(np.column_stack([robust_z(f) for f in feats.T])).max(axis=1)
 
 
 def perceptual_hashes(images: np.ndarray, size: int = 16) -> np.ndarray:
     """A ``size`` x ``size`` difference hash of each image's luminance, one packed-bits row each."""
-    n, h, w, _ = images.shape
-    ys = np.linspace(0, h, size + 1).astype(int)
-    xs = np.linspace(0, w, size + 2).astype(int)
+    n = len(images)
     out = np.empty((n, size * size // 8), dtype=np.uint8)
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     for start in range(0, n, 1024):
         gray = images[start:start + 1024].astype(np.float32) @ weights
         # area-average to size x (size + 1) cells, then compare horizontal neighbours
-        rows = np.add.reduceat(gray, ys[:-1], axis=1) / np.diff(ys)[None, :, None]
-        cells = np.add.reduceat(rows, xs[:-1], axis=2) / np.diff(xs)[None, None, :]
+        cells = _area_means(gray, size, size + 1)
         bits = cells[:, :, 1:] > cells[:, :, :-1]
         out[start:start + 1024] = np.packbits(bits.reshape(len(gray), -1), axis=1)
     return out

@@ -50,12 +50,16 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
     return _png(fig)
 
 
-def confusion_matrix_png(confusion: list[list[int]], class_names: list[str], title: str) -> bytes:
-    cm = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    ax.imshow(cm, cmap="Blues")
+def confusion_matrix_png(confusion: list[list[int]], class_names: list[str], title: str,
+                         rows: list[str] | None = None) -> bytes:
+    """True classes down, predicted across; ``rows``: only these true classes (a set that lacks
+    some of the model's classes)."""
+    keep = [class_names.index(r) for r in rows] if rows is not None else list(range(len(class_names)))
+    cm = np.asarray(confusion)[keep]
+    fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.5 * len(keep)))
+    ax.imshow(cm, cmap="Blues", aspect="auto")
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(keep)), [class_names[i] for i in keep])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

@@ -1,5 +1,5 @@
-"""Batch prediction with an exported model: one self-contained ``.keras`` file that takes 96x96 RGB
-0..255 and outputs 8 probabilities in the alphabetical class order."""
+"""Prediction with a shipped model: one self-contained ``.keras`` file that takes RGB 0..255 images
+of its input size and outputs one probability per class, the class names inside it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from bloodcell import CLASS_NAMES
 
 
 def load_model(path: str | Path):
+    """A ``.keras`` model file, loaded in Keras safe mode."""
     import keras
+
+    import bloodcell.models  # noqa: F401 - registers the layers the project's models carry
 
     p = Path(path)
     if not p.is_file() or p.suffix != ".keras":
@@ -20,14 +23,27 @@ def load_model(path: str | Path):
     return keras.saving.load_model(p, safe_mode=True)
 
 
-def predict_table(model, images: np.ndarray, ids: list[str], class_names=CLASS_NAMES, batch_size: int = 256) -> pd.DataFrame:
-    """``id, predicted_class, confidence`` and one probability column per class."""
+def model_classes(model) -> list[str]:
+    """The class names the model carries; PBC's 8 for an 8-output model from before models carried
+    them; otherwise a clear error."""
+    from bloodcell.models import class_names_of
+
+    names = class_names_of(model)
+    if names is not None:
+        return names
+    if model.output_shape[-1] == len(CLASS_NAMES):
+        return list(CLASS_NAMES)
+    raise ValueError(f"model {model.name} does not name its {model.output_shape[-1]} classes (rule: a model made by "
+                     "this project carries its class names; retrain it, or export a newer version)")
+
+
+def predict_table(model, images: np.ndarray, ids: list[str], batch_size: int = 256) -> pd.DataFrame:
+    """``id, predicted_class, confidence`` and one ``p_<class>`` probability column per class."""
     expected = tuple(model.input_shape[1:3])
     if images.shape[1:3] != expected:
         raise ValueError(f"the model takes {expected[0]}x{expected[1]} images, got {images.shape[1]}x{images.shape[2]}")
+    class_names = model_classes(model)
     probs = np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
-    if probs.shape[1] != len(class_names):
-        raise ValueError(f"the model outputs {probs.shape[1]} classes, expected {len(class_names)}")
     table = pd.DataFrame({
         "id": ids,
         "predicted_class": [class_names[i] for i in probs.argmax(axis=1)],

@@ -53,12 +53,24 @@ def class_table(ds: Dataset) -> pd.DataFrame:
     })
 
 
+def shape_params(ds: Dataset) -> dict[str, int]:
+    """The suite parameters that follow the data: image size, class count, largest label (0 for
+    an empty dataset without classes: no external sets)."""
+    return {"image_size": int(ds.images.shape[1]), "num_classes": len(ds.class_names),
+            "max_label": max(len(ds.class_names) - 1, 0)}
+
+
 def ingest_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
     return {"samples": sample_table(ds), "classes": class_table(ds)}
 
 
 def unlabeled_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
     """Images to predict on: the per-sample table (its label column is -1 throughout)."""
+    return {"samples": sample_table(ds)}
+
+
+def external_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
+    """Other labs' labelled images: the per-sample table."""
     return {"samples": sample_table(ds)}
 
 

@@ -48,13 +48,15 @@ class DatasetMaterializer(BaseMaterializer):
         return {
             "samples": len(data),
             "image_shape": list(data.images.shape[1:]),
+            "class_names": list(data.class_names),
             "class_counts": data.class_counts(),
             "labelled": data.labelled,
             "fingerprint": data.fingerprint,
             "source": str(data.info.get("source", "")),
             "conversions": {k: int(v) for k, v in conversions.items()},
             "conversions_total": int(sum(conversions.values())),
-            **{k: v for k, v in data.info.items() if k in ("split", "generated", "outliers_removed", "augmentation_engine")},
+            **{k: v for k, v in data.info.items() if k in ("split", "generated", "outliers_removed", "augmentation_engine",
+                                                        "class_map", "sets")},
         }
 
     def save_visualizations(self, data: Dataset) -> dict[str, VisualizationType]:

@@ -31,6 +31,9 @@ class EvaluationReportMaterializer(BaseMaterializer):
         meta: dict[str, Any] = dict(data.summary())
         for name, m in data.sets.items():
             meta[f"{name}_recall_per_class"] = {c: v["recall"] for c, v in m.per_class.items()}
+        for name, m in data.external.items():
+            meta[f"external_{name}_recall_per_class"] = {c: m.per_class[c]["recall"] for c in m.present}
+            meta[f"external_{name}_samples"] = m.n
         meta.update({k: v for k, v in data.params.items() if isinstance(v, (int, float, str))})
         for r in data.corruptions:
             if r["severity"]:
@@ -42,6 +45,10 @@ class EvaluationReportMaterializer(BaseMaterializer):
         for name, m in data.sets.items():
             png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name}: accuracy {m.accuracy:.4f}")
             out[write_bytes(self, f"confusion_{name}.png", png)] = VisualizationType.IMAGE
+        for name, m in data.external.items():
+            png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name} (another lab): accuracy {m.accuracy:.4f}, "
+                                             f"balanced {m.balanced_accuracy:.4f}", rows=m.present)
+            out[write_bytes(self, f"confusion_external_{name}.png", png)] = VisualizationType.IMAGE
         if data.corruptions:
             png = plots.corruption_curves(data.corruptions, f"accuracy under corruption (n={data.corruptions[0]['n']})")
             out[write_bytes(self, "corruptions.png", png)] = VisualizationType.IMAGE

@@ -1,5 +1,5 @@
 """The training pipeline: ingest -> filter_outliers -> split -> rebalance -> train -> fine_tune ->
-evaluate -> promote.
+evaluate (with other labs' images from ingest_external) -> promote.
 
 Run it with ``zenml pipeline run pipelines.training.training_pipeline -c configs/quickstart.yaml``.
 Every parameter comes from the YAML config; what a config leaves out keeps the step's default
@@ -13,6 +13,7 @@ from steps.evaluate import evaluate
 from steps.filter_outliers import filter_outliers
 from steps.fine_tune import fine_tune
 from steps.ingest import ingest
+from steps.ingest_external import ingest_external
 from steps.promote import promote
 from steps.rebalance import rebalance
 from steps.split import split
@@ -36,5 +37,5 @@ def training_pipeline() -> None:
     balanced = rebalance(train_set, val_set, test_set)
     model, _history = train(balanced, val_set)
     tuned = fine_tune(model, balanced, val_set)
-    report = evaluate(tuned, test_set)
+    report = evaluate(tuned, test_set, ingest_external(test_set))
     promote(report, test_set)

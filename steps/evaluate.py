@@ -8,8 +8,10 @@ import keras
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+import bloodcell.classes
 import bloodcell.corruptions
 import bloodcell.evaluation
+import bloodcell.predict
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import EvaluationReport
 from bloodcell.tables import metrics_tables
@@ -21,24 +23,27 @@ from steps._model import log_to_model
 logger = get_logger(__name__)
 
 
-@step(cache_policy=content_cache_policy(bloodcell.corruptions, bloodcell.evaluation),
+@step(cache_policy=content_cache_policy(bloodcell.classes, bloodcell.corruptions, bloodcell.evaluation, bloodcell.predict),
       output_materializers={"evaluation": EvaluationReportMaterializer})
 def evaluate(
-    model: keras.Model, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
+    model: keras.Model, test: Dataset, external: Dataset, noise_sigma: float = 25.0, seed: int = 0,
     corruption_samples: int | None = 768,
     min_plain_accuracy: float = 0.0, min_noisy_accuracy: float = 0.0,
 ) -> Annotated[EvaluationReport, "evaluation"]:
     """Accuracy, macro-F1, per-class precision/recall and confusion matrices, in inference mode,
     on the plain and white-noise test sets; a corruption table (JPEG, blur, brightness, contrast,
     saturation, pixelation at three severities) on ``corruption_samples`` test images (0: all,
-    null: skip).
+    null: skip); accuracy, balanced accuracy over the classes present, per-class recall and the
+    confusion matrix on each of other labs' sets (``external``, from ``ingest_external``).
 
     The quality gate (floors in the config) marks a model below it as failing; it does not stop
     the run, so the report of a failing model is still there to look at."""
     report = bloodcell.evaluation.evaluate_model(model, test, noise_sigma=noise_sigma, seed=seed,
-                                                 corruption_samples=corruption_samples)
+                                                 corruption_samples=corruption_samples, external=external)
     for name, m in report.sets.items():
         logger.info("%s test accuracy %.4f, macro-F1 %.4f (n=%d)", name, m.accuracy, m.macro_f1, m.n)
+    for name, m in report.external.items():
+        logger.info("external set %s: accuracy %.4f, balanced accuracy %.4f (n=%d)", name, m.accuracy, m.balanced_accuracy, m.n)
     for r in report.corruptions:
         if r["severity"]:
             logger.info("%s severity %d (%g): accuracy %.4f", r["corruption"], r["severity"], r["setting"], r["accuracy"])
@@ -47,7 +52,9 @@ def evaluate(
     report.params["quality_gate"] = "passed" if gate.success else "failed"
     if not gate.success:
         logger.warning("Quality gate FAILED: %s", "; ".join(r.describe() for r in gate.failures))
-    log_metadata({**report.summary(), "quality_gate": report.params["quality_gate"]})
-    log_to_model({**report.summary(), "quality_gate": report.params["quality_gate"],
-                  "test_fingerprint": test.fingerprint, "test_samples": len(test)})
+    recall = {f"external_{name}_recall": {c: m.per_class[c]["recall"] for c in m.present} for name, m in report.external.items()}
+    log_metadata({**report.summary(), **recall, "quality_gate": report.params["quality_gate"]})
+    log_to_model({**report.summary(), **recall, "quality_gate": report.params["quality_gate"],
+                  "test_fingerprint": test.fingerprint, "test_samples": len(test),
+                  "external_fingerprint": external.fingerprint, "external_samples": len(external)})
     return report

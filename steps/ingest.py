@@ -1,4 +1,4 @@
-"""Step 1: read the image source into one dataset artifact with a content fingerprint."""
+"""Step 1: read the data source (class folders or an .npz) into a dataset artifact."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from zenml.logger import get_logger
 
 from bloodcell.dataset import Dataset
 from bloodcell.ingest import read_source
-from bloodcell.tables import ingest_tables
+from bloodcell.stain import stain_params
+from bloodcell.tables import ingest_tables, shape_params
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
 from steps._model import log_code_version
@@ -20,15 +21,25 @@ logger = get_logger(__name__)
 # Never cached: the files on disk are not part of ZenML's cache key. Its output's content
 # hash is, so the steps after it are served from cache when the data is unchanged.
 @step(enable_cache=False, output_materializers={"dataset": DatasetMaterializer})
-def ingest(source: str, image_size: int = 96) -> Annotated[Dataset, "dataset"]:
-    """Read a folder of class folders, a challenge ``.npz`` or a MedMNIST ``.npz``."""
-    ds = read_source(source, image_size=image_size)
+def ingest(
+    source: str,
+    image_size: int = 96,
+    classes: list[str] | None = None,
+    class_map: dict[str, str] | None = None,
+    stain_ranges: dict[str, list[float]] | None = None,
+) -> Annotated[Dataset, "dataset"]:
+    """Read a folder of class folders, a challenge ``.npz`` or a MedMNIST ``.npz``. The classes come
+    from the folders (sorted, after ``class_map``) unless ``classes`` names them; ``stain_ranges``
+    are the lab's normal per-channel means (default: PBC's; ``bloodcell profile`` proposes them)."""
+    params = stain_params(stain_ranges)  # a malformed range fails before any image is read
+    ds = read_source(source, image_size=image_size, classes=classes, class_map=class_map)
     conversions = ds.info.get("conversions", {})
     logger.info(
-        "Ingested %d images from %s (%s), fingerprint %s, conversions %s",
-        len(ds), source, ds.info["format"], ds.fingerprint[:12], conversions or "none",
+        "Ingested %d images of %d classes %s from %s (%s), fingerprint %s, conversions %s",
+        len(ds), len(ds.class_names), ds.class_names, source, ds.info["format"], ds.fingerprint[:12], conversions or "none",
     )
     log_code_version()
-    guard("ingest", ingest_tables(ds))
-    log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "class_counts": ds.class_counts()})
+    guard("ingest", ingest_tables(ds), **shape_params(ds), **params)
+    log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "class_counts": ds.class_counts(),
+                  "class_names": ds.class_names, "image_size": image_size})
     return ds

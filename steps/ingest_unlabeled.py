@@ -1,14 +1,16 @@
-"""Inference step 1: read images to classify (a folder, searched recursively, or an .npz)."""
+"""Inference step 1: read images to classify (a folder, searched recursively, or an .npz), at the
+size of the model version the pipeline runs with."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from zenml import log_metadata, step
+from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 from bloodcell.dataset import Dataset
 from bloodcell.ingest import read_unlabeled
+from bloodcell.stain import stain_params
 from bloodcell.tables import unlabeled_tables
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
@@ -18,13 +20,20 @@ logger = get_logger(__name__)
 
 
 @step(enable_cache=False, output_materializers={"images": DatasetMaterializer})
-def ingest_unlabeled(source: str, image_size: int = 96) -> Annotated[Dataset, "images"]:
-    """Every image under ``source`` (labels, where present, are ignored), checked by the
-    ``predict_input`` expectation suite before anything is predicted."""
+def ingest_unlabeled(
+    source: str, image_size: int | None = None, stain_ranges: dict[str, list[float]] | None = None,
+) -> Annotated[Dataset, "images"]:
+    """Every image under ``source`` (labels, where present, are ignored), brought to ``image_size``
+    (default: the model version's) and checked by the ``predict_input`` expectation suite
+    (``stain_ranges``: default PBC's) before anything is predicted."""
+    params = stain_params(stain_ranges)
+    if image_size is None:
+        version = get_step_context().model
+        image_size = int(version.run_metadata.get("image_size", 96))
     ds = read_unlabeled(source, image_size=image_size)
-    logger.info("Read %d images to classify from %s, fingerprint %s, conversions %s", len(ds), source,
-                ds.fingerprint[:12], ds.info["conversions"] or "none")
+    logger.info("Read %d images to classify from %s at %dx%d, fingerprint %s, conversions %s", len(ds), source,
+                image_size, image_size, ds.fingerprint[:12], ds.info["conversions"] or "none")
     log_code_version()
-    guard("predict_input", unlabeled_tables(ds))
+    guard("predict_input", unlabeled_tables(ds), image_size=image_size, **params)
     log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "source": str(source)})
     return ds

@@ -15,6 +15,7 @@ import bloodcell.evaluation
 from bloodcell import MODEL_ARTIFACT
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import EvaluationReport
+from bloodcell.predict import model_classes
 from bloodcell.promotion import decide
 
 logger = get_logger(__name__)
@@ -32,7 +33,7 @@ def promote(
         production = Client().get_model_version(current.name, ModelStages.PRODUCTION)
     except KeyError:
         production = None
-    prod_value, prod_version = None, None
+    prod_value, prod_version, other_classes = None, None, None
     if production is not None and production.id == current.id:
         production = None  # this version is production already (a rerun): compare with nothing
     if production is not None:
@@ -41,11 +42,16 @@ def promote(
         if artifact is None:
             logger.warning("production version %s has no %s artifact; treating it as absent", prod_version, MODEL_ARTIFACT)
         else:
-            report = bloodcell.evaluation.evaluate_model(artifact.load(), test, noise_sigma=evaluation.params.get("noise_sigma", 25.0),
-                                                         seed=evaluation.params.get("noise_seed", 0), corruption_samples=None)
-            prod_value = report.summary()[metric]
+            prod_model = artifact.load()
+            prod_classes = model_classes(prod_model)
+            if prod_classes != evaluation.class_names:
+                other_classes = prod_classes
+            else:
+                report = bloodcell.evaluation.evaluate_model(prod_model, test, noise_sigma=evaluation.params.get("noise_sigma", 25.0),
+                                                             seed=evaluation.params.get("noise_seed", 0), corruption_samples=None)
+                prod_value = report.summary()[metric]
     decision = decide(new_value, evaluation.params.get("quality_gate", "passed") == "passed", prod_value, prod_version,
-                      metric, min_improvement)
+                      metric, min_improvement, production_classes=other_classes, classes=evaluation.class_names)
     if decision.promoted:
         current.set_stage(ModelStages.PRODUCTION, force=True)
     logger.info("%s version %s %s: %s", current.name, current.number,

@@ -54,7 +54,7 @@ def train(
         cfg.backup_dir = backup_dir("train", train.fingerprint, val.fingerprint, architecture, model, training)
     with bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
         net = bloodcell.models.build_model(
-            architecture, num_classes=len(train.class_names), image_size=train.images.shape[1], **(model or {})
+            architecture, train.class_names, image_size=train.images.shape[1], **(model or {})
         )
         logger.info("Training %s (%d parameters, %d trainable) on %d images, validating on %d; backups in %s",
                     net.name, net.count_params(), sum(int(np.prod(w.shape)) for w in net.trainable_weights),
@@ -71,7 +71,8 @@ def train(
     guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
     log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),
                   "best_val_accuracy": max(history.get("val_accuracy", [0.0]))})
-    log_to_model({"architecture": architecture, "train_fingerprint": train.fingerprint, "train_samples": len(train),
+    log_to_model({"architecture": architecture, "class_names": list(train.class_names),
+                  "image_size": int(train.images.shape[1]), "train_fingerprint": train.fingerprint, "train_samples": len(train),
                   "val_fingerprint": val.fingerprint, "val_samples": len(val),
                   "data_source": str(train.info.get("source", ""))})
     return net, result

@@ -63,3 +63,52 @@ def test_corruption_table_in_the_report(sample_dataset):
     again = EvaluationReport.from_dict(report.to_dict())
     assert again.corruptions == report.corruptions
     assert evaluate_model(model, sample_dataset, noise_sigma=0, corruption_samples=None).corruptions == []
+
+
+def _lab(tmp_path, name: str, folders: dict[str, str], sample_dir, per_class: int = 4):
+    """A folder of another "lab": ``folders`` maps its folder names to the sample class they copy."""
+    import shutil
+
+    root = tmp_path / name
+    for folder, cls in folders.items():
+        (root / folder).mkdir(parents=True)
+        for f in sorted((sample_dir / cls).iterdir())[:per_class]:
+            shutil.copy(f, root / folder / f.name)
+    return root
+
+
+def test_other_labs_sets_are_scored_by_class_name(tmp_path, sample_dir, sample_dataset):
+    """Each external set gets n, accuracy, balanced accuracy over the classes it has, per-class
+    recall and a confusion matrix, its labels matched to the model's classes by name (a lab's own
+    folder names through its class_map); a class the model lacks is a clear error naming it."""
+    import keras
+
+    from bloodcell.evaluation import EvaluationReport, evaluate_model
+    from bloodcell.ingest import read_external
+    from bloodcell.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("custom_cnn", sample_dataset.class_names, 96, filters=[8], dense_units=8)
+    lab_a = _lab(tmp_path, "lab_a", {"Neutrophils": "neutrophil", "lymphocyte": "lymphocyte"}, sample_dir)
+    lab_b = _lab(tmp_path, "lab_b", {"monocyte": "monocyte", "basophil": "basophil", "eosinophil": "eosinophil"}, sample_dir, 2)
+    external = read_external([{"name": "a", "path": str(lab_a), "class_map": {"Neutrophils": "neutrophil"}},
+                              {"name": "b", "path": str(lab_b)}], image_size=96)
+    assert len(external) == 14 and external.class_names == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    report = evaluate_model(model, sample_dataset.subset(np.arange(0, 400, 20)), corruption_samples=None, external=external)
+    a, b = report.external["a"], report.external["b"]
+    assert a.n == 8 and b.n == 6 and a.present == ["lymphocyte", "neutrophil"]
+    predicted = model.predict(external.images[:8].astype("float32"), verbose=0).argmax(1)
+    truth = np.array([sample_dataset.class_names.index(external.class_names[y]) for y in external.labels[:8]])
+    assert sorted(set(truth)) == [4, 6]  # lymphocyte, neutrophil
+    assert a.accuracy == pytest.approx(np.mean(predicted == truth))
+    recalls = [np.mean(predicted[truth == c] == c) for c in (4, 6)]
+    assert a.balanced_accuracy == pytest.approx(np.mean(recalls))  # over the 2 classes present, not all 8
+    assert sum(map(sum, a.confusion)) == 8 and a.per_class["platelet"]["support"] == 0
+    assert report.summary()["external_b_balanced_accuracy"] == b.balanced_accuracy
+    assert "| a | 8 |" in report.markdown() and EvaluationReport.from_dict(report.to_dict()) == report
+
+    five = build_model("custom_cnn", ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"][:4], 96,
+                       filters=[8], dense_units=8)
+    test = sample_dataset.subset(np.flatnonzero(sample_dataset.labels == 0))
+    with pytest.raises(ValueError, match=r"external set 'a': class\(es\) \['neutrophil'\] are not among the model's classes"):
+        evaluate_model(five, test, corruption_samples=None, external=external)

@@ -28,6 +28,8 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     assert steps["train"]["parameters"]["model"]["weights"] == "imagenet"
     cfg["model"] = {"name": "bloodcell-gpu-config-test"}
     steps["ingest"]["parameters"]["source"] = "data/sample"
+    # the other labs' sets live outside the project: evaluated elsewhere (test_any_lab.py)
+    assert [s["name"] for s in steps.pop("ingest_external")["parameters"]["external"]] == ["jtsc", "cellavision_blog"]
     steps["filter_outliers"] = {"parameters": {"n_components": 16}}
     steps["rebalance"]["parameters"]["multiplier"] = 1.0
     steps["train"]["parameters"]["model"]["weights"] = None

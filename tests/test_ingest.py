@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +116,72 @@ def test_empty_class_folder(small_tree):
         read_source(small_tree)
 
 
-def test_unknown_class_folder(small_tree):
+def test_classes_come_from_the_folders(small_tree):
+    """A folder source defines its classes: the sub-folder names, sorted. Five white-cell classes
+    are a 5-class dataset; an extra folder is one more class."""
+    import shutil
+
+    for name in ("erythroblast", "ig", "platelet"):
+        shutil.rmtree(small_tree / name)
+    ds = read_source(small_tree)
+    assert ds.class_names == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert ds.class_counts() == dict.fromkeys(ds.class_names, 3)
+    assert ds.labels[ds.ids.index(next(i for i in ds.ids if i.startswith("monocyte/")))] == 3
+    shutil.copytree(small_tree / "monocyte", small_tree / "macrophage")
+    assert read_source(small_tree).class_names[3] == "macrophage"
+
+
+def test_named_classes_fix_the_order_and_the_folders_must_match(small_tree):
+    names = list(reversed(CLASS_NAMES))
+    ds = read_source(small_tree, classes=names)
+    assert ds.class_names == names and ds.labels[ds.ids.index(next(i for i in ds.ids if i.startswith("platelet/")))] == 0
     (small_tree / "macrophage").mkdir()
-    with pytest.raises(IngestError, match=r"macrophage: unknown class folder"):
-        read_source(small_tree)
+    (small_tree / "macrophage" / "m.jpg").write_bytes((small_tree / "ig" / sorted(os.listdir(small_tree / "ig"))[0]).read_bytes())
+    for f in (small_tree / "platelet").iterdir():
+        f.unlink()
+    (small_tree / "platelet").rmdir()
+    with pytest.raises(IngestError, match=r"cells: the class folders .* do not match classes .*: missing \['platelet'\], "
+                                          r"unexpected \['macrophage'\] \(rule: with classes: given"):
+        read_source(small_tree, classes=CLASS_NAMES)
+
+
+def test_class_map_renames_and_merges_folders(small_tree):
+    (small_tree / "neutrophil").rename(small_tree / "segmented_neutrophil")
+    (small_tree / "ig").rename(small_tree / "band_neutrophil")
+    ds = read_source(small_tree, class_map={"segmented_neutrophil": "neutrophil", "band_neutrophil": "neutrophil"})
+    assert "neutrophil" in ds.class_names and "ig" not in ds.class_names and len(ds.class_names) == 7
+    assert ds.class_counts()["neutrophil"] == 6 and ds.info["class_map"]["band_neutrophil"] == "neutrophil"
+    with pytest.raises(IngestError, match=r"class_map names folder \['eosinophils'\] that the source does not have"):
+        read_source(small_tree, class_map={"eosinophils": "eosinophil"})
+
+
+def test_fewer_than_two_classes_and_bad_sizes_are_clear_errors(small_tree, tmp_path):
+    with pytest.raises(IngestError, match=r"1 class\(es\) \['cell'\] \(rule: at least 2 classes\)"):
+        read_source(small_tree, class_map=dict.fromkeys(CLASS_NAMES, "cell"))
+    for size in (16, 600):
+        with pytest.raises(IngestError, match=rf"image_size {size} \(rule: an integer from 32 to 512 pixels\)"):
+            read_source(small_tree, image_size=size)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_any_image_size(small_tree, size):
+    ds = read_source(small_tree, image_size=size)
+    assert ds.images.shape == (24, size, size, 3) and ds.info["conversions"]["resized"] == 24
+
+
+def test_npz_with_its_own_classes(tmp_path, sample_dataset):
+    """An npz has no class names: `classes` names its labels (PBC's 8 by default), and labels must
+    index them."""
+    keep = np.flatnonzero(sample_dataset.labels < 3)
+    path = tmp_path / "three.npz"
+    np.savez(path, images=sample_dataset.images[keep], labels=sample_dataset.labels[keep])
+    ds = read_source(path, classes=["baso", "eos", "ery"])
+    assert ds.class_names == ["baso", "eos", "ery"] and ds.class_counts() == {"baso": 50, "eos": 50, "ery": 50}
+    assert read_source(path).class_names == list(CLASS_NAMES)
+    with pytest.raises(IngestError, match=r"three\.npz:labels row 100: label 2 \(rule: labels are integers in 0\.\.1\)"):
+        read_source(path, classes=["baso", "eos"])
+    merged = read_source(path, classes=["baso", "eos", "ery"], class_map={"baso": "granulocyte", "eos": "granulocyte"})
+    assert merged.class_names == ["ery", "granulocyte"] and merged.class_counts() == {"ery": 50, "granulocyte": 100}
 
 
 def test_npz_wrong_keys(tmp_path):

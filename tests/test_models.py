@@ -14,7 +14,7 @@ from bloodcell.models import backbone_of, build_model, unfreeze_top, with_tta
 
 @pytest.fixture(scope="module")
 def transfer():
-    return build_model("efficientnetv2b0", num_classes=8, image_size=96, weights=None)
+    return build_model("efficientnetv2b0", 8, 96, weights=None)
 
 
 def test_transfer_head_and_frozen_backbone(transfer):
@@ -32,7 +32,7 @@ def test_transfer_head_and_frozen_backbone(transfer):
 
 
 def test_unfreeze_top_keeps_batchnorm_frozen_and_regularises_the_unfrozen_convs():
-    model = build_model("efficientnetv2b0", num_classes=8, image_size=96, weights=None)
+    model = build_model("efficientnetv2b0", 8, 96, weights=None)
     losses_before = len(model.losses)
     unfrozen = unfreeze_top(model, blocks=1, l2=1e-4)
     backbone = backbone_of(model)

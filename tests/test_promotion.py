@@ -21,3 +21,9 @@ def test_only_a_better_version_is_promoted():
     assert not decide(0.9849, True, 0.98, "2", min_improvement=0.005).promoted
     d = decide(0.99, True, 0.98, "2", metric="noisy_accuracy")
     assert d.promoted and d.to_dict()["production_value"] == 0.98 and d.metric == "noisy_accuracy"
+
+
+def test_a_version_of_other_classes_than_production_is_not_promoted_automatically():
+    d = decide(0.99, True, None, "4", production_classes=["a", "b", "c"], classes=["a", "b"])
+    assert not d.promoted
+    assert "production (version 4) classifies ['a', 'b', 'c'], this version ['a', 'b']: not comparable" in d.reason

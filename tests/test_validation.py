@@ -8,6 +8,7 @@ import pytest
 from bloodcell import tables
 from bloodcell.dataset import Dataset
 from bloodcell.split import stratified_split
+from bloodcell.stain import stain_params
 from bloodcell.validation import ExpectationFailed, load_suites, validate
 
 from conftest import ROOT
@@ -20,9 +21,14 @@ def failed(step: str, tbls, **params) -> list[str]:
     return [r.describe() for r in report.failures]
 
 
+def ingest_failures(ds: Dataset, stain_ranges=None) -> list[str]:
+    """The ingest suite on ``ds``, with the parameters the step gives it."""
+    return failed("ingest", tables.ingest_tables(ds), **tables.shape_params(ds), **stain_params(stain_ranges))
+
+
 def test_real_sample_passes_every_data_suite(sample_dataset):
     ds = sample_dataset
-    assert failed("ingest", tables.ingest_tables(ds)) == []
+    assert ingest_failures(ds) == []
     assert failed("filter_outliers", tables.filter_tables(ds, ds), max_fraction=0.05) == []
     tr, va, te = stratified_split(ds)
     parts = {"train": tr, "val": va, "test": te}
@@ -40,26 +46,48 @@ def test_ingest_breakages_are_each_caught(sample_dataset):
     ds = sample_dataset
     imgs = ds.images.copy()
     imgs[5] = 200  # a constant image
-    assert any("samples.std" in f for f in failed("ingest", tables.ingest_tables(_with(ds, images=imgs))))
+    assert any("samples.std" in f for f in ingest_failures(_with(ds, images=imgs)))
     labels = ds.labels.copy()
     labels[3] = 8
     assert any("samples.label: observed 1 unexpected" in f and "[8]" in f
-               for f in failed("ingest", tables.ingest_tables(_with(ds, labels=labels))))
+               for f in ingest_failures(_with(ds, labels=labels)))
     ids = list(ds.ids)
     ids[1] = ids[0]
-    assert any("expect_column_values_to_be_unique on samples.id" in f for f in failed("ingest", tables.ingest_tables(_with(ds, ids=ids))))
+    assert any("expect_column_values_to_be_unique on samples.id" in f for f in ingest_failures(_with(ds, ids=ids)))
     green = ds.images.copy()
     green[:10, ..., 0] = 20  # not a stained smear: red channel gone
-    assert any("samples.mean_r" in f for f in failed("ingest", tables.ingest_tables(_with(ds, images=green))))
+    assert any("samples.mean_r" in f for f in ingest_failures(_with(ds, images=green)))
     no_platelets = ds.subset(np.flatnonzero(ds.labels != 7))
-    assert any("classes.count" in f for f in failed("ingest", tables.ingest_tables(no_platelets)))
+    assert any("classes.count" in f for f in ingest_failures(no_platelets))
+    # an image size other than the step's: the size travels into the suite as a parameter
+    assert any("samples.height" in f for f in failed("ingest", tables.ingest_tables(ds), **{
+        **tables.shape_params(ds), "image_size": 128, **stain_params(None)}))
+
+
+def test_a_labs_own_stain_ranges_replace_pbcs(sample_dataset):
+    """Yellow-background images (another lab's stain) break PBC's colour ranges; the ranges the lab
+    gives (as `bloodcell profile` proposes them from its own images) accept them."""
+    from bloodcell.stain import profile
+
+    yellow = sample_dataset.images.astype(np.float32)
+    yellow[..., 2] *= 0.55  # less blue: a yellow cast
+    yellow = _with(sample_dataset, images=yellow.astype(np.uint8))
+    assert any("samples.mean_b" in f for f in ingest_failures(yellow))
+    assert ingest_failures(yellow, profile(yellow.images)) == []
+    assert any("samples.mean_b" in f for f in ingest_failures(sample_dataset, profile(yellow.images)))
+    with pytest.raises(ValueError, match=r"stain_ranges.mean_g \[200, 100\] \(rule: \[min, max\]"):
+        stain_params({"mean_r": [0, 255], "mean_g": [200, 100], "mean_b": [0, 255]})
+    with pytest.raises(ValueError, match=r"a range for each of \['mean_r', 'mean_g', 'mean_b'\]"):
+        stain_params({"mean_r": [0, 255]})
 
 
 def test_failure_message_names_step_expectation_observed_and_threshold(sample_dataset):
     imgs = sample_dataset.images.copy()
     imgs[7] = 0
     with pytest.raises(ExpectationFailed) as err:
-        validate("ingest", tables.ingest_tables(_with(sample_dataset, images=imgs)), SUITES["ingest"]).raise_for_failures()
+        ds = _with(sample_dataset, images=imgs)
+        params = {**tables.shape_params(ds), **stain_params(None)}
+        validate("ingest", tables.ingest_tables(ds), SUITES["ingest"], params).raise_for_failures()
     msg = str(err.value)
     assert "step 'ingest'" in msg
     assert ("expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], "
@@ -126,8 +154,10 @@ def _valid_tables(ds: Dataset) -> dict[str, tuple[dict, dict]]:
     tr, va, te = stratified_split(ds)
     history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.9]}
     return {
-        "ingest": (tables.ingest_tables(ds), {}),
-        "predict_input": (tables.unlabeled_tables(Dataset(images=ds.images, labels=np.full(len(ds), -1), ids=ds.ids)), {}),
+        "ingest": (tables.ingest_tables(ds), {**tables.shape_params(ds), **stain_params(None)}),
+        "predict_input": (tables.unlabeled_tables(Dataset(images=ds.images, labels=np.full(len(ds), -1), ids=ds.ids)),
+                          {"image_size": 96, **stain_params(None)}),
+        "ingest_external": (tables.external_tables(ds), tables.shape_params(ds)),
         "filter_outliers": (tables.filter_tables(ds, ds), {"max_fraction": 0.05}),
         "split": (tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}), {}),
         "rebalance": (tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids)), {}),

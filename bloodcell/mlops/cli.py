@@ -1,6 +1,7 @@
 """The ``bloodcell`` command line.
 
     bloodcell outliers INPUT --output flagged.csv [--config configs/train_cpu.yaml]
+    bloodcell profile FOLDER [--margin 10]                       (a lab's stain ranges, as config YAML)
     bloodcell predict MODEL INPUT --output predictions.csv      (MODEL: a .keras file or a model version)
     bloodcell export [--version production|latest|N] --output model.keras
     bloodcell lineage [--version production|latest|N] [--json]
@@ -59,6 +60,15 @@ def cmd_outliers(args: argparse.Namespace) -> int:
     out = result.table[["id", "score", "flagged", "reason"]]
     out.to_csv(args.output, index=False)
     print(f"{int(out.flagged.sum())} of {len(out)} samples flagged; wrote {args.output}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from bloodcell.ingest import read_unlabeled
+    from bloodcell.stain import profile, profile_yaml
+
+    ds = read_unlabeled(args.folder, image_size=args.image_size)
+    sys.stdout.write(profile_yaml(profile(ds.images, margin=args.margin, coverage=args.coverage), len(ds), args.folder))
     return 0
 
 
@@ -131,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="pipeline YAML whose steps.filter_outliers.parameters to use")
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_outliers)
+    p = sub.add_parser("profile", help="propose the stain-colour ranges of a folder of images your lab trusts (YAML to paste)")
+    p.add_argument("folder", help="a folder of images (searched recursively), or an .npz with 'images'")
+    p.add_argument("--margin", type=float, default=10.0, help="widen each range by this much on either side (0..255 scale)")
+    p.add_argument("--coverage", type=float, default=1.0, help="share of the images' channel means the ranges hold "
+                   "before the margin (default 1: every image you trust passes)")
+    p.add_argument("--image-size", type=int, default=96)
+    p.set_defaults(func=cmd_profile)
     p = sub.add_parser("predict", help="classify a folder of images or an .npz with an exported .keras model")
     p.add_argument("model", help=f"a .keras file, or a model version: {VERSION_HELP}")
     p.add_argument("input", help="a folder of images (searched recursively) or an .npz with an 'images' array")

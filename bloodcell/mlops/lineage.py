@@ -78,7 +78,7 @@ def lineage(version: str = "latest", name: str = MODEL_NAME, load_reports: bool 
         })
     return {
         "model": {"name": name, "version": mv.name, "number": mv.number, "stage": mv.stage,
-                  "metadata": {k: v for k, v in mv.run_metadata.items() if not isinstance(v, (dict, list))}},
+                  "metadata": {k: v for k, v in mv.run_metadata.items() if not isinstance(v, dict)}},
         "runs": runs,
     }
 
