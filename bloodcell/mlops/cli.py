@@ -7,6 +7,7 @@
     bloodcell lineage [--version production|latest|N] [--json]
     bloodcell schedule configs/retrain_weekly.yaml [--log runs.jsonl] [--register]
     bloodcell schedule -c CONFIG --cron "0 3 * * 1"
+    bloodcell serve [--version production|latest|N] [--port P] [--host H] [--name N]   (or --stop)
 
 Each command imports what it needs when it runs: TensorFlow only for the commands that load a
 model (``predict``, ``export``), with its C++ start-up logging quiet.
@@ -132,6 +133,30 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bloodcell.mlops.serve import deploy, stop
+    from bloodcell.serving import Limits
+
+    try:
+        if args.stop:
+            pid = stop(args.name)
+            print(f"deprovisioned {args.name!r}" + (f" (process {pid} ended)" if pid else ""))
+            return 0
+        limits = Limits(args.max_images, args.max_image_bytes, args.max_pixels, args.max_body_bytes)
+        info = deploy(args.version, args.model_name, args.name, args.host, args.port, limits=limits)
+    except (RuntimeError, KeyError) as exc:  # a service that did not start; no such deployment
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in info["registered"]:
+        print(f"registered {line}")
+    if info["journal"]:
+        print(f"ZenML's SQLite store is in {info['journal']} journal mode (a request's ~15 commits: see docs/configuration.md)")
+    print(f"deployment {info['name']!r} on stack {info['stack']!r} serves {info['serving']}; page at {info['url']}/")
+    print(f"url: {info['url']}")
+    print(f"key: {info['key']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bloodcell", description="Blood-cell classification pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", help="append each run's outcome to this JSON-lines file")
     p.add_argument("--max-runs", type=int, help="stop after this many runs (default: run until interrupted)")
     p.set_defaults(func=cmd_schedule)
+    from bloodcell.serving import Limits
+
+    p = sub.add_parser("serve", help="deploy the model as an HTTP service with a web page (prints url and key last)")
+    p.add_argument("--version", default="production", help=VERSION_HELP)
+    p.add_argument("--model-name", default=MODEL_NAME)
+    p.add_argument("--name", default="bloodcell", help="deployment name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, help="port (default 8000, or the next free one)")
+    for flag, default in (("max-images", Limits.max_images), ("max-image-bytes", Limits.max_image_bytes),
+                          ("max-pixels", Limits.max_pixels), ("max-body-bytes", Limits.max_body_bytes)):
+        p.add_argument(f"--{flag}", type=int, default=default, help=f"request limit (default {default})")
+    p.add_argument("--stop", action="store_true", help="deprovision the deployment: its process ends")
+    p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
