@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from bloodcell import dihedral
+from bloodcell import dihedral, normalize
 
 
 def build_custom_cnn(
@@ -26,6 +26,8 @@ def build_custom_cnn(
     dense_units: int = 256,
     dropout: float = 0.3,
     l2: float = 0.0,
+    input_norm: str | None = None,
+    norm: str = "batch",
     name: str = "custom_cnn",
 ) -> keras.Model:
     """Conv + batch-norm blocks, global average pooling, dense + dropout, softmax.
@@ -34,14 +36,15 @@ def build_custom_cnn(
     pooling. ``stem_stride`` 2 makes the first conv a strided one (a quarter of the compute);
     ``stem_filters`` > 0 puts one more 3x3 conv -> batch norm -> ReLU with that many filters before
     it, at the full input resolution, so fine detail is seen before the first downsampling.
-    Preprocessing (scaling 0..255 to 0..1) is inside the model, so it takes raw pixels.
+    Preprocessing (``input_norm``: ``bloodcell.normalize``; scaling 0..255 to 0..1) is inside the model,
+    so it takes raw pixels.
     """
     reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(normalize.input_norm(inputs, input_norm))
     if stem_filters:
         x = layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(x)
-        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = _norm_layer(norm, "stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
     for b, f in enumerate(filters):
         for c in range(convs_per_block):
@@ -50,7 +53,7 @@ def build_custom_cnn(
                 f, 3, strides=stride, padding="same", use_bias=False,
                 kernel_regularizer=reg, name=f"block{b + 1}_conv{c + 1}",
             )(x)
-            x = layers.BatchNormalization(name=f"block{b + 1}_bn{c + 1}")(x)
+            x = _norm_layer(norm, f"block{b + 1}_bn{c + 1}")(x)
             x = layers.ReLU(name=f"block{b + 1}_relu{c + 1}")(x)
         if b < len(filters) - 1:
             x = layers.MaxPooling2D(2, name=f"block{b + 1}_pool")(x)
@@ -60,6 +63,19 @@ def build_custom_cnn(
     x = layers.Dropout(dropout, name="head_dropout2")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+NORMS = ("batch", "group")
+
+
+def _norm_layer(norm: str, name: str) -> layers.Layer:
+    """Batch norm (statistics of the training data, recomputed by ``calibration``), or group norm
+    (8 groups; statistics of each image itself, nothing to carry from one lab to another)."""
+    if norm == "batch":
+        return layers.BatchNormalization(name=name)
+    if norm == "group":
+        return layers.GroupNormalization(groups=8, name=name)
+    raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
 
 
 BACKBONES = {
@@ -101,6 +117,7 @@ def build_transfer(
     dense_units: tuple[int, int] | list[int] = (512, 256),
     l2: float = 1e-4,
     dropout: float = 0.2,
+    input_norm: str | None = None,
 ) -> keras.Model:
     """EfficientNetV2 backbone (frozen, its own 0..255 preprocessing) -> global average pooling
     -> dense 512 (L2) -> batch norm -> dense 256 (L2) -> dropout -> softmax."""
@@ -108,7 +125,7 @@ def build_transfer(
     backbone.trainable = False
     reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = backbone(inputs, training=False)
+    x = backbone(normalize.input_norm(inputs, input_norm), training=False)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(dense_units[0], activation="relu", kernel_regularizer=reg, name="head_dense1")(x)
     x = layers.BatchNormalization(name="head_bn")(x)

@@ -141,3 +141,63 @@ def test_online_augmentation_rotates_or_reflects_each_image_and_noises_a_fractio
     sd = np.array([(noisy[i] - x[i])[inside[i]].std() for i in np.flatnonzero(~untouched)])
     assert sd.min() > 0 and sd.max() < 41 and 15 < sd.mean() < 25  # sigma ~ U(0, 40): mean 20
     assert noisy.min() >= 0 and noisy.max() <= 255
+
+
+def _augmented(x, seed=(3, 4), **kw):
+    import tensorflow as tf
+
+    from bloodcell.augment.online import OnlineAugment
+
+    aug = OnlineAugment(dihedral=False, noise_sigma_max=0.0, **kw)
+    return np.asarray(aug(tf.constant(x), tf.constant(seed, tf.int64)))
+
+
+def test_lab_shift_transforms_each_do_what_they_say(sample_dataset):
+    """Every lab-shift transform is seeded, changes the images, keeps them in 0..255, and does
+    its own kind of change: colour without moving structure, zoom about the centre, blur and JPEG
+    on a share of the images only."""
+    x = sample_dataset.images[::25][:16].astype(np.float32)
+    grey = lambda im: im @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
+    for kw in (dict(stain=0.3), dict(white_balance=0.2), dict(hue=0.08), dict(gamma=0.5)):
+        y = _augmented(x, **kw)
+        assert y.min() >= 0 and y.max() <= 255 and np.abs(y - x).mean() > 2, kw
+        np.testing.assert_array_equal(y, _augmented(x, **kw))  # the same seed, the same batch
+        assert not np.array_equal(y, _augmented(x, seed=(3, 5), **kw))
+        # a colour change: every image's structure (its grey levels) stays strongly correlated
+        corr = [np.corrcoef(grey(a).ravel(), grey(b).ravel())[0, 1] for a, b in zip(x, y)]
+        assert min(corr) > 0.9, (kw, min(corr))
+    gains = _augmented(x, white_balance=0.2) / np.maximum(x, 1)
+    per_channel = np.median(gains.reshape(16, -1, 3)[:, :, :], axis=1)
+    assert per_channel.std(axis=1).max() > 0.02  # channels scaled apart: a tint
+
+    # zooming in about the (jittered) centre: a centred spot grows and stays near the centre
+    spot = np.zeros((16, 96, 96, 3), np.float32)
+    spot[:, 44:52, 44:52] = 255.0
+    zoomed = _augmented(spot, zoom_in=2.5, zoom_probability=1.0)
+    lit = zoomed.mean(axis=-1) > 127
+    assert (lit.sum(axis=(1, 2)) >= 64).all() and lit.sum() > 16 * 64 * 1.5
+    ys, xs = np.nonzero(lit.any(axis=0))
+    assert abs(ys.mean() - 47.5) < 8 and abs(xs.mean() - 47.5) < 8
+    half = _augmented(x, zoom_in=2.5, zoom_probability=0.5, seed=(1, 1))
+    untouched = (half == x).reshape(16, -1).all(axis=1)
+    assert 0 < untouched.sum() < 16  # a share of the images, the others exactly as they were
+
+    blurred = _augmented(x, blur_sigma_max=2.0, blur_probability=1.0)
+    energy = lambda im: np.abs(np.diff(im, axis=1)).mean()  # noqa: E731
+    assert energy(blurred) < 0.8 * energy(x)
+    np.testing.assert_array_equal(_augmented(x, blur_sigma_max=2.0, blur_probability=0.0), x)  # none drawn: a no-op
+    np.testing.assert_array_equal(_augmented(x, jpeg_quality_min=10, jpeg_probability=0.0), x)
+    jpeg = _augmented(x, jpeg_quality_min=10, jpeg_probability=1.0)
+    assert 0.5 < np.abs(jpeg - x).mean() < 20
+    for bad in (dict(stain=1.5), dict(zoom_in=0.5), dict(jpeg_quality_min=2), dict(blur_probability=2.0)):
+        with pytest.raises(ValueError, match="augment."):
+            _augmented(x, **bad)
+
+
+def test_training_options_merge_augment_over_the_recipe():
+    from bloodcell.training import TrainConfig
+
+    cfg = TrainConfig.from_dict({"augment": {"stain": 0.2, "zoom_in": 2.0}})
+    assert cfg.augment.noise_sigma_max == 40.0 and cfg.augment.stain == 0.2 and cfg.augment.lab_shift
+    with pytest.raises(ValueError, match=r"unknown augment option\(s\) \['stains'\]"):
+        TrainConfig.from_dict({"augment": {"stains": 0.2}})

@@ -1,0 +1,98 @@
+"""The lab-shift table: a trained model on other labs' images, zero-shot and after adaptation.
+
+    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
+    .venv/bin/python benchmarks/lab_shift.py /tmp/run [--k 5,20] [--seeds 0,1,2]
+
+For the run kept in DIR: its shipped model and, from its own evaluation report, accuracy on the
+PBC test split, under white noise (sigma=25) and the corruption-table mean. Then for each external
+set (default: the two in ../shared/data/external): accuracy and balanced accuracy (mean recall
+over the classes present) zero-shot; with batch-norm statistics recomputed on the set's images
+(no labels); and after adaptation (``bloodcell.adaptation.adapt_model``, the run's training data
+replayed) on k labelled cells per class, scored on the set's other cells, the mean over seeds
+(the zero-shot figure on the same held-out cells is printed beside it), and the PBC test accuracy
+of the model adapted with the largest k and the first seed (what the adaptation costs at home).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+EXTERNAL = ROOT.parent / "shared" / "data" / "external"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kept", help="a DIR given to pipeline_timing.py --keep")
+    parser.add_argument("--external", nargs="*", default=[f"jtsc={EXTERNAL / 'jtsc'}",
+                                                          f"cellavision_blog={EXTERNAL / 'cellavision_blog'}"],
+                        help="NAME=FOLDER of class folders, each")
+    parser.add_argument("--k", default="5,20", help="labelled cells per class for adaptation")
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args()
+    from kept_run import last_kept_run
+
+    run, load = last_kept_run(Path(args.kept))
+    from bloodcell.adaptation import adapt_model, recalibrated_on, split_for_adaptation
+    from bloodcell.evaluation import evaluate_model, external_sets
+    from bloodcell.ingest import read_external
+    from bloodcell.predict import model_classes
+
+    model, train, test = load("fine_tune", "tuned_model"), load("rebalance", "balanced_train"), load("split", "test")
+    report = load("evaluate", "evaluation")
+    size = int(model.input_shape[1])
+    corrupted = [r["accuracy"] for r in report.corruptions if r["severity"]]
+    print(f"run {run.name}: PBC test (n={report.sets['plain'].n}) plain {report.sets['plain'].accuracy:.4f}, "
+          f"noisy sigma=25 {report.sets['noisy'].accuracy:.4f}, corruption mean "
+          f"{np.mean(corrupted) if corrupted else float('nan'):.4f} ({len(corrupted)} settings)")
+    specs = [dict(zip(("name", "path"), item.split("=", 1))) for item in args.external]
+    sets = external_sets(read_external(specs, size))
+    ks, seeds = [int(k) for k in args.k.split(",")], [int(s) for s in args.seeds.split(",")]
+
+    def scores(m, ds):
+        metrics = evaluate_model(m, test.subset([0]), noise_sigma=0, corruption_samples=None, external=_as_external(ds)).external["set"]
+        return metrics.accuracy, metrics.balanced_accuracy
+
+    for name, ds in sets.items():
+        present = sorted({ds.class_names[i] for i in ds.labels})
+        unknown = [c for c in present if c not in model_classes(model)]
+        if unknown:
+            raise SystemExit(f"{name}: classes {unknown} are not among the model's")
+        acc, bal = scores(model, ds)
+        _, bal_bn = scores(recalibrated_on(model, ds), ds)
+        print(f"\n{name} (n={len(ds)}; {', '.join(f'{c} {int((ds.labels == ds.class_names.index(c)).sum())}' for c in present)})")
+        print(f"  zero-shot: accuracy {acc:.4f}, balanced accuracy {bal:.4f}; batch norm from its images (no labels): "
+              f"balanced accuracy {bal_bn:.4f}", flush=True)
+        for k in ks:
+            adapted_bal, base_bal, wall = [], [], []
+            for seed in seeds:
+                adapt_set, rest = split_for_adaptation(ds, k, seed)
+                start = time.perf_counter()
+                adapted, _ = adapt_model(model, adapt_set, replay=train)
+                wall.append(time.perf_counter() - start)
+                adapted_bal.append(scores(adapted, rest)[1])
+                base_bal.append(scores(model, rest)[1])
+                if k == max(ks) and seed == seeds[0]:
+                    home = evaluate_model(adapted, test, noise_sigma=0, corruption_samples=None).sets["plain"].accuracy
+            print(f"  k={k:2d}: balanced accuracy {np.mean(adapted_bal):.4f} (seeds {', '.join(f'{b:.3f}' for b in adapted_bal)}; "
+                  f"zero-shot on the same cells {np.mean(base_bal):.4f}); {np.mean(wall):.0f} s an adaptation", flush=True)
+        print(f"  PBC test accuracy after adapting to {name} (k={max(ks)}, seed {seeds[0]}): {home:.4f}")
+
+
+def _as_external(ds):
+    """One set in the form ``evaluate_model`` takes other labs' images in."""
+    from bloodcell.dataset import Dataset
+
+    return Dataset(images=ds.images, labels=ds.labels, ids=ds.ids, class_names=ds.class_names,
+                   info={"sets": {"set": {"start": 0, "stop": len(ds)}}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Lab shift: the normalisation inside the model, group norm, and adapting a model to a new lab
+with a few labelled cells (a "lab" made from the sample: the same cells under another stain)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bloodcell.dataset import Dataset
+from bloodcell.models import build_model, class_names_of
+
+
+def _other_lab(ds: Dataset) -> Dataset:
+    """``ds`` as another lab would image it: a yellow cast, more red, a darker exposure."""
+    x = ds.images.astype(np.float32) * np.array([1.0, 0.9, 0.55], np.float32) * 0.85
+    return Dataset(images=np.clip(x, 0, 255).astype(np.uint8), labels=ds.labels, ids=ds.ids,
+                   class_names=ds.class_names, info={"source": "other lab"})
+
+
+def test_background_balance_undoes_a_colour_cast_inside_the_saved_model(sample_dataset, tmp_path):
+    from bloodcell.normalize import BackgroundBalance
+
+    x = sample_dataset.images[:16].astype(np.float32)
+    tinted = _other_lab(sample_dataset.subset(np.arange(16))).images.astype(np.float32)
+    balance = BackgroundBalance()
+    a, b = np.asarray(balance(x)), np.asarray(balance(tinted))
+    assert np.abs(tinted - x).mean() > 25  # the cast is large ...
+    assert np.abs(a - b).mean() < 0.25 * np.abs(tinted - x).mean()  # ... and mostly gone after the balance
+    model = build_model("custom_cnn", sample_dataset.class_names, 96, filters=[8, 16], dense_units=8, input_norm="background")
+    assert model.get_layer("background_balance") is not None
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown input_norm 'grey'"):
+        build_model("custom_cnn", 8, 96, input_norm="grey")
+
+
+def test_group_norm_has_no_batch_statistics_to_carry(sample_dataset):
+    from bloodcell.calibration import batchnorm_layers
+
+    model = build_model("custom_cnn", 8, 96, filters=[8, 16], dense_units=8, dropout=0.0, norm="group")
+    assert not [layer for layer in batchnorm_layers(model) if layer.name.startswith("block")]
+    # an image's prediction does not depend on the other images in its batch, in training mode too
+    x = sample_dataset.images[:8].astype(np.float32)
+    np.testing.assert_allclose(model(x[:4], training=True)[:, :], model(x, training=True)[:4], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown norm 'layer'"):
+        build_model("custom_cnn", 8, 96, norm="layer")
+
+
+def test_split_for_adaptation_keeps_cells_back_to_score(sample_dataset):
+    from bloodcell.adaptation import split_for_adaptation
+
+    few = sample_dataset.subset(np.concatenate([np.flatnonzero(sample_dataset.labels == c)[:n] for c, n in ((0, 1), (1, 3), (2, 50))]))
+    adapt, rest = split_for_adaptation(few, 5, seed=0)
+    assert np.bincount(adapt.labels, minlength=3).tolist() == [0, 2, 5]  # never a class's last cell
+    assert sorted(adapt.ids + rest.ids) == sorted(few.ids) and not set(adapt.ids) & set(rest.ids)
+    assert split_for_adaptation(few, 5, seed=0)[0].ids == adapt.ids != split_for_adaptation(few, 5, seed=1)[0].ids
+
+
+@pytest.fixture(scope="module")
+def home_model(sample_dataset):
+    """A small model trained on the sample (the home lab), shipped as fine_tune ships it."""
+    from bloodcell.packaging import package_model
+    from bloodcell.training import TrainConfig, train_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("custom_cnn", sample_dataset.class_names, 96, filters=[16, 32, 64], dense_units=32)
+    cfg = TrainConfig.from_dict({"epochs": 8, "swa_epochs": 2, "batch_size": 32, "verbose": 0, "mixed_precision": False,
+                                 "recalibrate_samples_per_epoch": 128})
+    train_model(model, sample_dataset, sample_dataset.subset(np.arange(0, 400, 10)), cfg)
+    shipped, _ = package_model(model, sample_dataset, sample_dataset, tta=True, prior_correction=0.0)
+    return shipped
+
+
+def test_adaptation_to_a_new_lab_with_five_cells_a_class(sample_dataset, home_model):
+    """The other lab has 4 of the 8 classes; 5 labelled cells each. The adapted model keeps all 8
+    classes and its TTA, and scores the lab's other cells better than the home model did."""
+    from bloodcell.adaptation import adapt_model, recalibrated_on, split_for_adaptation
+    from bloodcell.evaluation import set_metrics
+
+    wbc = [sample_dataset.class_names.index(c) for c in ("eosinophil", "lymphocyte", "monocyte", "neutrophil")]
+    lab = _other_lab(sample_dataset.subset(np.flatnonzero(np.isin(sample_dataset.labels, wbc))))
+    cells, rest = split_for_adaptation(lab, 5, seed=0)
+
+    def balanced(model):
+        predicted = model.predict(rest.images.astype(np.float32), verbose=0).argmax(1)
+        return set_metrics(rest.labels, predicted, sample_dataset.class_names).balanced_accuracy
+
+    adapted, info = adapt_model(home_model, cells, replay=sample_dataset)
+    assert info["lab_cells"] == 20 and info["replayed"] == 8 * 20 and info["lab_classes"] == sorted(
+        sample_dataset.class_names[i] for i in wbc)
+    assert adapted.name.endswith("_tta") and class_names_of(adapted) == sample_dataset.class_names
+    before, after = balanced(home_model), balanced(adapted)
+    assert after > before + 0.1, (before, after)
+    assert balanced(recalibrated_on(home_model, lab)) != before  # batch norm from the lab's own images moves it
+    other = Dataset(images=cells.images, labels=np.zeros(len(cells), np.int64), ids=cells.ids, class_names=["macrophage"])
+    with pytest.raises(ValueError, match=r"adaptation data: class\(es\) \['macrophage'\] are not among the model's classes"):
+        adapt_model(home_model, other)
