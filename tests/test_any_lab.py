@@ -150,3 +150,51 @@ def test_a_three_class_npz_at_32_px(tmp_path):
     cfg["steps"]["ingest"]["parameters"]["classes"] = ["basal", "eosin"]
     run, res = _run(proj, cfg, "three_bad", check=False)
     assert res.returncode != 0 and "three.npz:labels row 100: label 2 (rule: labels are integers in 0..1)" in res.stdout + res.stderr
+
+
+def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, tmp_path):
+    """`bloodcell adapt`: a new lab (3 of the 5 classes, another stain, 6 labelled cells each)
+    makes a new version whose lineage reaches both the base version's data and the lab's cells;
+    the adapted model keeps the 5 classes and is exported."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from zenml.client import Client
+
+    from bloodcell import MODEL_ARTIFACT
+    from bloodcell.mlops.registry import get_version
+    from bloodcell.models import class_names_of
+    from bloodcell.predict import load_model
+
+    from conftest import SAMPLE
+
+    proj = five_class_run[0]
+    newlab, check = tmp_path / "newlab", tmp_path / "check"
+    for cls in ("lymphocyte", "monocyte", "neutrophil"):
+        for folder, files in ((newlab, slice(10, 16)), (check, slice(16, 26))):  # labelled for adapting / for checking
+            (folder / cls).mkdir(parents=True)
+            for f in sorted((SAMPLE / cls).iterdir())[files]:
+                x = np.asarray(Image.open(f).convert("RGB"), np.float32) * np.array([1.0, 0.92, 0.6])
+                Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(folder / cls / f"{f.stem}.png")
+    base = get_version("latest", MODEL)
+    out = tmp_path / "adapted.keras"
+    res = subprocess.run([sys.executable, "-m", "bloodcell.mlops.cli", "adapt", "--version", str(base.number),
+                          "--model-name", MODEL, "--data", str(newlab), "--output", str(out), "--check", f"newlab={check}"],
+                         cwd=proj, env={**os.environ, "PYTHONPATH": str(proj)}, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    new = get_version("latest", MODEL)
+    assert new.number > base.number and f"new version {new.number}" in res.stdout and "check newlab: accuracy" in res.stdout
+    meta = new.run_metadata
+    assert meta["adapted"] is True and meta["class_names"] == WBC and meta["lab_samples"] == 18
+    assert meta["external_samples"] == 30 and "external_newlab_balanced_accuracy" in meta and "plain_accuracy" in meta
+    # lineage: the adaptation run read the base version's shipped model and training data, and the lab's cells
+    adaptation_run = Client().get_pipeline("adaptation_pipeline").last_run
+    inputs = {name: avs[0].id for name, avs in adaptation_run.steps["adapt"].inputs.items()}
+    assert inputs["base"] == base.get_artifact(MODEL_ARTIFACT).id
+    assert inputs["replay"] == base.get_artifact("balanced_train").id
+    assert adaptation_run.steps["ingest"].outputs["dataset"][0].run_metadata["source"] == str(newlab)
+    assert new.stage is None or str(new.stage) != "production"  # promoted by hand, after checking
+    adapted = load_model(out)
+    assert class_names_of(adapted) == WBC and adapted.input_shape == (None, 64, 64, 3)

@@ -4,6 +4,7 @@
     bloodcell profile FOLDER [--margin 10]                       (a lab's stain ranges, as config YAML)
     bloodcell predict MODEL INPUT --output predictions.csv      (MODEL: a .keras file or a model version)
     bloodcell export [--version production|latest|N] --output model.keras
+    bloodcell adapt [--version production] --data FOLDER --output model.keras [--check [NAME=]FOLDER ...]
     bloodcell lineage [--version production|latest|N] [--json]
     bloodcell schedule configs/retrain_weekly.yaml [--log runs.jsonl] [--register]
     bloodcell schedule -c CONFIG --cron "0 3 * * 1"
@@ -102,6 +103,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from bloodcell.mlops.adapt import run_adaptation
+
+    info = run_adaptation(args.version, args.data, args.output, args.check, args.model_name)
+    print(f"adapted {info['name']} version {info['base_version']} to {args.data}: new version {info['version']}, "
+          f"PBC test accuracy {info['plain_accuracy']:.4f}; exported to {info['output']} (config {info['config']})")
+    for check, (acc, bal) in info["checks"].items():
+        print(f"check {check}: accuracy {acc:.4f}, balanced accuracy {bal:.4f}")
+    print(f"promote it when it checks out: zenml model version update {info['name']} {info['version']} --stage production")
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     import json
 
@@ -184,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help=".keras file to write")
     p.add_argument("--model-name", default=MODEL_NAME)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("adapt", help="adapt a model version to a new lab's labelled cells (a new version) and export it")
+    p.add_argument("--version", default="production", help=VERSION_HELP)
+    p.add_argument("--data", required=True, help="the new lab's labelled cells: one sub-folder per class (any of the model's)")
+    p.add_argument("--output", required=True, help=".keras file to write the adapted model to")
+    p.add_argument("--check", nargs="*", default=[], help="labelled folders ([NAME=]FOLDER) to score the adapted model on")
+    p.add_argument("--model-name", default=MODEL_NAME)
+    p.set_defaults(func=cmd_adapt)
     p = sub.add_parser("lineage", help="which data, code and checks produced a model version")
     p.add_argument("--version", default="production", help=VERSION_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

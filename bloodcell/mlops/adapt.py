@@ -1,0 +1,64 @@
+"""``bloodcell adapt``: run the adaptation pipeline for a new lab and export the adapted model.
+
+It resolves the base version now (``production`` may move while the run goes), reads the lab's
+folder once to propose its stain ranges (its cells are its lab's normal, ``bloodcell.stain``),
+writes the pipeline config next to the output, runs ``pipelines.adaptation`` with ``zenml
+pipeline run`` (so the new version has the usual lineage), then exports the new version's model.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bloodcell import MODEL_NAME
+from bloodcell.mlops.registry import export_model, get_version, latest_with_model
+from bloodcell.mlops.runlog import failure_lines
+
+
+def adaptation_config(base: int, data: str, image_size: int, stain_ranges: dict, checks: list[dict[str, Any]],
+                      name: str = MODEL_NAME, adaptation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The adaptation pipeline's config for a lab folder ``data`` and check sets ``checks``."""
+    return {
+        "model": {"name": name, "tags": ["adapted"]},
+        "parameters": {"base_version": str(base), "base_model": name},
+        "steps": {
+            "ingest": {"parameters": {"source": str(Path(data).resolve()), "image_size": image_size, "stain_ranges": stain_ranges}},
+            "ingest_external": {"parameters": {"external": checks}},
+            "adapt": {"parameters": {"adaptation": adaptation or {}}},
+        },
+    }
+
+
+def run_adaptation(version: str, data: str, output: str, checks: list[str] | None = None, name: str = MODEL_NAME) -> dict[str, Any]:
+    """Adapt ``version`` of ``name`` to the labelled lab folder ``data``; ``checks``: labelled
+    folders (``NAME=FOLDER`` or ``FOLDER``) the new version is scored on. Returns what was done."""
+    from bloodcell.ingest import read_unlabeled
+    from bloodcell.stain import profile
+
+    if not output.endswith(".keras"):
+        raise ValueError(f"{output}: the output must be a .keras file")
+    base = get_version(version, name)
+    size = int(base.run_metadata.get("image_size", 96))
+    ranges = profile(read_unlabeled(data, image_size=size).images)
+    specs = []
+    for i, item in enumerate(checks or []):
+        label, _, folder = item.rpartition("=")
+        specs.append({"name": label or f"check{i + 1}", "path": str(Path(folder).resolve())})
+    config = Path(output).with_suffix(".adaptation.yaml")
+    config.write_text(yaml.safe_dump(adaptation_config(base.number, data, size, ranges, specs, name), sort_keys=False))
+    zenml = str(Path(sys.executable).parent / "zenml")
+    proc = subprocess.run([zenml, "pipeline", "run", "pipelines.adaptation.adaptation_pipeline", "-c", str(config)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"the adaptation run failed (config {config}):\n{failure_lines(proc.stdout + proc.stderr)}")
+    new = latest_with_model(name)
+    exported = export_model(output, str(new.number), name)
+    meta = new.run_metadata
+    return {**exported, "base_version": base.number, "config": str(config),
+            "checks": {s["name"]: (meta.get(f"external_{s['name']}_accuracy"), meta.get(f"external_{s['name']}_balanced_accuracy"))
+                       for s in specs}}

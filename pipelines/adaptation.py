@@ -1,0 +1,27 @@
+"""Adaptation to a new lab: ingest (the lab's labelled cells) -> adapt (a model version's model,
+its training data replayed) -> evaluate (the base version's PBC test split, and the lab's check
+sets from ingest_external). Each run makes a new version of ``bloodcell-classifier`` with lineage
+to the base version's artifacts and the lab's data; it is not promoted: check it, then promote it
+by hand (``zenml model version update bloodcell-classifier N --stage production``).
+
+    bloodcell adapt --version production --data FOLDER --output model.keras      (writes the config, runs this)
+    zenml pipeline run pipelines.adaptation.adaptation_pipeline -c my_adaptation.yaml
+"""
+
+from zenml import Model, pipeline
+
+from bloodcell import MODEL_ARTIFACT, MODEL_NAME
+from pipelines.training import MODEL
+from steps.adapt import adapt
+from steps.evaluate import evaluate
+from steps.ingest import ingest
+from steps.ingest_external import ingest_external
+
+
+@pipeline(enable_cache=True, model=MODEL)
+def adaptation_pipeline(base_version: str = "production", base_model: str = MODEL_NAME) -> None:
+    base = Model(name=base_model, version=base_version)
+    lab = ingest()
+    model = adapt(base.get_artifact(MODEL_ARTIFACT), lab, base.get_artifact("balanced_train"))
+    test = base.get_artifact("test")
+    evaluate(model, test, ingest_external(test))
