@@ -19,10 +19,12 @@ def _documented(name: str) -> bool:
 
 
 def _step_parameters():
+    from steps.adapt import adapt
     from steps.evaluate import evaluate
     from steps.filter_outliers import filter_outliers
     from steps.fine_tune import fine_tune
     from steps.ingest import ingest
+    from steps.ingest_external import ingest_external
     from steps.ingest_unlabeled import ingest_unlabeled
     from steps.predict import predict
     from steps.promote import promote
@@ -30,19 +32,22 @@ def _step_parameters():
     from steps.split import split
     from steps.train import train
 
-    for step in (ingest, filter_outliers, split, rebalance, train, fine_tune, evaluate, promote, ingest_unlabeled, predict):
+    for step in (ingest, filter_outliers, split, rebalance, train, fine_tune, ingest_external, evaluate, promote,
+                 ingest_unlabeled, predict, adapt):
         for name, p in inspect.signature(step.entrypoint).parameters.items():
             if p.default is not inspect.Parameter.empty or name in ("source",):
                 yield f"{step.name}.{name}", name
 
 
 def _options():
+    from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
     from bloodcell.models import build_custom_cnn, build_transfer
     from bloodcell.training import TrainConfig
 
     yield from ((f"training.{f.name}", f.name) for f in fields(TrainConfig))
     yield from ((f"augment.{f.name}", f.name) for f in fields(OnlineAugment))
+    yield from ((f"adaptation.{f.name}", f.name) for f in fields(AdaptConfig))
     for builder in (build_custom_cnn, build_transfer):
         for name in inspect.signature(builder).parameters:
             if name not in ("num_classes", "image_size", "name", "architecture"):
