@@ -10,6 +10,7 @@ from zenml.logger import get_logger
 
 from bloodcell.dataset import Dataset
 from bloodcell.ingest import read_unlabeled
+from bloodcell.mlops.registry import image_size_of
 from bloodcell.stain import stain_params
 from bloodcell.tables import unlabeled_tables
 from materializers.dataset_materializer import DatasetMaterializer
@@ -28,8 +29,7 @@ def ingest_unlabeled(
     (``stain_ranges``: default PBC's) before anything is predicted."""
     params = stain_params(stain_ranges)
     if image_size is None:
-        version = get_step_context().model
-        image_size = int(version.run_metadata.get("image_size", 96))
+        image_size = image_size_of(get_step_context().model)
     ds = read_unlabeled(source, image_size=image_size)
     logger.info("Read %d images to classify from %s at %dx%d, fingerprint %s, conversions %s", len(ds), source,
                 image_size, image_size, ds.fingerprint[:12], ds.info["conversions"] or "none")

@@ -97,3 +97,38 @@ def test_adaptation_to_a_new_lab_with_five_cells_a_class(sample_dataset, home_mo
     other = Dataset(images=cells.images, labels=np.zeros(len(cells), np.int64), ids=cells.ids, class_names=["macrophage"])
     with pytest.raises(ValueError, match=r"adaptation data: class\(es\) \['macrophage'\] are not among the model's classes"):
         adapt_model(home_model, other)
+
+
+def _disc(radius: float, centre: tuple[int, int], size: int = 96) -> np.ndarray:
+    """A pale image with one dark, stained-looking disc (a nucleus)."""
+    yy, xx = np.mgrid[:size, :size]
+    image = np.full((size, size, 3), (230, 200, 210), np.float32)
+    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2] = (90, 40, 120)
+    return image
+
+
+def test_cell_framing_brings_every_nucleus_to_one_size_in_the_centre():
+    """A small nucleus off-centre (a smear seen at low magnification) and a big one (a cell that
+    fills the frame) come out centred and the same size: the framing zooms in and out."""
+    from bloodcell.normalize import CellFraming
+
+    framing = CellFraming(nucleus=0.3)
+    x = np.stack([_disc(9, (40, 55)), _disc(28, (48, 48)), _disc(15, (50, 44))])
+    y = np.asarray(framing(x))
+    dark = y.mean(axis=-1) < 150
+    sides = np.sqrt(dark.sum(axis=(1, 2)))
+    np.testing.assert_allclose(sides, 0.3 * 96, rtol=0.15)  # the same nucleus size whatever it was
+    for mask in dark:
+        ys, xs = np.nonzero(mask)
+        assert abs(ys.mean() - 48) < 3 and abs(xs.mean() - 48) < 3  # centred
+    assert y.min() >= 0 and y.max() <= 255 and not np.isnan(y).any()  # the uncovered border is filled, not black
+
+
+def test_a_model_with_framing_and_balance_saves_and_loads(tmp_path, sample_dataset):
+    model = build_model("custom_cnn", sample_dataset.class_names, 96, filters=[8, 16], dense_units=8,
+                        input_norm="background+frame")
+    assert model.get_layer("cell_framing") is not None and model.get_layer("background_balance") is not None
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    x = sample_dataset.images[:4].astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from bloodcell import MODEL_NAME
-from bloodcell.mlops.registry import export_model, get_version, latest_with_model
+from bloodcell.mlops.registry import export_model, get_version, image_size_of, latest_with_model
 from bloodcell.mlops.runlog import failure_lines
 
 
@@ -43,7 +43,7 @@ def run_adaptation(version: str, data: str, output: str, checks: list[str] | Non
     if not output.endswith(".keras"):
         raise ValueError(f"{output}: the output must be a .keras file")
     base = get_version(version, name)
-    size = int(base.run_metadata.get("image_size", 96))
+    size = image_size_of(base)
     ranges = profile(read_unlabeled(data, image_size=size).images)
     specs = []
     for i, item in enumerate(checks or []):

@@ -59,6 +59,17 @@ def latest_with_model(name: str = MODEL_NAME):
                       f"{MODEL_ARTIFACT!r} artifact); train one with `make run`")
 
 
+def image_size_of(mv) -> int:
+    """The image size a model version's model takes: from its model artifact's metadata (the
+    materializer records the input shape), else the version's ``image_size``, else 96. A run whose
+    ingest was cached logs no ``image_size`` on its new version, so the artifact comes first."""
+    artifact = mv.get_artifact(MODEL_ARTIFACT)
+    shape = artifact.run_metadata.get("input_shape") if artifact is not None else None
+    if shape and len(shape) == 4 and int(shape[1]) > 0:
+        return int(shape[1])
+    return int(mv.run_metadata.get("image_size", 96))
+
+
 def load_version_model(version: str = "production", name: str = MODEL_NAME):
     """The model version and the model it holds."""
     mv = get_version(version, name)
