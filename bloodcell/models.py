@@ -27,7 +27,6 @@ def build_custom_cnn(
     dropout: float = 0.3,
     l2: float = 0.0,
     input_norm: str | None = None,
-    norm: str = "batch",
     name: str = "custom_cnn",
 ) -> keras.Model:
     """Conv + batch-norm blocks, global average pooling, dense + dropout, softmax.
@@ -44,7 +43,7 @@ def build_custom_cnn(
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(normalize.input_norm(inputs, input_norm))
     if stem_filters:
         x = layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(x)
-        x = _norm_layer(norm, "stem_bn")(x)
+        x = layers.BatchNormalization(name="stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
     for b, f in enumerate(filters):
         for c in range(convs_per_block):
@@ -53,7 +52,7 @@ def build_custom_cnn(
                 f, 3, strides=stride, padding="same", use_bias=False,
                 kernel_regularizer=reg, name=f"block{b + 1}_conv{c + 1}",
             )(x)
-            x = _norm_layer(norm, f"block{b + 1}_bn{c + 1}")(x)
+            x = layers.BatchNormalization(name=f"block{b + 1}_bn{c + 1}")(x)
             x = layers.ReLU(name=f"block{b + 1}_relu{c + 1}")(x)
         if b < len(filters) - 1:
             x = layers.MaxPooling2D(2, name=f"block{b + 1}_pool")(x)
@@ -63,19 +62,6 @@ def build_custom_cnn(
     x = layers.Dropout(dropout, name="head_dropout2")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-NORMS = ("batch", "group")
-
-
-def _norm_layer(norm: str, name: str) -> layers.Layer:
-    """Batch norm (statistics of the training data, recomputed by ``calibration``), or group norm
-    (8 groups; statistics of each image itself, nothing to carry from one lab to another)."""
-    if norm == "batch":
-        return layers.BatchNormalization(name=name)
-    if norm == "group":
-        return layers.GroupNormalization(groups=8, name=name)
-    raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
 
 
 BACKBONES = {
