@@ -23,4 +23,7 @@ MODEL_NAME = "bloodcell-classifier"
 MODEL_ARTIFACT = "tuned_model"
 """The training pipeline's shipped model: the artifact a model version is used through."""
 
-__all__ = ["CLASS_NAMES", "MODEL_ARTIFACT", "MODEL_NAME"]
+MIN_UNLABELLED = 32
+"""The fewest of a lab's unlabelled cells batch-norm statistics are recomputed from."""
+
+__all__ = ["CLASS_NAMES", "MIN_UNLABELLED", "MODEL_ARTIFACT", "MODEL_NAME"]

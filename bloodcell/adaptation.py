@@ -6,7 +6,8 @@ network (inside the shipped TTA wrapper) on the lab's cells through the lab-shif
 with a replay of the model's original training images so that it keeps every class it knows, and
 then recomputes the batch-norm statistics on the lab's cells: the statistics a network normalises
 its features with are what moves most between labs (adaptive batch norm). The result is shipped as
-before: float32, TTA, the same class list.
+before: float32, TTA, the same class list. A lab with no labels at all can take the second part
+alone (``recalibrated_on``: batch norm from its unlabelled cells).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from bloodcell import MIN_UNLABELLED
 from bloodcell.augment.online import OnlineAugment
 from bloodcell.calibration import recalibrate_on
 from bloodcell.classes import label_map
@@ -116,7 +118,14 @@ def adapt_model(model: keras.Model, lab: Dataset, replay: Dataset | None = None,
 
 def recalibrated_on(model: keras.Model, images: Dataset, augment: OnlineAugment | None = None, seed: int = 0) -> keras.Model:
     """A copy of the shipped ``model`` with its batch-norm statistics recomputed on ``images``
-    (a lab's unlabelled cells): adaptation without any label."""
+    (a lab's unlabelled cells; labels, if any, are not read): adaptation without any label.
+    Statistics from few images would be noise: at least ``MIN_UNLABELLED`` are needed."""
+    if len(images) < MIN_UNLABELLED:
+        raise ValueError(f"batch norm from the lab's images: {len(images)} image(s) given, at least {MIN_UNLABELLED} are "
+                         "needed (rule: enough cells for stable statistics; a few hundred are better)")
+    size = tuple(model.input_shape[1:3])
+    if images.images.shape[1:3] != size:
+        raise ValueError(f"the lab's images are {images.images.shape[1]}x{images.images.shape[2]}, the model takes {size[0]}x{size[1]}")
     source = network_of(model)
     net = keras.models.clone_model(source)
     net.set_weights(source.get_weights())

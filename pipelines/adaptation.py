@@ -4,7 +4,11 @@ sets from ingest_external). Each run makes a new version of ``bloodcell-classifi
 to the base version's artifacts and the lab's data; it is not promoted: check it, then promote it
 by hand (``zenml model version update bloodcell-classifier N --stage production``).
 
+``recalibration_pipeline``: the same without labels: ingest_unlabeled (the lab's cells) ->
+recalibrate (batch norm from them) -> evaluate.
+
     bloodcell adapt --version production --data FOLDER --output model.keras      (writes the config, runs this)
+    bloodcell adapt --version production --data FOLDER --output model.keras --unlabelled
     zenml pipeline run pipelines.adaptation.adaptation_pipeline -c my_adaptation.yaml
 """
 
@@ -16,6 +20,8 @@ from steps.adapt import adapt
 from steps.evaluate import evaluate
 from steps.ingest import ingest
 from steps.ingest_external import ingest_external
+from steps.ingest_unlabeled import ingest_unlabeled
+from steps.recalibrate import recalibrate
 
 
 @pipeline(enable_cache=True, model=MODEL)
@@ -23,5 +29,13 @@ def adaptation_pipeline(base_version: str = "production", base_model: str = MODE
     base = Model(name=base_model, version=base_version)
     lab = ingest()
     model = adapt(base.get_artifact(MODEL_ARTIFACT), lab, base.get_artifact("balanced_train"))
+    test = base.get_artifact("test")
+    evaluate(model, test, ingest_external(test))
+
+
+@pipeline(enable_cache=True, model=MODEL)
+def recalibration_pipeline(base_version: str = "production", base_model: str = MODEL_NAME) -> None:
+    base = Model(name=base_model, version=base_version)
+    model = recalibrate(base.get_artifact(MODEL_ARTIFACT), ingest_unlabeled())
     test = base.get_artifact("test")
     evaluate(model, test, ingest_external(test))

@@ -64,6 +64,8 @@ def test_adaptation_to_a_new_lab_with_five_cells_a_class(sample_dataset, home_mo
     before, after = balanced(home_model), balanced(adapted)
     assert after > before + 0.1, (before, after)
     assert balanced(recalibrated_on(home_model, lab)) != before  # batch norm from the lab's own images moves it
+    with pytest.raises(ValueError, match=r"batch norm from the lab's images: 20 image\(s\) given, at least 32 are needed"):
+        recalibrated_on(home_model, cells)
     other = Dataset(images=cells.images, labels=np.zeros(len(cells), np.int64), ids=cells.ids, class_names=["macrophage"])
     with pytest.raises(ValueError, match=r"adaptation data: class\(es\) \['macrophage'\] are not among the model's classes"):
         adapt_model(home_model, other)

@@ -198,3 +198,55 @@ def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, 
     assert new.stage is None or str(new.stage) != "production"  # promoted by hand, after checking
     adapted = load_model(out)
     assert class_names_of(adapted) == WBC and adapted.input_shape == (None, 64, 64, 3)
+
+
+def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_run, tmp_path):
+    """`bloodcell adapt --unlabelled`: a flat folder of a new lab's cells (no classes) makes a new
+    version whose batch norm comes from them, with lineage to the base model and the lab's images."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from zenml.client import Client
+
+    from bloodcell import MODEL_ARTIFACT
+    from bloodcell.mlops.registry import get_version
+    from bloodcell.models import class_names_of
+    from bloodcell.predict import load_model
+
+    from conftest import SAMPLE
+
+    proj = five_class_run[0]
+    cells, check = tmp_path / "cells", tmp_path / "check"
+    cells.mkdir()
+    for cls in ("lymphocyte", "monocyte", "neutrophil"):
+        (check / cls).mkdir(parents=True)
+        for i, f in enumerate(sorted((SAMPLE / cls).iterdir())[26:44]):
+            x = np.asarray(Image.open(f).convert("RGB"), np.float32) * np.array([1.0, 0.92, 0.6])
+            Image.fromarray(x.clip(0, 255).astype(np.uint8)).save((cells if i < 12 else check / cls) / f"{cls}_{f.stem}.png")
+    base = get_version("latest", MODEL)
+    out = tmp_path / "recalibrated.keras"
+    cmd = [sys.executable, "-m", "bloodcell.mlops.cli", "adapt", "--version", str(base.number), "--model-name", MODEL,
+           "--data", str(cells), "--output", str(out), "--check", f"newlab={check}", "--unlabelled"]
+    env = {**os.environ, "PYTHONPATH": str(proj)}
+    res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    new = get_version("latest", MODEL)
+    assert new.number > base.number and "batch norm from the unlabelled cells of" in res.stdout and "check newlab: accuracy" in res.stdout
+    meta = new.run_metadata
+    assert meta["adaptation"] == "batch norm from unlabelled cells" and meta["lab_samples"] == 36
+    assert meta["class_names"] == WBC and meta["external_samples"] == 18
+    run = Client().get_pipeline("recalibration_pipeline").last_run
+    assert run.steps["recalibrate"].inputs["base"][0].id == base.get_artifact(MODEL_ARTIFACT).id
+    assert run.steps["ingest_unlabeled"].outputs["images"][0].run_metadata["source"] == str(cells)
+    assert class_names_of(load_model(out)) == WBC
+    # too few cells for batch-norm statistics: a clear error naming the rule, and no new version with a model
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted(cells.iterdir())[:5]:
+        f.rename(few / f.name)
+    cmd[cmd.index(str(cells))] = str(few)
+    res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode != 0 and "5 image(s) given, at least 32 are needed" in res.stdout + res.stderr
+    assert get_version("latest", MODEL).number == new.number

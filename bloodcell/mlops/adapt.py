@@ -21,22 +21,26 @@ from bloodcell.mlops.runlog import failure_lines
 
 
 def adaptation_config(base: int, data: str, image_size: int, stain_ranges: dict, checks: list[dict[str, Any]],
-                      name: str = MODEL_NAME, adaptation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The adaptation pipeline's config for a lab folder ``data`` and check sets ``checks``."""
-    return {
-        "model": {"name": name, "tags": ["adapted"]},
-        "parameters": {"base_version": str(base), "base_model": name},
-        "steps": {
-            "ingest": {"parameters": {"source": str(Path(data).resolve()), "image_size": image_size, "stain_ranges": stain_ranges}},
-            "ingest_external": {"parameters": {"external": checks}},
-            "adapt": {"parameters": {"adaptation": adaptation or {}}},
-        },
-    }
+                      name: str = MODEL_NAME, adaptation: dict[str, Any] | None = None,
+                      unlabelled: bool = False) -> dict[str, Any]:
+    """The pipeline config for a lab folder ``data`` and check sets ``checks``: the adaptation
+    pipeline's, or with ``unlabelled`` the recalibration pipeline's (batch norm from the lab's cells)."""
+    lab = {"source": str(Path(data).resolve()), "image_size": image_size, "stain_ranges": stain_ranges}
+    steps: dict[str, Any] = {"ingest_external": {"parameters": {"external": checks}}}
+    if unlabelled:
+        steps["ingest_unlabeled"] = {"parameters": lab}
+    else:
+        steps["ingest"] = {"parameters": lab}
+        steps["adapt"] = {"parameters": {"adaptation": adaptation or {}}}
+    return {"model": {"name": name, "tags": ["adapted"]},
+            "parameters": {"base_version": str(base), "base_model": name}, "steps": steps}
 
 
-def run_adaptation(version: str, data: str, output: str, checks: list[str] | None = None, name: str = MODEL_NAME) -> dict[str, Any]:
-    """Adapt ``version`` of ``name`` to the labelled lab folder ``data``; ``checks``: labelled
-    folders (``NAME=FOLDER`` or ``FOLDER``) the new version is scored on. Returns what was done."""
+def run_adaptation(version: str, data: str, output: str, checks: list[str] | None = None, name: str = MODEL_NAME,
+                   unlabelled: bool = False) -> dict[str, Any]:
+    """Adapt ``version`` of ``name`` to the labelled lab folder ``data`` (``unlabelled``: any
+    folder of the lab's cells, batch norm only); ``checks``: labelled folders (``NAME=FOLDER`` or
+    ``FOLDER``) the new version is scored on. Returns what was done."""
     from bloodcell.ingest import read_unlabeled
     from bloodcell.stain import profile
 
@@ -50,9 +54,11 @@ def run_adaptation(version: str, data: str, output: str, checks: list[str] | Non
         label, _, folder = item.rpartition("=")
         specs.append({"name": label or f"check{i + 1}", "path": str(Path(folder).resolve())})
     config = Path(output).with_suffix(".adaptation.yaml")
-    config.write_text(yaml.safe_dump(adaptation_config(base.number, data, size, ranges, specs, name), sort_keys=False))
+    config.write_text(yaml.safe_dump(adaptation_config(base.number, data, size, ranges, specs, name, unlabelled=unlabelled),
+                                     sort_keys=False))
     zenml = str(Path(sys.executable).parent / "zenml")
-    proc = subprocess.run([zenml, "pipeline", "run", "pipelines.adaptation.adaptation_pipeline", "-c", str(config)],
+    source = "pipelines.adaptation." + ("recalibration_pipeline" if unlabelled else "adaptation_pipeline")
+    proc = subprocess.run([zenml, "pipeline", "run", source, "-c", str(config)],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"the adaptation run failed (config {config}):\n{failure_lines(proc.stdout + proc.stderr)}")

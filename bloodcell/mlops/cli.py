@@ -4,7 +4,7 @@
     bloodcell profile FOLDER [--margin 10]                       (a lab's stain ranges, as config YAML)
     bloodcell predict MODEL INPUT --output predictions.csv      (MODEL: a .keras file or a model version)
     bloodcell export [--version production|latest|N] --output model.keras
-    bloodcell adapt [--version production] --data FOLDER --output model.keras [--check [NAME=]FOLDER ...]
+    bloodcell adapt [--version production] --data FOLDER --output model.keras [--check [NAME=]FOLDER ...] [--unlabelled]
     bloodcell lineage [--version production|latest|N] [--json]
     bloodcell schedule configs/retrain_weekly.yaml [--log runs.jsonl] [--register]
     bloodcell schedule -c CONFIG --cron "0 3 * * 1"
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bloodcell import MODEL_NAME
+from bloodcell import MIN_UNLABELLED, MODEL_NAME
 from bloodcell.mlops.registry import VERSION_HELP
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logging, once it is set up
@@ -106,8 +106,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from bloodcell.mlops.adapt import run_adaptation
 
-    info = run_adaptation(args.version, args.data, args.output, args.check, args.model_name)
-    print(f"adapted {info['name']} version {info['base_version']} to {args.data}: new version {info['version']}, "
+    info = run_adaptation(args.version, args.data, args.output, args.check, args.model_name, args.unlabelled)
+    how = "batch norm from the unlabelled cells of" if args.unlabelled else "adapted"
+    print(f"{how} {info['name']} version {info['base_version']} to {args.data}: new version {info['version']}, "
           f"PBC test accuracy {info['plain_accuracy']:.4f}; exported to {info['output']} (config {info['config']})")
     for check, (acc, bal) in info["checks"].items():
         print(f"check {check}: accuracy {acc:.4f}, balanced accuracy {bal:.4f}")
@@ -199,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("adapt", help="adapt a model version to a new lab's labelled cells (a new version) and export it")
     p.add_argument("--version", default="production", help=VERSION_HELP)
-    p.add_argument("--data", required=True, help="the new lab's labelled cells: one sub-folder per class (any of the model's)")
+    p.add_argument("--data", required=True, help="the new lab's labelled cells: one sub-folder per class (any of the model's); "
+                   "with --unlabelled, any folder of its cells")
+    p.add_argument("--unlabelled", action="store_true", help="no labels: only recompute batch norm on the lab's cells "
+                   f"(at least {MIN_UNLABELLED}; a few hundred are better)")
     p.add_argument("--output", required=True, help=".keras file to write the adapted model to")
     p.add_argument("--check", nargs="*", default=[], help="labelled folders ([NAME=]FOLDER) to score the adapted model on")
     p.add_argument("--model-name", default=MODEL_NAME)

@@ -1,0 +1,38 @@
+"""Adaptation without labels: a model version's shipped model with its batch-norm statistics
+recomputed on a new lab's unlabelled cells (``bloodcell.adaptation.recalibrated_on``); the result
+is the new version's shipped model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import keras
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+import bloodcell.adaptation
+import bloodcell.calibration
+from bloodcell import MODEL_ARTIFACT
+from bloodcell.adaptation import recalibrated_on
+from bloodcell.dataset import Dataset
+from bloodcell.predict import model_classes
+from materializers.keras_materializer import KerasModelMaterializer
+from steps._cache import content_cache_policy
+from steps._model import log_to_model
+
+logger = get_logger(__name__)
+
+
+@step(
+    cache_policy=content_cache_policy(bloodcell.adaptation, bloodcell.calibration),
+    output_materializers={MODEL_ARTIFACT: KerasModelMaterializer},
+)
+def recalibrate(base: keras.Model, images: Dataset) -> Annotated[keras.Model, MODEL_ARTIFACT]:
+    """``base`` (a shipped model) with batch norm from ``images`` (the new lab's cells, no labels)."""
+    model = recalibrated_on(base, images)
+    logger.info("Batch norm recomputed on %d unlabelled cells of %s", len(images), images.info.get("source", "the lab"))
+    log_metadata({"lab_cells": len(images), "adaptation": "batch norm from unlabelled cells"})
+    log_to_model({"adapted": True, "adaptation": "batch norm from unlabelled cells", "class_names": model_classes(model),
+                  "image_size": int(model.input_shape[1]), "lab_fingerprint": images.fingerprint,
+                  "lab_samples": len(images), "lab_source": str(images.info.get("source", ""))})
+    return model
