@@ -17,7 +17,7 @@ import yaml
 
 from bloodcell import MODEL_NAME
 from bloodcell.mlops.registry import export_model, get_version, image_size_of, latest_with_model
-from bloodcell.mlops.runlog import failure_lines
+from bloodcell.mlops.runlog import RunFailed, failure_lines
 
 
 def adaptation_config(base: int, data: str, image_size: int, stain_ranges: dict, checks: list[dict[str, Any]],
@@ -47,6 +47,11 @@ def run_adaptation(version: str, data: str, output: str, checks: list[str] | Non
     if not output.endswith(".keras"):
         raise ValueError(f"{output}: the output must be a .keras file")
     base = get_version(version, name)
+    needs = ["test"] if unlabelled else ["test", "balanced_train"]
+    missing = [a for a in needs if base.get_artifact(a) is None]
+    if missing:
+        raise LookupError(f"model {name!r} version {base.number} has no {', '.join(map(repr, missing))} artifact (rule: adapt "
+                          "a version the training pipeline made; an adapted version holds neither: adapt its base version)")
     size = image_size_of(base)
     ranges = profile(read_unlabeled(data, image_size=size).images)
     specs = []
@@ -61,7 +66,7 @@ def run_adaptation(version: str, data: str, output: str, checks: list[str] | Non
     proc = subprocess.run([zenml, "pipeline", "run", source, "-c", str(config)],
                           capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"the adaptation run failed (config {config}):\n{failure_lines(proc.stdout + proc.stderr)}")
+        raise RunFailed(f"the adaptation run failed (config {config}):\n{failure_lines(proc.stdout + proc.stderr)}")
     new = latest_with_model(name)
     exported = export_model(output, str(new.number), name)
     meta = new.run_metadata

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bloodcell import MIN_UNLABELLED, MODEL_NAME
 from bloodcell.mlops.registry import VERSION_HELP
+from bloodcell.mlops.runlog import RunFailed
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logging, once it is set up
 
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, LookupError) as exc:  # IngestError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # the run's own error lines, without a traceback of this process
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KEYS = ("Failed to run step", "Error", "error:", "Exception", "failed", "raise ", "  - expect_")
 
 
+class RunFailed(RuntimeError):
+    """A `zenml pipeline run` a command started failed; the message has the lines that say why."""
+
+
 def failure_lines(output: str, limit: int = 60) -> str:
     """The lines that say why a run failed (the step's error, each failed expectation, the
     exception lines of its traceback), without colour codes or the framed source listings of rich
