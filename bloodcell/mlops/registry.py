@@ -70,13 +70,19 @@ def image_size_of(mv) -> int:
     return int(mv.run_metadata.get("image_size", 96))
 
 
-def load_version_model(version: str = "production", name: str = MODEL_NAME):
-    """The model version and the model it holds."""
+def version_with_model(version: str = "production", name: str = MODEL_NAME):
+    """The model version and its model artifact (not loaded); a clear error if it holds none."""
     mv = get_version(version, name)
     artifact = mv.get_artifact(MODEL_ARTIFACT)
     if artifact is None:
         raise LookupError(f"model {name!r} version {mv.number} holds no model (no {MODEL_ARTIFACT!r} artifact: "
                           "its run failed before fine_tune); `--version latest` takes the newest version that has one")
+    return mv, artifact
+
+
+def load_version_model(version: str = "production", name: str = MODEL_NAME):
+    """The model version and the model it holds."""
+    mv, artifact = version_with_model(version, name)
     return mv, artifact.load()
 
 

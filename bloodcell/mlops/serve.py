@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bloodcell import MODEL_ARTIFACT, MODEL_NAME
+from bloodcell import MODEL_NAME
 from bloodcell.mlops.serve_app import use_sqlite_wal
 from bloodcell.serving import Limits
 
@@ -80,11 +80,9 @@ def _check_model(version: str, model_name: str, model_path: str | None) -> str:
         if not Path(model_path).is_file() or not model_path.endswith(".keras"):
             raise FileNotFoundError(f"{model_path}: not a .keras model file")
         return f"model file {Path(model_path).resolve()}"
-    from bloodcell.mlops.registry import get_version
+    from bloodcell.mlops.registry import version_with_model
 
-    mv = get_version(version, model_name)
-    if mv.get_artifact(MODEL_ARTIFACT) is None:
-        raise LookupError(f"model {model_name!r} version {mv.number} holds no model; `--version latest` takes the newest that has one")
+    mv, _ = version_with_model(version, model_name)
     return f"{model_name} version {mv.number} ({mv.stage or 'no stage'}; asked for {version!r})"
 
 
