@@ -74,6 +74,21 @@ def in_model_labels(ds: Dataset, classes: list[str], where: str) -> Dataset:
     return Dataset(images=ds.images, labels=mapping[ds.labels], ids=ds.ids, class_names=list(classes), info=ds.info)
 
 
+def _check_size(model: keras.Model, images: Dataset, what: str) -> None:
+    size = tuple(model.input_shape[1:3])
+    if images.images.shape[1:3] != size:
+        raise ValueError(f"{what} are {images.images.shape[1]}x{images.images.shape[2]}, the model takes {size[0]}x{size[1]}")
+
+
+def _network_copy(model: keras.Model) -> tuple[keras.Model, bool]:
+    """A copy of the network inside the shipped ``model`` (weights and batch-norm statistics too),
+    to change without touching ``model``, and whether the shipped model wraps it in TTA."""
+    source = network_of(model)
+    net = keras.models.clone_model(source)
+    net.set_weights(source.get_weights())
+    return net, source is not model
+
+
 def adapt_model(model: keras.Model, lab: Dataset, replay: Dataset | None = None,
                 cfg: AdaptConfig | None = None) -> tuple[keras.Model, dict[str, Any]]:
     """The shipped ``model`` adapted to ``lab`` (labelled cells of the new lab, any subset of the
@@ -81,13 +96,9 @@ def adapt_model(model: keras.Model, lab: Dataset, replay: Dataset | None = None,
     cfg = cfg or AdaptConfig()
     classes = model_classes(model)
     lab = in_model_labels(lab, classes, "adaptation data")
-    size = tuple(model.input_shape[1:3])
-    if lab.images.shape[1:3] != size:
-        raise ValueError(f"adaptation data are {lab.images.shape[1]}x{lab.images.shape[2]}, the model takes {size[0]}x{size[1]}")
+    _check_size(model, lab, "adaptation data")
     keras.utils.set_random_seed(cfg.seed)
-    source = network_of(model)
-    net = keras.models.clone_model(source)
-    net.set_weights(source.get_weights())
+    net, tta = _network_copy(model)
     parts, weights = [lab], [np.full(len(lab), cfg.lab_weight, np.float32)]
     if replay is not None and cfg.replay_per_class:
         replay = in_model_labels(replay.originals(), classes, "replay data")
@@ -109,7 +120,7 @@ def adapt_model(model: keras.Model, lab: Dataset, replay: Dataset | None = None,
         stats_from = lab if cfg.recalibrate == "lab" else train
         recalibrate_on(net, stats_from, 0, cfg.augment, cfg.seed)
     shipped = with_float32_compute(net)
-    shipped = with_tta(shipped) if network_of(model) is not model else shipped
+    shipped = with_tta(shipped) if tta else shipped
     info = {"lab_cells": len(lab), "lab_classes": sorted({classes[i] for i in lab.labels}),
             "replayed": len(train) - len(lab), "epochs": cfg.epochs,
             "final_loss": float(history.history["loss"][-1]), "recalibrate": cfg.recalibrate}
@@ -123,14 +134,10 @@ def recalibrated_on(model: keras.Model, images: Dataset, augment: OnlineAugment 
     if len(images) < MIN_UNLABELLED:
         raise ValueError(f"batch norm from the lab's images: {len(images)} image(s) given, at least {MIN_UNLABELLED} are "
                          "needed (rule: enough cells for stable statistics; a few hundred are better)")
-    size = tuple(model.input_shape[1:3])
-    if images.images.shape[1:3] != size:
-        raise ValueError(f"the lab's images are {images.images.shape[1]}x{images.images.shape[2]}, the model takes {size[0]}x{size[1]}")
-    source = network_of(model)
-    net = keras.models.clone_model(source)
-    net.set_weights(source.get_weights())
+    _check_size(model, images, "the lab's images")
+    net, tta = _network_copy(model)
     recalibrate_on(net, images, 0, augment or OnlineAugment(noise_sigma_max=0.0), seed)
-    return with_tta(net) if source is not model else net
+    return with_tta(net) if tta else net
 
 
 def split_for_adaptation(ds: Dataset, k: int, seed: int) -> tuple[Dataset, Dataset]:
