@@ -35,6 +35,11 @@ class SetMetrics:
         """The classes this set has samples of."""
         return [c for c, m in self.per_class.items() if m["support"] > 0]
 
+    @property
+    def recall_present(self) -> dict[str, float]:
+        """Recall of each class this set has samples of (what its balanced accuracy averages)."""
+        return {c: self.per_class[c]["recall"] for c in self.present}
+
 
 @dataclass
 class EvaluationReport:

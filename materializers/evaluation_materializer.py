@@ -32,7 +32,7 @@ class EvaluationReportMaterializer(BaseMaterializer):
         for name, m in data.sets.items():
             meta[f"{name}_recall_per_class"] = {c: v["recall"] for c, v in m.per_class.items()}
         for name, m in data.external.items():
-            meta[f"external_{name}_recall_per_class"] = {c: m.per_class[c]["recall"] for c in m.present}
+            meta[f"external_{name}_recall_per_class"] = m.recall_present
             meta[f"external_{name}_samples"] = m.n
         meta.update({k: v for k, v in data.params.items() if isinstance(v, (int, float, str))})
         for r in data.corruptions:

@@ -52,7 +52,7 @@ def evaluate(
     report.params["quality_gate"] = "passed" if gate.success else "failed"
     if not gate.success:
         logger.warning("Quality gate FAILED: %s", "; ".join(r.describe() for r in gate.failures))
-    recall = {f"external_{name}_recall": {c: m.per_class[c]["recall"] for c in m.present} for name, m in report.external.items()}
+    recall = {f"external_{name}_recall": m.recall_present for name, m in report.external.items()}
     log_metadata({**report.summary(), **recall, "quality_gate": report.params["quality_gate"]})
     log_to_model({**report.summary(), **recall, "quality_gate": report.params["quality_gate"],
                   "test_fingerprint": test.fingerprint, "test_samples": len(test),
