@@ -152,15 +152,28 @@ def test_a_three_class_npz_at_32_px(tmp_path):
     assert res.returncode != 0 and "three.npz:labels row 100: label 2 (rule: labels are integers in 0..1)" in res.stdout + res.stderr
 
 
-def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, tmp_path):
-    """`bloodcell adapt`: a new lab (3 of the 5 classes, another stain, 6 labelled cells each)
-    makes a new version whose lineage reaches both the base version's data and the lab's cells;
-    the adapted model keeps the 5 classes and is exported."""
+def _in_another_stain(image: Path, out: Path) -> None:
+    """A sample image as a new lab with a yellower stain would show it, saved as PNG at ``out``."""
+    from PIL import Image
+
+    x = np.asarray(Image.open(image).convert("RGB"), np.float32) * np.array([1.0, 0.92, 0.6])
+    Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(out)
+
+
+def _adapt(proj: Path, *args: str):
+    """`bloodcell adapt ARGS` in the sandbox project, as a user runs it."""
     import os
     import subprocess
     import sys
 
-    from PIL import Image
+    return subprocess.run([sys.executable, "-m", "bloodcell.mlops.cli", "adapt", "--model-name", MODEL, *args], cwd=proj,
+                          env={**os.environ, "PYTHONPATH": str(proj)}, capture_output=True, text=True, timeout=900)
+
+
+def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, tmp_path):
+    """`bloodcell adapt`: a new lab (3 of the 5 classes, another stain, 6 labelled cells each)
+    makes a new version whose lineage reaches both the base version's data and the lab's cells;
+    the adapted model keeps the 5 classes and is exported."""
     from zenml.client import Client
 
     from bloodcell import MODEL_ARTIFACT
@@ -176,13 +189,10 @@ def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, 
         for folder, files in ((newlab, slice(10, 16)), (check, slice(16, 26))):  # labelled for adapting / for checking
             (folder / cls).mkdir(parents=True)
             for f in sorted((SAMPLE / cls).iterdir())[files]:
-                x = np.asarray(Image.open(f).convert("RGB"), np.float32) * np.array([1.0, 0.92, 0.6])
-                Image.fromarray(x.clip(0, 255).astype(np.uint8)).save(folder / cls / f"{f.stem}.png")
+                _in_another_stain(f, folder / cls / f"{f.stem}.png")
     base = Client().get_pipeline_run(training_run.id).model_version  # a version the training pipeline made
     out = tmp_path / "adapted.keras"
-    res = subprocess.run([sys.executable, "-m", "bloodcell.mlops.cli", "adapt", "--version", str(base.number),
-                          "--model-name", MODEL, "--data", str(newlab), "--output", str(out), "--check", f"newlab={check}"],
-                         cwd=proj, env={**os.environ, "PYTHONPATH": str(proj)}, capture_output=True, text=True, timeout=900)
+    res = _adapt(proj, "--version", str(base.number), "--data", str(newlab), "--output", str(out), "--check", f"newlab={check}")
     assert res.returncode == 0, res.stderr[-3000:]
     new = get_version("latest", MODEL)
     assert new.number > base.number and f"new version {new.number}" in res.stdout and "check newlab: accuracy" in res.stdout
@@ -203,11 +213,6 @@ def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, 
 def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_run, tmp_path):
     """`bloodcell adapt --unlabelled`: a flat folder of a new lab's cells (no classes) makes a new
     version whose batch norm comes from them, with lineage to the base model and the lab's images."""
-    import os
-    import subprocess
-    import sys
-
-    from PIL import Image
     from zenml.client import Client
 
     from bloodcell import MODEL_ARTIFACT
@@ -223,14 +228,11 @@ def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_ru
     for cls in ("lymphocyte", "monocyte", "neutrophil"):
         (check / cls).mkdir(parents=True)
         for i, f in enumerate(sorted((SAMPLE / cls).iterdir())[26:44]):
-            x = np.asarray(Image.open(f).convert("RGB"), np.float32) * np.array([1.0, 0.92, 0.6])
-            Image.fromarray(x.clip(0, 255).astype(np.uint8)).save((cells if i < 12 else check / cls) / f"{cls}_{f.stem}.png")
+            _in_another_stain(f, (cells if i < 12 else check / cls) / f"{cls}_{f.stem}.png")
     base = Client().get_pipeline_run(training_run.id).model_version  # a version the training pipeline made
     out = tmp_path / "recalibrated.keras"
-    cmd = [sys.executable, "-m", "bloodcell.mlops.cli", "adapt", "--version", str(base.number), "--model-name", MODEL,
-           "--data", str(cells), "--output", str(out), "--check", f"newlab={check}", "--unlabelled"]
-    env = {**os.environ, "PYTHONPATH": str(proj)}
-    res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    args = ["--version", str(base.number), "--data", str(cells), "--output", str(out), "--check", f"newlab={check}", "--unlabelled"]
+    res = _adapt(proj, *args)
     assert res.returncode == 0, res.stderr[-3000:]
     new = get_version("latest", MODEL)
     assert new.number > base.number and "batch norm from the unlabelled cells of" in res.stdout and "check newlab: accuracy" in res.stdout
@@ -246,12 +248,12 @@ def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_ru
     few.mkdir()
     for f in sorted(cells.iterdir())[:5]:
         f.rename(few / f.name)
-    cmd[cmd.index(str(cells))] = str(few)
-    res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    args[args.index(str(cells))] = str(few)
+    res = _adapt(proj, *args)
     said = " ".join((res.stdout + res.stderr).split())  # the run's log lines may be wrapped
     assert res.returncode == 1 and "5 image(s) given, at least 32 are needed" in said and "Traceback" not in res.stderr
     assert get_version("latest", MODEL).number == new.number
     # an adapted version has no test split of its own to be scored on: adapt its base instead
-    cmd[cmd.index(str(base.number))] = str(new.number)
-    res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    args[args.index(str(base.number))] = str(new.number)
+    res = _adapt(proj, *args)
     assert res.returncode != 0 and f"version {new.number} has no 'test' artifact" in res.stderr
