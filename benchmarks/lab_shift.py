@@ -41,23 +41,22 @@ def main() -> None:
 
     run, load = last_kept_run(Path(args.kept))
     from bloodcell.adaptation import adapt_model, recalibrated_on, split_for_adaptation
-    from bloodcell.evaluation import evaluate_model, external_sets
+    from bloodcell.evaluation import corruption_mean, dataset_metrics, external_sets
     from bloodcell.ingest import read_external
     from bloodcell.predict import model_classes
 
     model, train, test = load("fine_tune", "tuned_model"), load("rebalance", "balanced_train"), load("split", "test")
     report = load("evaluate", "evaluation")
     size = int(model.input_shape[1])
-    corrupted = [r["accuracy"] for r in report.corruptions if r["severity"]]
     print(f"run {run.name}: PBC test (n={report.sets['plain'].n}) plain {report.sets['plain'].accuracy:.4f}, "
-          f"noisy sigma=25 {report.sets['noisy'].accuracy:.4f}, corruption mean "
-          f"{np.mean(corrupted) if corrupted else float('nan'):.4f} ({len(corrupted)} settings)")
+          f"noisy sigma=25 {report.sets['noisy'].accuracy:.4f}, corruption mean {corruption_mean(report.corruptions):.4f} "
+          f"({sum(1 for r in report.corruptions if r['severity'])} settings)")
     specs = [dict(zip(("name", "path"), item.split("=", 1))) for item in args.external]
     sets = external_sets(read_external(specs, size))
     ks, seeds = [int(k) for k in args.k.split(",")], [int(s) for s in args.seeds.split(",")]
 
     def scores(m, ds):
-        metrics = evaluate_model(m, test.subset([0]), noise_sigma=0, corruption_samples=None, external=_as_external(ds)).external["set"]
+        metrics = dataset_metrics(m, ds, "external set")
         return metrics.accuracy, metrics.balanced_accuracy
 
     for name, ds in sets.items():
@@ -80,18 +79,10 @@ def main() -> None:
                 adapted_bal.append(scores(adapted, rest)[1])
                 base_bal.append(scores(model, rest)[1])
                 if k == max(ks) and seed == seeds[0]:
-                    home = evaluate_model(adapted, test, noise_sigma=0, corruption_samples=None).sets["plain"].accuracy
+                    home = dataset_metrics(adapted, test, "test split").accuracy
             print(f"  k={k:2d}: balanced accuracy {np.mean(adapted_bal):.4f} (seeds {', '.join(f'{b:.3f}' for b in adapted_bal)}; "
                   f"zero-shot on the same cells {np.mean(base_bal):.4f}); {np.mean(wall):.0f} s an adaptation", flush=True)
         print(f"  PBC test accuracy after adapting to {name} (k={max(ks)}, seed {seeds[0]}): {home:.4f}")
-
-
-def _as_external(ds):
-    """One set in the form ``evaluate_model`` takes other labs' images in."""
-    from bloodcell.dataset import Dataset
-
-    return Dataset(images=ds.images, labels=ds.labels, ids=ds.ids, class_names=ds.class_names,
-                   info={"sets": {"set": {"start": 0, "stop": len(ds)}}})
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def main() -> None:
                   f"{r['wall_s'] - tf_import['wall_s']:6.1f} s beyond TF import, cached steps: {', '.join(cached) or 'none'}")
         first = pipeline_runs[0]
         report = first.steps["evaluate"].outputs["evaluation"][0].load()
+        from bloodcell.evaluation import corruption_mean
         train_info = first.steps["train"].outputs["training_history"][0].load()
         print(f"train step: {train_info.epochs} epochs, {train_info.info.get('wall_seconds')} s, "
               f"{train_info.info.get('images_per_second')} img/s")
@@ -105,9 +106,9 @@ def main() -> None:
             print(f"external set {name} (n={m.n}): accuracy {m.accuracy:.4f}, balanced accuracy {m.balanced_accuracy:.4f}; "
                   f"recall {recall}")
         if report.corruptions:
-            corrupted = [r["accuracy"] for r in report.corruptions if r["severity"]]
-            print(f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the {len(corrupted)} "
-                  f"corrupted settings {sum(corrupted) / len(corrupted):.4f}):")
+            settings = sum(1 for r in report.corruptions if r["severity"])
+            print(f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the {settings} "
+                  f"corrupted settings {corruption_mean(report.corruptions):.4f}):")
             for r in report.corruptions:
                 if r["severity"]:
                     print(f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): {r['accuracy']:.4f}")

@@ -148,6 +148,12 @@ def corruption_table(model: Any, images: np.ndarray, labels: np.ndarray,
     return rows
 
 
+def corruption_mean(rows: list[dict[str, Any]]) -> float:
+    """The mean accuracy over a corruption table's corrupted settings (severity > 0); NaN if none."""
+    corrupted = [r["accuracy"] for r in rows if r["severity"]]
+    return float(np.mean(corrupted)) if corrupted else float("nan")
+
+
 def in_model_classes(ds: Dataset, classes: list[str], where: str) -> np.ndarray:
     """``ds``'s labels as indices into the model's ``classes``; a clear error naming any class of
     ``ds`` (among those it has samples of) that the model does not know."""
@@ -155,6 +161,15 @@ def in_model_classes(ds: Dataset, classes: list[str], where: str) -> np.ndarray:
     mapping = np.full(len(ds.class_names), -1, dtype=np.int64)
     mapping[present] = label_map([ds.class_names[i] for i in present], classes, where)
     return mapping[ds.labels]
+
+
+def dataset_metrics(model: Any, ds: Dataset, where: str, classes: list[str] | None = None) -> SetMetrics:
+    """Metrics of ``model`` on the labelled ``ds`` (its labels matched to the model's ``classes``
+    by name; ``where`` names ``ds`` in errors)."""
+    from bloodcell.predict import model_classes
+
+    classes = classes or model_classes(model)
+    return set_metrics(in_model_classes(ds, classes, where), predict_classes(model, ds.images), classes)
 
 
 def external_sets(external: Dataset) -> dict[str, Dataset]:
@@ -180,6 +195,5 @@ def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: i
         picked = test.sample(corruption_samples, seed)
         report.corruptions = corruption_table(model, picked.images, in_model_classes(picked, classes, "test split"))
     for name, part in external_sets(external).items() if external is not None else ():
-        truth = in_model_classes(part, classes, f"external set {name!r}")
-        report.external[name] = set_metrics(truth, predict_classes(model, part.images), classes)
+        report.external[name] = dataset_metrics(model, part, f"external set {name!r}", classes)
     return report

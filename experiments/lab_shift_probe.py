@@ -41,8 +41,7 @@ def main() -> None:
 
     from bloodcell.adaptation import recalibrated_on
     from bloodcell.compute import compute_scope
-    from bloodcell.dataset import Dataset
-    from bloodcell.evaluation import corruption_table, evaluate_model, external_sets
+    from bloodcell.evaluation import corruption_mean, corruption_table, dataset_metrics, evaluate_model, external_sets
     from bloodcell.ingest import read_external, read_source
     from bloodcell.models import build_model
     from bloodcell.packaging import package_model
@@ -68,17 +67,12 @@ def main() -> None:
         shipped, _ = package_model(model, train, val, tta=True, prior_correction=0.0)
         report = evaluate_model(shipped, val, corruption_samples=None, external=external)
         noisy = report.sets["noisy"].accuracy
-        rows = corruption_table(shipped, picked.images, picked.labels)
-        corrupted = [r["accuracy"] for r in rows if r["severity"]]
+        corr = corruption_mean(corruption_table(shipped, picked.images, picked.labels))
         adabn = {}
         for set_name, part in external_sets(external).items():  # batch norm from the set's own (unlabelled) images
-            single = Dataset(images=part.images, labels=part.labels, ids=part.ids, class_names=part.class_names,
-                             info={"sets": {set_name: {"start": 0, "stop": len(part)}}})
-            rep = evaluate_model(recalibrated_on(shipped, part), val.subset([0]), noise_sigma=0, corruption_samples=None,
-                                 external=single)
-            adabn[set_name] = rep.external[set_name].balanced_accuracy
+            adabn[set_name] = dataset_metrics(recalibrated_on(shipped, part), part, set_name).balanced_accuracy
         ext = "  ".join(f"{k} {m.accuracy:.3f}/{m.balanced_accuracy:.3f} (bn {adabn[k]:.3f})" for k, m in report.external.items())
-        print(f"{name:24s} val {report.sets['plain'].accuracy:.4f} noisy {noisy:.4f} corr {sum(corrupted) / len(corrupted):.4f} "
+        print(f"{name:24s} val {report.sets['plain'].accuracy:.4f} noisy {noisy:.4f} corr {corr:.4f} "
               f"| {ext} | {len(train) * args.epochs / wall:.0f} img/s", flush=True)
 
 
