@@ -9,10 +9,6 @@ import keras
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-import bloodcell.adaptation
-import bloodcell.augment.online
-import bloodcell.calibration
-import bloodcell.models
 from bloodcell import MODEL_ARTIFACT
 from bloodcell.adaptation import AdaptConfig, adapt_model
 from bloodcell.dataset import Dataset
@@ -25,7 +21,7 @@ logger = get_logger(__name__)
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.adaptation, bloodcell.augment.online, bloodcell.calibration, bloodcell.models),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={MODEL_ARTIFACT: KerasModelMaterializer},
 )
 def adapt(base: keras.Model, lab: Dataset, replay: Dataset,

@@ -23,7 +23,7 @@ from steps._model import log_to_model
 logger = get_logger(__name__)
 
 
-@step(cache_policy=content_cache_policy(bloodcell.classes, bloodcell.corruptions, bloodcell.evaluation, bloodcell.predict),
+@step(cache_policy=content_cache_policy(__name__),
       output_materializers={"evaluation": EvaluationReportMaterializer})
 def evaluate(
     model: keras.Model, test: Dataset, external: Dataset, noise_sigma: float = 25.0, seed: int = 0,

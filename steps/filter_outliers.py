@@ -22,7 +22,7 @@ _DEFAULT = OutlierConfig()  # the step's defaults are the filter's own
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.outliers),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={"filtered_dataset": DatasetMaterializer, "outlier_report": OutlierReportMaterializer},
 )
 def filter_outliers(

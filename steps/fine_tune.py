@@ -34,8 +34,7 @@ logger = get_logger(__name__)
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.calibration, bloodcell.compute, bloodcell.dihedral, bloodcell.evaluation, bloodcell.models,
-                                      bloodcell.packaging, bloodcell.training),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={MODEL_ARTIFACT: KerasModelMaterializer},
 )
 def fine_tune(

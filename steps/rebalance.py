@@ -22,7 +22,7 @@ _DEFAULT = RebalanceConfig()  # the step's defaults are the function's own
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.augment.rebalance, bloodcell.dihedral),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={"balanced_train": DatasetMaterializer},
 )
 def rebalance(

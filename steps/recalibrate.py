@@ -10,8 +10,6 @@ import keras
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-import bloodcell.adaptation
-import bloodcell.calibration
 from bloodcell import MODEL_ARTIFACT
 from bloodcell.adaptation import recalibrated_on
 from bloodcell.dataset import Dataset
@@ -24,7 +22,7 @@ logger = get_logger(__name__)
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.adaptation, bloodcell.calibration),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={MODEL_ARTIFACT: KerasModelMaterializer},
 )
 def recalibrate(base: keras.Model, images: Dataset) -> Annotated[keras.Model, MODEL_ARTIFACT]:

@@ -15,7 +15,7 @@ from steps._guard import guard
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.split),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={"train": DatasetMaterializer, "val": DatasetMaterializer, "test": DatasetMaterializer},
 )
 def split(

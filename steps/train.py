@@ -34,9 +34,7 @@ logger = get_logger(__name__)
 
 
 @step(
-    cache_policy=content_cache_policy(bloodcell.augment.online, bloodcell.calibration, bloodcell.compute, bloodcell.dihedral,
-                                      bloodcell.input_pipeline, bloodcell.models, bloodcell.training,
-                                      bloodcell.weight_averaging),
+    cache_policy=content_cache_policy(__name__),
     output_materializers={"model": KerasModelMaterializer, "training_history": TrainingHistoryMaterializer},
 )
 def train(
