@@ -151,7 +151,8 @@ def train_model(
         callbacks.insert(0, swa)
     if cfg.backup_dir:  # first: restores before and saves ahead of the other callbacks
         os.makedirs(cfg.backup_dir, exist_ok=True)
-        callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir))
+        # double_checkpoint: the previous epoch's weights are kept too, for a kill in mid-save
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.backup_dir, double_checkpoint=True))
     history = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if swa is not None:

@@ -27,7 +27,7 @@ from bloodcell.dataset import Dataset
 from bloodcell.tables import metrics_tables
 from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
-from steps._checkpoint import backup_dir
+from steps._checkpoint import backup_slot
 from steps._guard import guard
 
 logger = get_logger(__name__)
@@ -58,11 +58,10 @@ def fine_tune(
         info.update(skipped=True, reason=f"{model.name} has no pretrained backbone")
     else:
         cfg = bloodcell.training.fine_tune_config(training)
-        if cfg.backup_dir is None:
-            cfg.backup_dir = backup_dir("fine_tune", train.fingerprint, val.fingerprint,
-                                        bloodcell.models.model_fingerprint(model), unfreeze_blocks, l2, training)
+        keys = (train.fingerprint, val.fingerprint, bloodcell.models.model_fingerprint(model), unfreeze_blocks, l2, training)
         start = time.perf_counter()
-        with bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
+        with backup_slot("fine_tune", *keys, folder=cfg.backup_dir) as cfg.backup_dir, \
+                bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
             model, history, unfrozen = bloodcell.training.fine_tune_model(model, train, val, unfreeze_blocks, l2, cfg)
         info.update(skipped=False, unfrozen_layers=len(unfrozen), epochs=len(history.get("loss", [])),
                     wall_seconds=round(time.perf_counter() - start, 1),

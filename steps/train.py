@@ -26,7 +26,7 @@ from bloodcell.training import TrainConfig
 from materializers.history_materializer import TrainingHistoryMaterializer
 from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
-from steps._checkpoint import backup_dir
+from steps._checkpoint import backup_slot
 from steps._guard import guard
 from steps._model import log_to_model
 
@@ -48,9 +48,9 @@ def train(
     """Build ``architecture`` with the ``model`` options (``bloodcell.models``) and fit it with the
     ``training`` options (``bloodcell.training.TrainConfig``; unset options keep the CPU recipe)."""
     cfg = TrainConfig.from_dict(training)
-    if cfg.backup_dir is None:
-        cfg.backup_dir = backup_dir("train", train.fingerprint, val.fingerprint, architecture, model, training)
-    with bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
+    keys = (train.fingerprint, val.fingerprint, architecture, model, training)
+    with backup_slot("train", *keys, folder=cfg.backup_dir) as cfg.backup_dir, \
+            bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
         net = bloodcell.models.build_model(
             architecture, train.class_names, image_size=train.images.shape[1], **(model or {})
         )
