@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run    venv + install + `zenml init` + the quickstart pipeline on the local ZenML stack
-#   make test   venv + install + lint (ruff) + the test suite
+#   make test   venv + install + lint (ruff) + the test suite (CI runs this)
+# and, while developing, `make test-fast`: lint + the tests that run no pipeline, server or browser
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -14,7 +15,7 @@ export BLOODCELL_CHROMIUM ?= /usr/bin/chromium
 
 GPUS ?= [0]
 
-.PHONY: install run lint browser test train-cpu benchmark stack-gpu-local clean
+.PHONY: install run lint browser test test-fast train-cpu benchmark stack-gpu-local clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (this project needs Python 3.11; set PYTHON=...)"; exit 1; }
@@ -52,6 +53,10 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest
+
+# the slow kinds are pytest markers (pyproject.toml): whole pipeline runs, servers, the browser
+test-fast: lint
+	$(BIN)/python -m pytest -m "not pipeline and not server and not browser"
 
 benchmark: $(STAMP) .zen
 	$(BIN)/python benchmarks/pipeline_timing.py

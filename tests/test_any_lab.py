@@ -13,6 +13,8 @@ import yaml
 
 from sandbox import make_sandbox, zenml
 
+pytestmark = pytest.mark.pipeline
+
 WBC = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 MODEL = "bloodcell-any-lab"
 

@@ -6,12 +6,15 @@ CPU that has it), which takes the same mixed-precision path."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from bloodcell.models import all_layers
 from bloodcell.training import TrainConfig
 
 from sandbox import make_sandbox, zenml
+
+pytestmark = pytest.mark.pipeline
 
 OPERATOR = "gpu-config-test"  # the config's `gpu`, under a name no other test registers
 

@@ -15,6 +15,8 @@ import yaml
 
 from sandbox import ZENML, make_sandbox
 
+pytestmark = [pytest.mark.pipeline, pytest.mark.server]
+
 GUARDED = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "ingest_external", "evaluate"]
 
 

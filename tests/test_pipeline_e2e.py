@@ -17,6 +17,8 @@ from PIL import Image
 
 from sandbox import make_sandbox, zenml
 
+pytestmark = pytest.mark.pipeline
+
 STEPS = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "ingest_external", "evaluate", "promote"]
 # ingest and ingest_external read the disk and promote asks the registry: they always run
 CACHEABLE = ["filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate"]

@@ -41,6 +41,7 @@ def test_cron_expressions():
         cron_trigger("* * *")
 
 
+@pytest.mark.pipeline
 def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path):
     proj = make_sandbox(tmp_path / "proj")
     (proj / "sched_probe.py").write_text(PROBE)
@@ -87,6 +88,7 @@ def test_retrain_weekly_is_the_cpu_recipe_on_a_schedule(tmp_path, capsys):
     assert "cannot run ZenML schedules: run `bloodcell schedule` without --register" in capsys.readouterr().err
 
 
+@pytest.mark.pipeline
 def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(tmp_path):
     """The real training pipeline on a schedule of seconds: the second run finds nothing new and is
     served from the cache; after new images land in the source folder, the next run retrains."""

@@ -28,6 +28,8 @@ from PIL import Image
 from sandbox import make_sandbox, zenml
 from serving_page import browser_missing, classify_on_page
 
+pytestmark = [pytest.mark.pipeline, pytest.mark.server]
+
 MODEL = "bloodcell-serve-e2e"
 NAME = "bloodcell-e2e"
 BLOODCELL = str(Path(sys.executable).parent / "bloodcell")
@@ -231,6 +233,7 @@ def test_where_the_model_looked(service):
     assert occ["probability"] == pytest.approx(rows[1]["confidence"], abs=1e-6) and occ["patch"] == 24
 
 
+@pytest.mark.browser
 def test_the_page_classifies_two_images_in_a_real_browser(service, tmp_path):
     reason = browser_missing()
     if reason:

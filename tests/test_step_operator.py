@@ -86,6 +86,7 @@ def _run_probe(proj: Path, crash: bool):
     return proc.pid, proc.returncode, out, Client().get_pipeline("probe").last_run
 
 
+@pytest.mark.pipeline
 def test_steps_run_in_their_own_processes_with_a_gpu(gpu_project):
     cli_pid, code, out, run = _run_probe(gpu_project, crash=False)
     assert code == 0, out.replace("│", "")[:12000]
@@ -99,6 +100,7 @@ def test_steps_run_in_their_own_processes_with_a_gpu(gpu_project):
     assert meta["cwd"] == meta["source_root"] == str(gpu_project.resolve())
 
 
+@pytest.mark.pipeline
 def test_a_crash_in_the_step_process_fails_the_run_with_its_traceback(gpu_project):
     _, code, out, run = _run_probe(gpu_project, crash=True)
     assert code != 0
