@@ -22,7 +22,6 @@ def build_custom_cnn(
     filters: tuple[int, ...] | list[int] = (32, 64, 128, 256),
     convs_per_block: int = 2,
     stem_stride: int = 2,
-    stem_filters: int = 0,
     dense_units: int = 256,
     dropout: float = 0.3,
     l2: float = 0.0,
@@ -32,19 +31,13 @@ def build_custom_cnn(
     """Conv + batch-norm blocks, global average pooling, dense + dropout, softmax.
 
     Each block is ``convs_per_block`` x (3x3 conv -> batch norm -> ReLU) followed by 2x2 max
-    pooling. ``stem_stride`` 2 makes the first conv a strided one (a quarter of the compute);
-    ``stem_filters`` > 0 puts one more 3x3 conv -> batch norm -> ReLU with that many filters before
-    it, at the full input resolution, so fine detail is seen before the first downsampling.
+    pooling. ``stem_stride`` 2 makes the first conv a strided one (a quarter of the compute).
     Preprocessing (``input_norm``: ``bloodcell.normalize``; scaling 0..255 to 0..1) is inside the model,
     so it takes raw pixels.
     """
     reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(normalize.input_norm(inputs, input_norm))
-    if stem_filters:
-        x = layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(x)
-        x = layers.BatchNormalization(name="stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
     for b, f in enumerate(filters):
         for c in range(convs_per_block):
             stride = stem_stride if (b == 0 and c == 0) else 1

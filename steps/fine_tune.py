@@ -41,7 +41,6 @@ def fine_tune(
     model: keras.Model,
     train: Dataset,
     val: Dataset,
-    enabled: bool = True,
     unfreeze_blocks: int = 2,
     l2: float = 1e-4,
     training: dict[str, Any] | None = None,
@@ -52,9 +51,7 @@ def fine_tune(
     """Fine-tune (transfer models), package the shipped model, check its val accuracy."""
     bloodcell.packaging.check_prior_correction(prior_correction)
     info: dict[str, Any] = {}
-    if not enabled:
-        info.update(skipped=True, reason="disabled in config")
-    elif bloodcell.models.backbone_of(model) is None:
+    if bloodcell.models.backbone_of(model) is None:
         info.update(skipped=True, reason=f"{model.name} has no pretrained backbone")
     else:
         cfg = bloodcell.training.fine_tune_config(training)

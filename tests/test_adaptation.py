@@ -1,5 +1,5 @@
-"""Lab shift: the normalisation inside the model, group norm, and adapting a model to a new lab
-with a few labelled cells (a "lab" made from the sample: the same cells under another stain)."""
+"""Lab shift: the cell framing inside the model, and adapting a model to a new lab with a few
+labelled cells (a "lab" made from the sample: the same cells under another stain)."""
 
 from __future__ import annotations
 

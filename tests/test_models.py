@@ -52,14 +52,13 @@ def test_custom_cnn_has_no_backbone_to_fine_tune():
         unfreeze_top(cnn, 2)
 
 
-def test_custom_cnn_stem_sees_the_full_resolution_before_the_strided_conv():
-    plain = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
-    stem = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, stem_filters=4, dense_units=16)
-    assert "stem_conv" not in [layer.name for layer in plain.layers]
-    assert stem.get_layer("stem_conv").output.shape == (None, 96, 96, 4)
-    assert stem.get_layer("block1_conv1").output.shape == (None, 48, 48, 8)
-    assert stem.get_layer("block1_conv1").kernel.shape == (3, 3, 4, 8)
-    assert stem.output.shape == plain.output.shape == (None, 8)
+def test_custom_cnn_stem_stride_downsamples_in_the_first_conv():
+    strided = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
+    full = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=1, dense_units=16)
+    assert strided.get_layer("block1_conv1").output.shape == (None, 48, 48, 8)
+    assert full.get_layer("block1_conv1").output.shape == (None, 96, 96, 8)
+    assert strided.get_layer("block2_conv1").kernel.shape == (3, 3, 8, 16)
+    assert strided.output.shape == full.output.shape == (None, 8)
 
 
 def test_weights_options_give_clear_errors(tmp_path):

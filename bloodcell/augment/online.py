@@ -28,7 +28,8 @@ RGB_FROM_YIQ = np.linalg.inv(YIQ_FROM_RGB).astype(np.float32)
 
 @dataclass
 class OnlineAugment:
-    """Transforms applied on the fly to every training batch; the defaults are the CPU recipe's."""
+    """Transforms applied on the fly to every training batch. The defaults are flips, rotations and
+    noise; every lab-shift transform is off (``configs/train_cpu.yaml`` turns them on)."""
 
     dihedral: bool = True  # random flips and transposition: all 8 rotations/reflections
     noise_sigma_max: float = 40.0  # Gaussian noise with sigma ~ U(0, max) on the 0..255 scale; 0: off
