@@ -54,9 +54,11 @@ browser:
 test: lint browser
 	$(BIN)/python -m pytest
 
-# the slow kinds are pytest markers (pyproject.toml): whole pipeline runs, servers, the browser
+# the slow kinds are pytest markers (pyproject.toml): whole pipeline runs, servers, the browser;
+# the rest runs in FAST_WORKERS processes (pytest-xdist)
+FAST_WORKERS ?= 2
 test-fast: lint
-	$(BIN)/python -m pytest -m "not pipeline and not server and not browser"
+	$(BIN)/python -m pytest -n $(FAST_WORKERS) -m "not pipeline and not server and not browser"
 
 benchmark: $(STAMP) .zen
 	$(BIN)/python benchmarks/pipeline_timing.py
