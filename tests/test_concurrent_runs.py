@@ -26,7 +26,8 @@ pytestmark = pytest.mark.pipeline
 def project(tmp_path_factory) -> Path:
     proj = make_sandbox(tmp_path_factory.mktemp("proj"))
     cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=SHORT, swa_epochs=2)
+    # patience as long as the fit: early stopping would end an unlucky fit an epoch or more short
+    cfg["steps"]["train"]["parameters"]["training"].update(epochs=SHORT, swa_epochs=2, early_stopping_patience=SHORT)
     for step, floors in (("train", ["min_val_accuracy"]), ("fine_tune", ["min_val_accuracy"]),
                          ("evaluate", ["min_plain_accuracy", "min_noisy_accuracy"])):
         cfg["steps"][step]["parameters"].update(dict.fromkeys(floors, 0.0))  # short fits: no gate to flake
