@@ -2,9 +2,12 @@
 
     .venv/bin/python experiments/lab_shift_probe.py --variants variants.json [--train 4000] [--epochs 12]
 
-``variants.json`` maps a name to ``{"model": {...}, "training": {...}}`` (the train step's options;
-unset options keep the CPU recipe). Each variant trains the custom CNN on a seeded sample of the
-pbc96 train split (no rebalancing, so no prior correction), packages it with TTA as fine_tune does,
+``variants.json`` maps a name to ``{"architecture": ..., "model": {...}, "training": {...},
+"fine_tune": {...}}``: the train step's architecture (default ``custom_cnn``) and options (unset
+options keep the steps' defaults; ``epochs`` and ``swa_epochs`` default to the probe's), and for a
+transfer model the fine_tune step's ``unfreeze_blocks``, ``l2`` and ``training``. Each variant
+trains on a seeded sample of the pbc96 train split (no rebalancing, so no prior correction),
+fine-tunes a transfer model as the fine_tune step does, packages it with TTA as fine_tune does,
 and prints PBC val accuracy (plain and white noise sigma=25), the corruption mean on 512 val
 images, and accuracy / balanced accuracy on each external set (and the balanced accuracy with batch-norm
 statistics from the set's own unlabelled images). Settings are chosen on these figures; the test
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=4000, help="training images (a seeded sample of the train split)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/pbc96"))
+    parser.add_argument("--out", help="append each variant's figures to this JSON-lines file")
     args = parser.parse_args()
     variants = json.loads(Path(args.variants).read_text())
     if args.only:
@@ -43,10 +47,10 @@ def main() -> None:
     from bloodcell.compute import compute_scope
     from bloodcell.evaluation import corruption_mean, corruption_table, dataset_metrics, evaluate_model, external_sets
     from bloodcell.ingest import read_external, read_source
-    from bloodcell.models import build_model
+    from bloodcell.models import backbone_of, build_model
     from bloodcell.packaging import package_model
     from bloodcell.split import stratified_split
-    from bloodcell.training import TrainConfig, train_model
+    from bloodcell.training import TrainConfig, fine_tune_config, fine_tune_model, train_model
 
     data = read_source(args.data)
     train, val, _ = stratified_split(data, 0.1, 0.1, 42)
@@ -60,9 +64,16 @@ def main() -> None:
         cfg = TrainConfig.from_dict(training)
         start = time.perf_counter()
         with compute_scope(cfg.compute_policy, cfg.distribute):
-            keras.utils.set_random_seed(0)
-            model = build_model("custom_cnn", train.class_names, 96, **spec.get("model", {}))
-            train_model(model, train, val, cfg)
+            keras.utils.set_random_seed(cfg.seed)
+            model = build_model(spec.get("architecture", "custom_cnn"), train.class_names, 96, **spec.get("model", {}))
+            history = train_model(model, train, val, cfg)
+        seen = len(train) * len(history["loss"])
+        if backbone_of(model) is not None and "fine_tune" in spec:
+            tune = spec["fine_tune"]
+            tune_cfg = fine_tune_config({"verbose": 0, **tune.get("training", {})})
+            with compute_scope(tune_cfg.compute_policy, tune_cfg.distribute):
+                model, history, _ = fine_tune_model(model, train, val, tune.get("unfreeze_blocks", 2), tune.get("l2", 1e-4), tune_cfg)
+            seen += len(train) * len(history["loss"])
         wall = time.perf_counter() - start
         shipped, _ = package_model(model, train, val, tta=True, prior_correction=0.0)
         report = evaluate_model(shipped, val, corruption_samples=None, external=external)
@@ -72,8 +83,16 @@ def main() -> None:
         for set_name, part in external_sets(external).items():  # batch norm from the set's own (unlabelled) images
             adabn[set_name] = dataset_metrics(recalibrated_on(shipped, part), part, set_name).balanced_accuracy
         ext = "  ".join(f"{k} {m.accuracy:.3f}/{m.balanced_accuracy:.3f} (bn {adabn[k]:.3f})" for k, m in report.external.items())
+        if args.out:
+            record = {"variant": name, "spec": spec, "train": len(train), "epochs": args.epochs, "val": report.sets["plain"].accuracy,
+                      "noisy": noisy, "corruption_mean": corr, "wall_min": round(wall / 60, 2), "img_per_s": round(seen / wall, 1),
+                      **{f"{k}_acc": m.accuracy for k, m in report.external.items()},
+                      **{f"{k}_bal": m.balanced_accuracy for k, m in report.external.items()},
+                      **{f"{k}_bal_bn": v for k, v in adabn.items()}}
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record) + "\n")
         print(f"{name:24s} val {report.sets['plain'].accuracy:.4f} noisy {noisy:.4f} corr {corr:.4f} "
-              f"| {ext} | {len(train) * args.epochs / wall:.0f} img/s", flush=True)
+              f"| {ext} | {seen / wall:.0f} img/s, {wall / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
