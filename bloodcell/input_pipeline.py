@@ -7,31 +7,23 @@ from typing import Any
 import tensorflow as tf
 
 from bloodcell.augment.online import OnlineAugment
-from bloodcell.consistency import stacked_views
 from bloodcell.dataset import Dataset
 
 
 def make_dataset(
     ds: Dataset, batch_size: int, augment: OnlineAugment | None = None,
-    shuffle: bool = False, seed: int = 0, repeat: bool = False, targets: Any = None, views: int = 0,
+    shuffle: bool = False, seed: int = 0, repeat: bool = False, targets: Any = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 images, labels), augmented by ``augment`` with a fresh seed a batch.
     ``repeat``: endless, one epoch after the other (each reshuffled), batches not crossing epochs.
-    ``targets`` (arrays, or a dict of arrays, one row a sample) go in place of the labels.
-    ``views`` > 0: each batch is a clean view and that many augmented views of it, stacked
-    (``bloodcell.consistency``)."""
+    ``targets`` (arrays, or a dict of arrays, one row a sample) go in place of the labels."""
     data = tf.data.Dataset.from_tensor_slices((ds.images, ds.labels if targets is None else targets))
     if shuffle:
         data = data.shuffle(len(ds), seed=seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size)
     if repeat:
         data = data.repeat()
-    if augment is not None and views:
-        apply = stacked_views(augment, views)
-        data = tf.data.Dataset.zip((data, tf.data.Dataset.counter())).map(
-            lambda xy, i: apply(xy[0], xy[1], tf.stack([tf.cast(seed, tf.int64), i])), num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    elif augment is not None:
+    if augment is not None:
         counter = tf.data.Dataset.counter()
         data = tf.data.Dataset.zip((data, counter)).map(
             lambda xy, i: (augment(xy[0], tf.stack([tf.cast(seed, tf.int64), i])), xy[1]),

@@ -18,7 +18,6 @@ import numpy as np
 from bloodcell.augment.online import OnlineAugment
 from bloodcell.calibration import RecalibrateEachEpoch, recalibrate_on
 from bloodcell.compute import check_distribute, compute_policy, in_current_scope
-from bloodcell.consistency import ConsistencyLoss
 from bloodcell.dataset import Dataset
 from bloodcell.input_pipeline import make_dataset
 from bloodcell.weight_averaging import WeightAveraging
@@ -45,11 +44,6 @@ class TrainConfig:
     # the end of each of those last epochs (batch norm recomputed on top); 0: off
     swa_epochs: int = 6
     warmup_epochs: int = 0  # cosine only: the LR rises linearly from 0 over these first epochs
-    # consistency training (bloodcell.consistency): a clean and consistency_views augmented views
-    # of each image, cross-entropy on the clean one plus this weight x their Jensen-Shannon
-    # divergence; 0: off (every image augmented once)
-    consistency: float = 0.0
-    consistency_views: int = 2
     recalibrate_samples_per_epoch: int = 1024  # before each validation; 0 turns it off
     recalibrate_final_samples: int = 4096  # training originals for the final recalibration (0: all of them)
     augment: OnlineAugment = field(default_factory=OnlineAugment)
@@ -95,8 +89,6 @@ class TrainConfig:
         if self.warmup_epochs and (self.lr_schedule != "cosine" or self.warmup_epochs + self.swa_epochs >= self.epochs):
             raise ValueError(f"warmup_epochs {self.warmup_epochs} needs lr_schedule 'cosine' and warmup_epochs + swa_epochs "
                              f"below epochs ({self.epochs})")
-        if self.consistency < 0 or self.consistency_views < 1:
-            raise ValueError(f"consistency must be >= 0 and consistency_views >= 1, got {self.consistency}, {self.consistency_views}")
         compute_policy(self.mixed_precision)
         check_distribute(self.distribute)
 
@@ -122,10 +114,7 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int | N
         optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = keras.optimizers.Lion(learning_rate=lr, weight_decay=cfg.weight_decay)
-    if cfg.consistency:
-        loss = ConsistencyLoss(cfg.consistency_views, cfg.consistency, cfg.label_smoothing)
-    else:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
@@ -145,7 +134,7 @@ def train_model(
 
     # one endless input pipeline for the whole fit, not a new iterator an epoch
     train_data = make_dataset(train, cfg.batch_size, cfg.augment, shuffle=True, seed=cfg.seed, repeat=True,
-                              targets=onehot(train), views=cfg.consistency_views if cfg.consistency else 0)
+                              targets=onehot(train))
     val_data = make_dataset(val, 256, targets=onehot(val))
     compile_model(model, cfg, steps_per_epoch=steps)
     originals = train.originals()

@@ -205,8 +205,6 @@ def test_weight_averaging_survives_an_interruption(sample_dataset, tmp_path):
     assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").rglob("*.npz"))
 
 
-
-
 def test_warmup_rises_to_the_learning_rate_then_the_cosine_decays(sample_dataset):
     model, tr, va, cfg = _tiny(sample_dataset, epochs=4, warmup_epochs=2, swa_epochs=1, lr_schedule="cosine",
                                learning_rate=1e-3, min_learning_rate=1e-5)
@@ -215,15 +213,3 @@ def test_warmup_rises_to_the_learning_rate_then_the_cosine_decays(sample_dataset
     assert [record.lr[e] for e in range(4)] == pytest.approx([5e-4, 1e-3, 1e-5, 1e-5], rel=1e-4)
     with pytest.raises(ValueError, match="warmup_epochs 2 needs lr_schedule 'cosine'"):
         TrainConfig.from_dict({"warmup_epochs": 2, "lr_schedule": "plateau", "swa_epochs": 0})
-
-
-def test_consistency_training_fits_on_stacked_views(sample_dataset):
-    """consistency > 0: each batch is a clean and two augmented views of its images; the fit runs
-    on them and the model stays one that takes single images."""
-    model, tr, va, cfg = _tiny(sample_dataset, epochs=2, consistency=12.0, consistency_views=2,
-                               augment={"stain": 0.3, "zoom_in": 2.0})
-    history = train_model(model, tr, va, cfg)
-    assert len(history["loss"]) == 2 and not np.isnan(history["loss"]).any()
-    assert model.predict(va.images[:3].astype(np.float32), verbose=0).shape == (3, 8)
-    with pytest.raises(ValueError, match="consistency must be >= 0 and consistency_views >= 1"):
-        TrainConfig.from_dict({"consistency": 1.0, "consistency_views": 0})
