@@ -171,3 +171,32 @@ def test_every_documented_default_is_the_codes():
             wrong.append(f"{table}.{name}: documented {text}, the code's default is {default!r}")
     assert not wrong, "docs/configuration.md states defaults the code does not have:\n" + "\n".join(wrong)
     assert compared >= 80, f"only {compared} documented defaults compared: has the table format changed?"
+
+
+def test_the_documented_config_snippets_are_valid():
+    """Each YAML example in docs/configuration.md that configures train or fine_tune names real
+    parameters, and its model and training options build and validate."""
+    import yaml
+
+    from bloodcell.models import build_model
+    from bloodcell.training import TrainConfig, fine_tune_config
+    from steps.fine_tune import fine_tune
+    from steps.train import train
+
+    checked = 0
+    for block in re.findall(r"```yaml\n(.*?)```", CONFIGURATION, re.S):
+        steps = (yaml.safe_load(block) or {}).get("steps", {})
+        for step, spec in steps.items():
+            params = spec.get("parameters", {})
+            if step not in ("train", "fine_tune"):
+                continue
+            accepted = inspect.signature((train if step == "train" else fine_tune).entrypoint).parameters
+            assert set(params) <= set(accepted), f"{step}: unknown parameters {set(params) - set(accepted)}"
+            if step == "train":
+                TrainConfig.from_dict(params.get("training"))
+                model = {**params.get("model", {}), "weights": None}  # the weights themselves: tests/test_models.py
+                build_model(params.get("architecture", "custom_cnn"), 8, 96, **model)
+            else:
+                fine_tune_config(params.get("training"))
+            checked += 1
+    assert checked >= 2
