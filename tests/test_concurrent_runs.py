@@ -53,14 +53,25 @@ def _train_steps(n: int):
 
 def test_two_identical_runs_at_once_both_finish(project, tmp_path):
     """The second starts while the first is training (a schedule firing while someone runs the
-    same config): it must neither resume from the first's live backup nor write into it."""
+    same config): it must neither resume from the first's live backup nor write into it. The first
+    is held (SIGSTOP) from its first backup until the second's fit has begun, so the two fits
+    overlap however slow the machine (else the second could find the first's fit done and cached)."""
     from zenml.client import Client
 
     store = Path(Client().active_stack.artifact_store.path)
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     first = _start(project, logs[0])
     _wait_for_backup(store, first, logs[0])
-    second = _start(project, logs[1])
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        second = _start(project, logs[1])
+        deadline = time.monotonic() + 900
+        while "train backups in" not in logs[1].read_text():
+            assert second.poll() is None, logs[1].read_text()[-3000:]
+            assert time.monotonic() < deadline, "the second run did not reach train"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     codes = [first.wait(timeout=1200), second.wait(timeout=1200)]
     texts = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n\n".join(text[-3000:] for text in texts)
