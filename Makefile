@@ -55,9 +55,10 @@ test: lint browser
 	$(BIN)/python -m pytest
 
 # the slow kinds are pytest markers (pyproject.toml): whole pipeline runs, servers, the browser;
-# the rest runs in FAST_WORKERS processes (pytest-xdist)
+# the rest runs in FAST_WORKERS processes (pytest-xdist; its workers find ZenML's source root
+# through .zen, having no main file of their own)
 FAST_WORKERS ?= 2
-test-fast: lint
+test-fast: lint .zen
 	$(BIN)/python -m pytest -n $(FAST_WORKERS) -m "not pipeline and not server and not browser"
 
 benchmark: $(STAMP) .zen
