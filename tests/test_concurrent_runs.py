@@ -65,11 +65,7 @@ def test_two_identical_runs_at_once_both_finish(project, tmp_path):
     os.killpg(first.pid, signal.SIGSTOP)
     try:
         second = _start(project, logs[1])
-        deadline = time.monotonic() + 900
-        while "train backups in" not in logs[1].read_text():
-            assert second.poll() is None, logs[1].read_text()[-3000:]
-            assert time.monotonic() < deadline, "the second run did not reach train"
-            time.sleep(0.2)
+        _wait_until(lambda: "train backups in" in logs[1].read_text(), second, logs[1], "the second run did not reach train")
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     codes = [first.wait(timeout=1200), second.wait(timeout=1200)]
@@ -91,12 +87,17 @@ def _backup_epoch(store: Path) -> int:
         return 0
 
 
-def _wait_for_backup(store: Path, run: subprocess.Popen, log: Path, epochs: int = 1) -> None:
+def _wait_until(done, run: subprocess.Popen, log: Path, timeout_message: str) -> None:
+    """Poll ``done()`` until true; fail with ``run``'s log if it exits first, or after 15 minutes."""
     deadline = time.monotonic() + 900
-    while _backup_epoch(store) < epochs:
+    while not done():
         assert run.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "train saved no backup"
+        assert time.monotonic() < deadline, timeout_message
         time.sleep(0.2)
+
+
+def _wait_for_backup(store: Path, run: subprocess.Popen, log: Path, epochs: int = 1) -> None:
+    _wait_until(lambda: _backup_epoch(store) >= epochs, run, log, "train saved no backup")
 
 
 def test_a_run_killed_in_train_resumes_from_its_last_finished_epoch(project, tmp_path):
