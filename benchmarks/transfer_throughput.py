@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from bloodcell.ingest import read_source
-    from bloodcell.models import build_model, unfreeze_top, with_tta
+    from bloodcell.models import build_model, with_tta
+    from bloodcell.transfer import unfreeze_top
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")

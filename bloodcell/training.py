@@ -190,7 +190,7 @@ def fine_tune_model(
     """Unfreeze the top ``blocks`` backbone stages (batch norm stays frozen, L2 on the unfrozen
     convs) and fit again. Returns the model (the same one, or its copy under the active
     distribution strategy), the Keras history and the unfrozen layer names."""
-    from bloodcell.models import unfreeze_top
+    from bloodcell.transfer import unfreeze_top
 
     model = in_current_scope(model)
     unfrozen = unfreeze_top(model, blocks, l2)

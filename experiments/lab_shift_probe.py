@@ -47,10 +47,11 @@ def main() -> None:
     from bloodcell.compute import compute_scope
     from bloodcell.evaluation import corruption_mean, corruption_table, dataset_metrics, evaluate_model, external_sets
     from bloodcell.ingest import read_external, read_source
-    from bloodcell.models import backbone_of, build_model
+    from bloodcell.models import build_model
     from bloodcell.packaging import package_model
     from bloodcell.split import stratified_split
     from bloodcell.training import TrainConfig, fine_tune_config, fine_tune_model, train_model
+    from bloodcell.transfer import backbone_of
 
     data = read_source(args.data)
     train, val, _ = stratified_split(data, 0.1, 0.1, 42)

@@ -22,6 +22,7 @@ import bloodcell.evaluation
 import bloodcell.models
 import bloodcell.packaging
 import bloodcell.training
+import bloodcell.transfer
 from bloodcell import MODEL_ARTIFACT
 from bloodcell.dataset import Dataset
 from bloodcell.tables import metrics_tables
@@ -51,7 +52,7 @@ def fine_tune(
     """Fine-tune (transfer models), package the shipped model, check its val accuracy."""
     bloodcell.packaging.check_prior_correction(prior_correction)
     info: dict[str, Any] = {}
-    if bloodcell.models.backbone_of(model) is None:
+    if bloodcell.transfer.backbone_of(model) is None:
         info.update(skipped=True, reason=f"{model.name} has no pretrained backbone")
     else:
         cfg = bloodcell.training.fine_tune_config(training)

@@ -46,8 +46,9 @@ def _step_parameters():
 def _options():
     from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
-    from bloodcell.models import build_custom_cnn, build_transfer
+    from bloodcell.cnn import build_custom_cnn
     from bloodcell.training import TrainConfig
+    from bloodcell.transfer import build_transfer
 
     yield from ((f"training.{f.name}", f.name) for f in fields(TrainConfig))
     yield from ((f"augment.{f.name}", f.name) for f in fields(OnlineAugment))
@@ -139,8 +140,9 @@ def _defaults():
     """(table, option, the code's default) for every parameter and option with a default."""
     from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
-    from bloodcell.models import build_custom_cnn, build_transfer
+    from bloodcell.cnn import build_custom_cnn
     from bloodcell.training import TrainConfig
+    from bloodcell.transfer import build_transfer
 
     for step in _steps():
         for name, p in inspect.signature(step.entrypoint).parameters.items():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from bloodcell.models import backbone_of, build_model, unfreeze_top, with_tta
+from bloodcell.models import build_model, with_tta
+from bloodcell.transfer import backbone_of, unfreeze_top
 
 
 @pytest.fixture(scope="module")

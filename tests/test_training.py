@@ -93,8 +93,8 @@ def test_mixed_precision_and_mirrored_strategy_switch_on_and_off(sample_dataset)
 
 
 def test_fine_tuning_trains_only_the_unfrozen_top(sample_dataset):
-    from bloodcell.models import backbone_of
     from bloodcell.training import fine_tune_config, fine_tune_model
+    from bloodcell.transfer import backbone_of
 
     model = build_model("efficientnetv2b0", 8, 96, weights=None)
     backbone = backbone_of(model)
