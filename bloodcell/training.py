@@ -186,6 +186,7 @@ def fine_tune_config(training: dict[str, Any] | None) -> TrainConfig:
 
 def fine_tune_model(
     model: keras.Model, train: Dataset, val: Dataset, blocks: int, l2: float, cfg: TrainConfig,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]], list[str]]:
     """Unfreeze the top ``blocks`` backbone stages (batch norm stays frozen, L2 on the unfrozen
     convs) and fit again. Returns the model (the same one, or its copy under the active
@@ -194,4 +195,4 @@ def fine_tune_model(
 
     model = in_current_scope(model)
     unfrozen = unfreeze_top(model, blocks, l2)
-    return model, train_model(model, train, val, cfg), unfrozen
+    return model, train_model(model, train, val, cfg, extra_callbacks), unfrozen

@@ -8,9 +8,13 @@ finished epoch) or else makes a new one, so two runs of the same config at once 
 own backup instead of colliding. A folder is deleted when its fit completes; a failed or killed
 fit leaves it for the next run.
 
-The folders live under the active artifact store when that is a local path, otherwise under the
-ZenML config directory (``training.backup_dir`` in the config replaces all of this with one
-folder of the user's).
+The folders live under the active artifact store when that is a local path. With a remote one
+(``s3://``, ``gs://``, ``az://``) they live under the ZenML config directory and are mirrored,
+after each epoch, to ``<artifact store>/checkpoints/<step>/<digest>/<folder>``: a run on another
+machine (a retried pod) that finds no backup of its own to resume takes the most recently started
+mirror there. An object store holds no locks, so two machines that start the same fit at the
+same time share that mirror. ``training.backup_dir`` in the config replaces all of this with one
+folder of the user's.
 """
 
 from __future__ import annotations
@@ -24,23 +28,28 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
 
+import keras
+from zenml.io import fileio
 from zenml.logger import get_logger
 
 logger = get_logger(__name__)
 
 
-def backups_root(step: str, *keys: Any) -> str:
-    """``<root>/checkpoints/<step>/<digest of keys>``: the folder of this step's backup slots."""
+def backups_root(step: str, *keys: Any) -> tuple[str, str | None]:
+    """``<root>/checkpoints/<step>/<digest of keys>``: the local folder of this step's backup
+    slots, and the artifact store's folder that mirrors them (None for a local artifact store)."""
     from zenml.client import Client
     from zenml.config.global_config import GlobalConfiguration
 
-    root = Client().active_stack.artifact_store.path
-    if "://" in root:
-        root = GlobalConfiguration().config_directory
+    store = Client().active_stack.artifact_store.path
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return os.path.join(root, "checkpoints", step, digest)
+    tail = ("checkpoints", step, digest)
+    if "://" in store:
+        return os.path.join(GlobalConfiguration().config_directory, *tail), "/".join((store.rstrip("/"), *tail))
+    return os.path.join(store, *tail), None
 
 
 def _last_written(folder: str) -> float:
@@ -99,12 +108,95 @@ def slot_in(base: str, step: str = "fit") -> Iterator[str]:
         lock.close()
 
 
+# Keras writes its epoch counter here; it goes last, so a mirror cut off mid-copy never claims
+# an epoch whose weights it does not hold
+METADATA = "training_metadata.json"
+
+
+def _files(local: str) -> list[str]:
+    rel = [os.path.relpath(os.path.join(d, f), local) for d, _, files in os.walk(local) for f in files]
+    return sorted(rel, key=lambda r: (os.path.basename(r) == METADATA, r))
+
+
+def push(local: str, remote: str, sent: dict[str, tuple[int, int]]) -> int:
+    """Copy the files under ``local`` that changed since ``sent`` (relative path -> (mtime, size),
+    updated here) to ``remote`` (any ``fileio`` path). Returns how many were copied."""
+    copied = 0
+    for rel in _files(local):
+        src = os.path.join(local, rel)
+        st = os.stat(src)
+        if sent.get(rel) == (st.st_mtime_ns, st.st_size):
+            continue
+        dst = "/".join((remote, *rel.split(os.sep)))
+        fileio.makedirs(dst.rsplit("/", 1)[0])
+        fileio.copy(src, dst, overwrite=True)
+        sent[rel] = (st.st_mtime_ns, st.st_size)
+        copied += 1
+    return copied
+
+
+def pull(remote: str, local: str) -> int:
+    """Copy every file under ``remote`` into ``local``. Returns how many."""
+    copied = 0
+    for directory, _, files in fileio.walk(remote):
+        rel = str(directory)[len(remote):].strip("/")
+        for name in files:
+            dst = os.path.join(local, *rel.split("/"), str(name)) if rel else os.path.join(local, str(name))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            fileio.copy(f"{str(directory).rstrip('/')}/{name}", dst, overwrite=True)
+            copied += 1
+    return copied
+
+
+class MirrorBackup(keras.callbacks.Callback):
+    """After each epoch (after the backup and weight averaging have saved), copy what changed in
+    the local backup folder to the artifact store."""
+
+    def __init__(self, local: str, remote: str):
+        super().__init__()
+        self.local, self.remote, self.sent = local, remote, {}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        push(self.local, self.remote, self.sent)
+
+
+@dataclass
+class Slot:
+    """One fit's backup folder (``path``, local) and the callbacks that mirror it (none when the
+    artifact store is local)."""
+
+    path: str
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def backup_slot(step: str, *keys: Any, folder: str | None = None) -> Iterator[str]:
-    """The backup folder of one fit of ``step`` on ``keys`` (its inputs and parameters), as
-    ``slot_in``; ``folder`` (the config's ``backup_dir``), where set, is used as it is."""
-    if folder is not None:
-        yield folder
+def mirrored(slot: str, remote_base: str | None, step: str) -> Iterator[Slot]:
+    """``slot`` with its mirror under ``remote_base``: a new fit first takes the most recently
+    started mirror there (an interrupted run's on another machine); the mirror is deleted with
+    the local folder when the fit completes."""
+    if remote_base is None:
+        yield Slot(slot)
         return
-    with slot_in(backups_root(step, *keys), step) as slot:
-        yield slot
+    remote = f"{remote_base}/{os.path.basename(slot)}"
+    if not any(os.scandir(slot)) and fileio.isdir(remote_base):
+        mirrors = sorted(str(d) for d in fileio.listdir(remote_base))
+        if mirrors:
+            remote = f"{remote_base}/{mirrors[-1].rstrip('/').rsplit('/', 1)[-1]}"
+            logger.info("%s: resuming from %d files of the backup in %s", step, pull(remote, slot), remote)
+    logger.info("%s backups mirrored to %s", step, remote)
+    yield Slot(slot, [MirrorBackup(slot, remote)])
+    with contextlib.suppress(FileNotFoundError):
+        fileio.rmtree(remote)
+
+
+@contextlib.contextmanager
+def backup_slot(step: str, *keys: Any, folder: str | None = None) -> Iterator[Slot]:
+    """The backup folder of one fit of ``step`` on ``keys`` (its inputs and parameters), as
+    ``slot_in``, mirrored to a remote artifact store; ``folder`` (the config's ``backup_dir``),
+    where set, is used as it is."""
+    if folder is not None:
+        yield Slot(folder)
+        return
+    local, remote = backups_root(step, *keys)
+    with slot_in(local, step) as slot, mirrored(slot, remote, step) as mirrored_slot:
+        yield mirrored_slot

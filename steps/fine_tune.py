@@ -58,9 +58,11 @@ def fine_tune(
         cfg = bloodcell.training.fine_tune_config(training)
         keys = (train.fingerprint, val.fingerprint, bloodcell.models.model_fingerprint(model), unfreeze_blocks, l2, training)
         start = time.perf_counter()
-        with backup_slot("fine_tune", *keys, folder=cfg.backup_dir) as cfg.backup_dir, \
+        with backup_slot("fine_tune", *keys, folder=cfg.backup_dir) as slot, \
                 bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
-            model, history, unfrozen = bloodcell.training.fine_tune_model(model, train, val, unfreeze_blocks, l2, cfg)
+            cfg.backup_dir = slot.path
+            model, history, unfrozen = bloodcell.training.fine_tune_model(model, train, val, unfreeze_blocks, l2, cfg,
+                                                                          slot.callbacks)
         info.update(skipped=False, unfrozen_layers=len(unfrozen), epochs=len(history.get("loss", [])),
                     wall_seconds=round(time.perf_counter() - start, 1),
                     best_val_accuracy=max(history.get("val_accuracy", [0.0])))

@@ -49,8 +49,9 @@ def train(
     ``training`` options (``bloodcell.training.TrainConfig``; unset options keep the CPU recipe)."""
     cfg = TrainConfig.from_dict(training)
     keys = (train.fingerprint, val.fingerprint, architecture, model, training)
-    with backup_slot("train", *keys, folder=cfg.backup_dir) as cfg.backup_dir, \
+    with backup_slot("train", *keys, folder=cfg.backup_dir) as slot, \
             bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
+        cfg.backup_dir = slot.path
         net = bloodcell.models.build_model(
             architecture, train.class_names, image_size=train.images.shape[1], **(model or {})
         )
@@ -58,7 +59,7 @@ def train(
                     net.name, net.count_params(), sum(int(np.prod(w.shape)) for w in net.trainable_weights),
                     len(train), len(val), cfg.backup_dir)
         start = time.perf_counter()
-        history = bloodcell.training.train_model(net, train, val, cfg)
+        history = bloodcell.training.train_model(net, train, val, cfg, slot.callbacks)
         wall = time.perf_counter() - start
     epochs = len(history.get("loss", []))
     result = TrainingHistory(history=history, info={

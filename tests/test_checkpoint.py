@@ -64,3 +64,26 @@ def test_a_killed_run_releases_its_backup_to_the_next_run(tmp_path):
     finally:
         child.kill()
         child.stdout.close()
+
+
+def test_the_mirror_copies_what_changed_epoch_counter_last_and_pulls_back_whole(tmp_path, monkeypatch):
+    """steps/_checkpoint.push/pull on a second folder standing in for the artifact store (the S3
+    path itself: tests/test_remote_store.py)."""
+    from steps import _checkpoint
+
+    local, remote, back = tmp_path / "slot", tmp_path / "store" / "slot", tmp_path / "other_machine"
+    (local / "swa").mkdir(parents=True)
+    for name, text in (("training_metadata.json", '{"epoch": 1}'), ("latest.weights.h5", "w1"), ("swa/weight_average.npz", "a1")):
+        (local / name).write_text(text)
+    copied, real_copy = [], _checkpoint.fileio.copy
+    monkeypatch.setattr(_checkpoint.fileio, "copy", lambda src, dst, overwrite=False: (
+        copied.append(Path(src).name), real_copy(src, dst, overwrite)))
+    sent: dict = {}
+    assert _checkpoint.push(str(local), str(remote), sent) == 3
+    assert copied[-1] == "training_metadata.json"  # the epoch counter after the weights it counts
+    (local / "latest.weights.h5").write_text("w2, epoch 2")
+    assert _checkpoint.push(str(local), str(remote), sent) == 1  # only what changed
+    assert _checkpoint.pull(str(remote), str(back)) == 3
+    assert sorted(str(p.relative_to(back)) for p in back.rglob("*") if p.is_file()) == \
+        ["latest.weights.h5", "swa/weight_average.npz", "training_metadata.json"]
+    assert (back / "latest.weights.h5").read_text() == "w2, epoch 2"
