@@ -1,4 +1,5 @@
-"""Materializer for :class:`bloodcell.dataset.Dataset`: images/labels as .npy, the rest as JSON."""
+"""Materializer for :class:`bloodcell.dataset.Dataset`: images as .npy shards (``bloodcell.shards``),
+labels as .npy, the rest as JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell import plots
+from bloodcell import plots, shards
 from bloodcell.dataset import Dataset
 from materializers._io import read_json, read_npy, write_bytes, write_json, write_npy
 
@@ -18,9 +19,11 @@ class DatasetMaterializer(BaseMaterializer):
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
 
     def save(self, data: Dataset) -> None:
-        write_npy(self, "images.npy", data.images)
+        written = shards.write_shards(self.uri, data.images)
         write_npy(self, "labels.npy", data.labels)
         write_json(self, "meta.json", {
+            "image_shape": list(data.images.shape[1:]),
+            "shards": [s.to_dict() for s in written],
             "ids": data.ids,
             "class_names": data.class_names,
             "info": data.info,
@@ -29,8 +32,13 @@ class DatasetMaterializer(BaseMaterializer):
 
     def load(self, data_type: type[Any]) -> Dataset:
         meta = read_json(self, "meta.json")
+        if "shards" in meta:
+            images = shards.read_all(self.uri, [shards.Shard(**s) for s in meta["shards"]])
+            images = images.reshape((len(images), *meta["image_shape"]))  # an empty set keeps its shape
+        else:  # written before shards (one images.npy)
+            images = read_npy(self, "images.npy")
         ds = Dataset(
-            images=read_npy(self, "images.npy"),
+            images=images,
             labels=read_npy(self, "labels.npy"),
             ids=meta["ids"],
             class_names=meta["class_names"],

@@ -90,7 +90,7 @@ def test_the_quickstart_runs_end_to_end_on_s3_and_its_rerun_is_cached(project, s
     keys = _keys(client)
     for step in ("ingest", "split", "train", "fine_tune", "evaluate"):
         assert any(k.startswith(f"zenml/{step}/") for k in keys), f"no {step} artifact in the bucket"
-    assert any(k.endswith("/model.keras") for k in keys) and any(k.endswith("/images.npy") for k in keys)
+    assert any(k.endswith("/model.keras") for k in keys) and any(k.endswith("/images-00000.npy") for k in keys)
     assert not [k for k in keys if "/checkpoints/" in k]  # finished fits leave no backup behind
 
     dataset_art = run.steps["ingest"].outputs["dataset"][0]

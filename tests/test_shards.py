@@ -1,0 +1,95 @@
+"""Sharded image storage (bloodcell/shards.py) and the dataset artifact written with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bloodcell import shards
+
+
+def test_shards_hold_the_images_in_order_whatever_batches_they_come_in(sample_dataset, tmp_path):
+    images = sample_dataset.images  # 400 real cells
+    whole = shards.write_shards(str(tmp_path / "a"), images, per_shard=150)
+    assert [s.count for s in whole] == [150, 150, 100]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["images-00000.npy", "images-00001.npy", "images-00002.npy"]
+    uneven = (images[a:b] for a, b in ((0, 7), (7, 260), (260, 261), (261, 400)))  # a stream of batches
+    streamed = shards.write_shards(str(tmp_path / "b"), uneven, per_shard=150)
+    assert streamed == whole  # the same files, byte for byte
+    assert np.array_equal(shards.read_all(str(tmp_path / "b"), streamed), images)
+    assert [len(x) for x in shards.iter_shards(str(tmp_path / "a"), whole)] == [150, 150, 100]
+
+
+def test_a_shard_is_about_64_mib_whatever_the_image_size():
+    assert shards.images_per_shard((96, 96, 3)) == 2427
+    assert shards.images_per_shard((256, 256, 3)) == 341
+    assert shards.images_per_shard((8192, 8192, 3)) == 1  # never none
+
+
+def test_a_changed_shard_is_refused_by_name(sample_dataset, tmp_path):
+    written = shards.write_shards(str(tmp_path), sample_dataset.images[:20], per_shard=10)
+    path = tmp_path / written[1].file
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one pixel of the last image
+    path.write_bytes(bytes(data))
+    assert np.array_equal(shards.read_shard(str(tmp_path), written[0]), sample_dataset.images[:10])
+    with pytest.raises(ValueError, match=r"images-00001\.npy is corrupt"):
+        shards.read_all(str(tmp_path), written)
+
+
+def test_non_image_arrays_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        shards.write_shards(str(tmp_path), np.zeros((2, 8, 8, 3), np.float32))
+
+
+@pytest.fixture
+def store_dir():
+    """A fresh folder inside the active (local) artifact store, where materializers may write."""
+    import uuid
+
+    from zenml.client import Client
+
+    folder = Path(Client().active_stack.artifact_store.path) / "test_shards" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_the_dataset_artifact_round_trips_through_shards_and_checks_them(sample_dataset, store_dir):
+    from materializers.dataset_materializer import DatasetMaterializer
+
+    uri = store_dir / "artifact"
+    uri.mkdir()
+    DatasetMaterializer(str(uri)).save(sample_dataset)
+    meta = json.loads((uri / "meta.json").read_text())
+    assert meta["image_shape"] == [96, 96, 3] and [s["count"] for s in meta["shards"]] == [400]
+    assert not (uri / "images.npy").exists()
+    back = DatasetMaterializer(str(uri)).load(type(sample_dataset))
+    assert back.fingerprint == sample_dataset.fingerprint and back.ids == sample_dataset.ids
+
+    empty = sample_dataset.subset([])  # an empty set (no external images, say) keeps its image shape
+    (store_dir / "empty").mkdir()
+    DatasetMaterializer(str(store_dir / "empty")).save(empty)
+    assert DatasetMaterializer(str(store_dir / "empty")).load(type(empty)).images.shape == (0, 96, 96, 3)
+
+    shard = uri / meta["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="images-00000.npy is corrupt"):
+        DatasetMaterializer(str(uri)).load(type(sample_dataset))
+
+
+def test_dataset_artifacts_written_before_shards_still_load(sample_dataset, store_dir):
+    """One images.npy and no shard list: the layout of artifacts in existing stores."""
+    from materializers.dataset_materializer import DatasetMaterializer
+
+    uri = store_dir
+    np.save(uri / "images.npy", sample_dataset.images, allow_pickle=False)
+    np.save(uri / "labels.npy", sample_dataset.labels, allow_pickle=False)
+    (uri / "meta.json").write_text(json.dumps({
+        "ids": sample_dataset.ids, "class_names": sample_dataset.class_names, "info": sample_dataset.info,
+        "fingerprint": sample_dataset.fingerprint}))
+    assert DatasetMaterializer(str(uri)).load(type(sample_dataset)).fingerprint == sample_dataset.fingerprint
