@@ -1,4 +1,5 @@
-"""The in-memory dataset that flows between pipeline steps."""
+"""The dataset that flows between pipeline steps: labels, ids and provenance in memory, the pixels
+in memory or, for a loaded artifact, in shards read on demand (``bloodcell.sharded_images``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,7 @@ from typing import Any
 import numpy as np
 
 from bloodcell import CLASS_NAMES
-
-
-def image_hashes(images: np.ndarray) -> list[str]:
-    """SHA-1 of each image's pixels: equal hashes mean identical images."""
-    return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in images]
-
+from bloodcell.sharded_images import ShardedImages, row_hashes
 
 UNLABELED = -1
 
@@ -48,13 +44,14 @@ def source_id(sample_id: str) -> str:
 class Dataset:
     """Images, labels and traceable ids of one set of samples.
 
-    ``images`` is uint8 (N, H, W, 3); ``labels`` int64 (N,) indexing ``class_names``, or
+    ``images`` is uint8 (N, H, W, 3), an array or a lazy ``ShardedImages``; ``labels`` int64 (N,)
+    indexing ``class_names``, or
     ``UNLABELED`` (-1) for images to predict on;
     ``ids`` names where each sample came from (a file path, or ``file.npz:row``).
     ``info`` carries provenance notes (source, conversions, ...) and must be JSON-serialisable.
     """
 
-    images: np.ndarray
+    images: np.ndarray | ShardedImages
     labels: np.ndarray
     ids: list[str]
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
@@ -76,12 +73,25 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def row_hashes(self) -> np.ndarray:
+        """The SHA-1 of each image's pixels (``S20``): equal hashes mean identical images. A
+        loaded artifact has them from its manifest; an array's are computed each time (it may
+        have been changed in place)."""
+        if isinstance(self.images, ShardedImages):
+            return self.images.row_hashes()
+        return row_hashes(self.images)
+
+    def image_hashes(self) -> list[str]:
+        """``row_hashes`` as hex strings."""
+        return [h.hex() for h in self.row_hashes()]
+
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the content: images, labels, ids and class names."""
+        """SHA-256 of the content: each image's SHA-1, labels, ids and class names (the same for
+        the same content, in memory or in shards)."""
         h = hashlib.sha256()
-        h.update(repr((self.images.shape, list(self.class_names))).encode())
-        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(repr((tuple(self.images.shape), list(self.class_names))).encode())
+        h.update(self.row_hashes().tobytes())
         h.update(self.labels.astype("<i8").tobytes())
         h.update("\n".join(self.ids).encode())
         return h.hexdigest()
@@ -108,11 +118,18 @@ class Dataset:
 
     def subset(self, index: np.ndarray | list[int], **info: Any) -> Dataset:
         """The samples at ``index`` (in that order), keeping class names and provenance."""
-        index = np.asarray(index, dtype=np.int64)
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        sharded = isinstance(self.images, ShardedImages)
         return Dataset(
-            images=self.images[index],
+            images=self.images.subset(index) if sharded else self.images[index],
             labels=self.labels[index],
             ids=[self.ids[i] for i in index],
             class_names=list(self.class_names),
             info={**self.info, **info},
         )
+
+    def concat_images(self, more: np.ndarray) -> np.ndarray | ShardedImages:
+        """This dataset's images followed by ``more`` (sharded images stay sharded: nothing is read)."""
+        if isinstance(self.images, ShardedImages):
+            return self.images.append(more)
+        return np.concatenate([self.images, more])

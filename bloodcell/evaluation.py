@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from bloodcell.classes import label_map
 from bloodcell.dataset import Dataset
+from bloodcell.sharded_images import ShardedImages
 
 
 def add_white_noise(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
@@ -123,8 +124,11 @@ def set_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) 
     )
 
 
-def predict_classes(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    probs = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+def predict_classes(model: Any, images: np.ndarray | ShardedImages, batch_size: int = 256) -> np.ndarray:
+    """The class index ``model`` predicts for each image (sharded images are read 4,096 at a time)."""
+    if isinstance(images, ShardedImages) and len(images):
+        return np.concatenate([predict_classes(model, chunk, batch_size) for chunk in images.batches(4096)])
+    probs = model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0)
     return np.asarray(probs).argmax(axis=1)
 
 
@@ -189,11 +193,11 @@ def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: i
     report = EvaluationReport(class_names=classes, params={"noise_sigma": noise_sigma, "noise_seed": seed})
     report.sets["plain"] = set_metrics(y, predict_classes(model, test.images), classes)
     if noise_sigma > 0:
-        noisy = add_white_noise(test.images, noise_sigma, seed)
+        noisy = add_white_noise(np.asarray(test.images), noise_sigma, seed)
         report.sets["noisy"] = set_metrics(y, predict_classes(model, noisy), classes)
     if corruption_samples is not None:
         picked = test.sample(corruption_samples, seed)
-        report.corruptions = corruption_table(model, picked.images, in_model_classes(picked, classes, "test split"))
+        report.corruptions = corruption_table(model, np.asarray(picked.images), in_model_classes(picked, classes, "test split"))
     for name, part in external_sets(external).items() if external is not None else ():
         report.external[name] = dataset_metrics(model, part, f"external set {name!r}", classes)
     return report

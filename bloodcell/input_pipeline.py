@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from bloodcell.augment.online import OnlineAugment
@@ -17,7 +18,8 @@ def make_dataset(
     """Batches of (float32 images, labels), augmented by ``augment`` with a fresh seed a batch.
     ``repeat``: endless, one epoch after the other (each reshuffled), batches not crossing epochs.
     ``targets`` (arrays, or a dict of arrays, one row a sample) go in place of the labels."""
-    data = tf.data.Dataset.from_tensor_slices((ds.images, ds.labels if targets is None else targets))
+    # all the pixels in memory, sharded or not (streaming from the shards: issue 22, next)
+    data = tf.data.Dataset.from_tensor_slices((np.asarray(ds.images), ds.labels if targets is None else targets))
     if shuffle:
         data = data.shuffle(len(ds), seed=seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bloodcell import CLASS_NAMES
+from bloodcell.sharded_images import ShardedImages
 
 
 def load_model(path: str | Path):
@@ -37,13 +38,15 @@ def model_classes(model) -> list[str]:
                      "this project carries its class names; retrain it, or export a newer version)")
 
 
-def predict_table(model, images: np.ndarray, ids: list[str], batch_size: int = 256) -> pd.DataFrame:
+def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str], batch_size: int = 256) -> pd.DataFrame:
     """``id, predicted_class, confidence`` and one ``p_<class>`` probability column per class."""
     expected = tuple(model.input_shape[1:3])
     if images.shape[1:3] != expected:
         raise ValueError(f"the model takes {expected[0]}x{expected[1]} images, got {images.shape[1]}x{images.shape[2]}")
     class_names = model_classes(model)
-    probs = np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
+    chunks = images.batches(4096) if isinstance(images, ShardedImages) and len(images) else [images]  # bounded memory
+    probs = np.concatenate([np.asarray(model.predict(np.asarray(c, dtype=np.float32), batch_size=batch_size, verbose=0))
+                            for c in chunks])
     table = pd.DataFrame({
         "id": ids,
         "predicted_class": [class_names[i] for i in probs.argmax(axis=1)],

@@ -44,9 +44,10 @@ def _join(folder: str, name: str) -> str:
 
 
 def write_shards(folder: str, images: np.ndarray | Iterator[np.ndarray], per_shard: int | None = None,
-                 prefix: str = "images") -> list[Shard]:
+                 prefix: str = "images", first: int = 0) -> list[Shard]:
     """Write ``images`` (one uint8 (N, H, W, 3) array, or an iterator of such batches, for data that
-    does not fit in memory) to ``<folder>/<prefix>-00000.npy``, ... and return the shards in order."""
+    does not fit in memory) to ``<folder>/<prefix>-<first>.npy``, ``<first + 1>``, ... (5 digits)
+    and return the shards in order."""
     fileio.makedirs(folder)
     batches = iter([images]) if isinstance(images, np.ndarray) else iter(images)
     shards: list[Shard] = []
@@ -57,7 +58,7 @@ def write_shards(folder: str, images: np.ndarray | Iterator[np.ndarray], per_sha
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(part), allow_pickle=False)
         data = buf.getvalue()
-        name = f"{prefix}-{len(shards):05d}.npy"
+        name = f"{prefix}-{first + len(shards):05d}.npy"
         with fileio.open(_join(folder, name), "wb") as f:
             f.write(data)
         shards.append(Shard(name, len(part), hashlib.sha256(data).hexdigest()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from bloodcell.dataset import Dataset, image_hashes
+from bloodcell.dataset import Dataset
 
 
 def stratified_split(
@@ -22,7 +22,7 @@ def stratified_split(
     if len(set(ds.ids)) != len(ds):
         dup = next(i for i, c in _counts(ds.ids).items() if c > 1)
         raise ValueError(f"sample id {dup!r} occurs more than once (rule: ids are unique before splitting)")
-    _, first, group_of = np.unique(image_hashes(ds.images), return_index=True, return_inverse=True)
+    _, first, group_of = np.unique(ds.row_hashes(), return_index=True, return_inverse=True)
     group_of = group_of.reshape(-1)
     groups = np.arange(len(first))
     group_labels = ds.labels[first]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bloodcell.dataset import Dataset, image_hashes
+from bloodcell.dataset import Dataset
 
 
 def sample_table(ds: Dataset) -> pd.DataFrame:
@@ -32,7 +32,7 @@ def sample_table(ds: Dataset) -> pd.DataFrame:
         "mean_r": means[:, 0], "mean_g": means[:, 1], "mean_b": means[:, 2],
         "std_r": stds[:, 0], "std_g": stds[:, 1], "std_b": stds[:, 2],
         "std": stds.mean(axis=1),
-        "content_hash": image_hashes(ds.images),
+        "content_hash": ds.image_hashes(),
     })
 
 
@@ -98,7 +98,7 @@ def split_tables(whole: Dataset, parts: dict[str, Dataset], expected: dict[str, 
         fraction = len(part) / max(len(whole), 1)
         sizes.append({"split": name, "samples": len(part), "fraction": fraction,
                       "expected_fraction": expected[name], "difference_pp": 100 * (fraction - expected[name])})
-        samples.append(pd.DataFrame({"id": part.ids, "split": name, "content_hash": image_hashes(part.images)}))
+        samples.append(pd.DataFrame({"id": part.ids, "split": name, "content_hash": part.image_hashes()}))
     sample_df = pd.concat(samples, ignore_index=True)
     sample_df["splits_with_this_image"] = sample_df.groupby("content_hash")["split"].transform("nunique")
     return {"class_proportions": pd.DataFrame(rows), "sizes": pd.DataFrame(sizes), "samples": sample_df}

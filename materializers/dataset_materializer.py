@@ -1,5 +1,10 @@
 """Materializer for :class:`bloodcell.dataset.Dataset`: images as .npy shards (``bloodcell.shards``),
-labels as .npy, the rest as JSON."""
+labels, row index and row hashes as .npy, the rest as JSON.
+
+A dataset whose images are already in shards (a loaded artifact, or a subset of one) is saved as
+a manifest over those shards, which stay in the artifact that wrote them: a split or a filtered
+set copies no pixels. Images made in memory are written as new shards of this artifact. Loading
+gives ``ShardedImages``: no pixels are read until a step asks for them."""
 
 from __future__ import annotations
 
@@ -11,7 +16,10 @@ from zenml.materializers.base_materializer import BaseMaterializer
 
 from bloodcell import plots, shards
 from bloodcell.dataset import Dataset
+from bloodcell.sharded_images import ShardedImages
 from materializers._io import read_json, read_npy, write_bytes, write_json, write_npy
+
+VIEW_SAMPLE = 2000  # images the dashboard pictures draw from
 
 
 class DatasetMaterializer(BaseMaterializer):
@@ -19,24 +27,48 @@ class DatasetMaterializer(BaseMaterializer):
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
 
     def save(self, data: Dataset) -> None:
-        written = shards.write_shards(self.uri, data.images)
+        entries, index = self._write_images(data.images)
         write_npy(self, "labels.npy", data.labels)
+        write_npy(self, "index.npy", index)
+        write_npy(self, "hashes.npy", data.row_hashes())
         write_json(self, "meta.json", {
             "image_shape": list(data.images.shape[1:]),
-            "shards": [s.to_dict() for s in written],
+            "shards": entries,
             "ids": data.ids,
             "class_names": data.class_names,
             "info": data.info,
             "fingerprint": data.fingerprint,
         })
 
+    def _write_images(self, images: np.ndarray | ShardedImages) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The shard entries (``folder`` set where a shard belongs to another artifact) and the rows
+        into them. Only the parts the rows use are kept."""
+        if not isinstance(images, ShardedImages):
+            return [s.to_dict() for s in shards.write_shards(self.uri, images)], np.arange(len(images), dtype=np.int64)
+        starts = images._starts
+        part_of = np.searchsorted(starts, images.index, side="right") - 1
+        entries: list[dict[str, Any]] = []
+        new_start = {}
+        written = 0
+        for k in np.unique(part_of):
+            part = images.parts[k]
+            new_start[k] = sum(e["count"] for e in entries)
+            if isinstance(part, np.ndarray):
+                new = shards.write_shards(self.uri, part, first=written)
+                written += len(new)
+                entries += [s.to_dict() for s in new]
+            else:
+                entries.append({"folder": part[0], **part[1].to_dict()})
+        index = np.array([new_start[k] for k in part_of], dtype=np.int64) + images.index - starts[part_of]
+        return entries, index
+
     def load(self, data_type: type[Any]) -> Dataset:
         meta = read_json(self, "meta.json")
-        if "shards" in meta:
-            images = shards.read_all(self.uri, [shards.Shard(**s) for s in meta["shards"]])
-            images = images.reshape((len(images), *meta["image_shape"]))  # an empty set keeps its shape
-        else:  # written before shards (one images.npy)
-            images = read_npy(self, "images.npy")
+        if "shards" not in meta:  # written before shards: one images.npy
+            images: np.ndarray | ShardedImages = read_npy(self, "images.npy")
+        else:
+            parts = [(e.pop("folder", None) or self.uri, shards.Shard(**e)) for e in meta["shards"]]
+            images = ShardedImages(parts, meta["image_shape"], read_npy(self, "index.npy"), read_npy(self, "hashes.npy"))
         ds = Dataset(
             images=images,
             labels=read_npy(self, "labels.npy"),
@@ -71,8 +103,10 @@ class DatasetMaterializer(BaseMaterializer):
         if len(data) == 0:
             return {}
         if not data.labelled:
-            strip = plots.image_strip(data.images, [i[-18:] for i in data.ids], max_images=48)
+            first = data.subset(np.arange(min(len(data), 48)))
+            strip = plots.image_strip(np.asarray(first.images), [i[-18:] for i in first.ids], max_images=48)
             return {write_bytes(self, "samples.png", strip): VisualizationType.IMAGE}
         counts = write_bytes(self, "class_counts.png", plots.class_count_bars(data.class_counts(), f"{len(data)} samples per class"))
-        grid = write_bytes(self, "samples.png", plots.sample_grid(data.images, np.asarray(data.labels), data.class_names))
+        view = data.sample(VIEW_SAMPLE, seed=0)  # the grid needs a few images a class, not all: read only these
+        grid = write_bytes(self, "samples.png", plots.sample_grid(np.asarray(view.images), np.asarray(view.labels), data.class_names))
         return {counts: VisualizationType.IMAGE, grid: VisualizationType.IMAGE}

@@ -78,8 +78,44 @@ def test_the_dataset_artifact_round_trips_through_shards_and_checks_them(sample_
 
     shard = uri / meta["shards"][0]["file"]
     shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
+    lazy = DatasetMaterializer(str(uri)).load(type(sample_dataset))  # reads no pixels yet
     with pytest.raises(ValueError, match="images-00000.npy is corrupt"):
+        lazy.images[0]
+    (uri / "hashes.npy").write_bytes((uri / "hashes.npy").read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="is corrupt: its content no longer matches its fingerprint"):
         DatasetMaterializer(str(uri)).load(type(sample_dataset))
+
+
+def test_a_subset_of_a_loaded_artifact_is_saved_over_its_shards_without_copying_pixels(sample_dataset, store_dir):
+    """What split and filter_outliers do: their outputs reference the input's shards; what
+    rebalance does: only the images it made are written."""
+    from bloodcell.sharded_images import ShardedImages
+    from materializers.dataset_materializer import DatasetMaterializer
+
+    first, second, third = (store_dir / name for name in ("ingest", "split", "rebalance"))
+    for d in (first, second, third):
+        d.mkdir()
+    DatasetMaterializer(str(first)).save(sample_dataset)
+    loaded = DatasetMaterializer(str(first)).load(type(sample_dataset))
+    assert isinstance(loaded.images, ShardedImages) and loaded.fingerprint == sample_dataset.fingerprint
+
+    rows = np.random.default_rng(0).permutation(400)[:120]
+    part = loaded.subset(rows)
+    DatasetMaterializer(str(second)).save(part)
+    assert not list(second.glob("images-*.npy"))  # a manifest over the ingest artifact's shard
+    back = DatasetMaterializer(str(second)).load(type(part))
+    assert back.fingerprint == sample_dataset.subset(rows).fingerprint
+    assert np.array_equal(np.asarray(back.images), sample_dataset.images[rows])
+
+    made = (255 - sample_dataset.images[:30]).astype(np.uint8)  # images a step made in memory
+    grown = type(part)(back.concat_images(made), np.concatenate([back.labels, back.labels[:30]]),
+                       back.ids + [f"{i}#aug1" for i in back.ids[:30]], back.class_names)
+    DatasetMaterializer(str(third)).save(grown)
+    assert [p.name for p in third.glob("images-*.npy")] == ["images-00000.npy"]
+    assert len(np.load(third / "images-00000.npy")) == 30  # only the new images
+    again = DatasetMaterializer(str(third)).load(type(grown))
+    assert again.fingerprint == grown.fingerprint
+    assert np.array_equal(np.asarray(again.images), np.concatenate([sample_dataset.images[rows], made]))
 
 
 def test_dataset_artifacts_written_before_shards_still_load(sample_dataset, store_dir):
@@ -93,3 +129,26 @@ def test_dataset_artifacts_written_before_shards_still_load(sample_dataset, stor
         "ids": sample_dataset.ids, "class_names": sample_dataset.class_names, "info": sample_dataset.info,
         "fingerprint": sample_dataset.fingerprint}))
     assert DatasetMaterializer(str(uri)).load(type(sample_dataset)).fingerprint == sample_dataset.fingerprint
+
+
+def test_sharded_images_index_like_an_array_and_read_only_what_is_asked(sample_dataset, tmp_path):
+    from bloodcell.sharded_images import ShardedImages
+
+    images = sample_dataset.images
+    written = shards.write_shards(str(tmp_path), images, per_shard=64)
+    lazy = ShardedImages([(str(tmp_path), s) for s in written], (96, 96, 3))
+    assert lazy.shape == images.shape and len(lazy) == 400 and lazy.dtype == np.uint8
+    mask = sample_dataset.labels == 3
+    for key in (5, -1, slice(10, 200, 7), [399, 0, 64, 63], mask):
+        assert np.array_equal(lazy[key], images[key]), key
+    assert np.array_equal(np.concatenate(list(lazy.batches(100))), images)
+    assert lazy.astype(np.float32).dtype == np.float32 and np.array_equal(lazy.astype(np.float32), images)
+    sub = lazy.subset([300, 2, 2])
+    assert np.array_equal(np.asarray(sub), images[[300, 2, 2]])
+    with pytest.raises(ValueError, match="out of range"):
+        ShardedImages(lazy.parts, (96, 96, 3), np.array([400]))
+    # a shard that is never asked for is never read: break one and read around it
+    (tmp_path / written[2].file).write_bytes(b"broken")
+    assert np.array_equal(lazy[[0, 70, 399]], images[[0, 70, 399]])
+    with pytest.raises(ValueError, match="images-00002.npy is corrupt"):
+        lazy[130]

@@ -166,7 +166,7 @@ def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, **overrides: A
         uses[int(s)] = k
         gen_ids.append(generated_id(train.ids[s], k))
     return Dataset(
-        images=np.concatenate([train.images, generated]),
+        images=train.concat_images(generated),
         labels=np.concatenate([train.labels, train.labels[sources]]),
         ids=train.ids + gen_ids,
         class_names=list(train.class_names),
