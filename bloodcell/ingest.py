@@ -11,15 +11,19 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from zenml.io import fileio
 
 from bloodcell import CLASS_NAMES
 from bloodcell.classes import MIN_CLASSES, check_class_list, folder_classes, mapped_classes
 from bloodcell.dataset import UNLABELED, Dataset, npz_id
 from bloodcell.images import IngestError, check_image_size, fit_array, load_image
+from bloodcell.sharded_images import ShardedImages, row_hashes
+from bloodcell.shards import images_per_shard, write_shards
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
 # licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
@@ -33,9 +37,12 @@ __all__ = ["IngestError", "read_external", "read_source", "read_unlabeled"]
 
 
 def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None = None,
-                class_map: dict[str, str] | None = None, min_classes: int = MIN_CLASSES) -> Dataset:
+                class_map: dict[str, str] | None = None, min_classes: int = MIN_CLASSES,
+                sink: str | None = None) -> Dataset:
     """A folder with one sub-folder per class: the classes are the sub-folder names, sorted, after
-    ``class_map`` (or ``classes``, which the folders must then match: ``bloodcell.classes``)."""
+    ``class_map`` (or ``classes``, which the folders must then match: ``bloodcell.classes``).
+    ``sink`` (a folder, any ``fileio`` path): the images are written there as shards while they are
+    decoded, and the dataset's images are those shards (memory holds one shard, whatever the size)."""
     check_image_size(image_size)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     class_names, class_of = folder_classes(folders, classes, class_map, str(root), min_classes)
@@ -50,15 +57,56 @@ def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None 
                 raise IngestError(f"{p}: nested folder inside a class folder (rule: class folders hold image files only)")
             files.append((p, class_names.index(class_of[name])))
     conversions: Counter = Counter()
-    images = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(_progress(files, "reading images")):
-        images[i] = load_image(path, image_size, conversions)
+    paths = [p for p, _ in files]
+    if sink is None:
+        images: np.ndarray | ShardedImages = np.concatenate(list(_decoded(paths, image_size, conversions)))
+    else:
+        images = _to_shards(paths, image_size, conversions, sink)
     ids = [p.relative_to(root).as_posix() for p, _ in files]
     info = {"source": str(root), "format": "folder", "conversions": dict(conversions)}
     if class_map:
         info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
     return Dataset(images=images, labels=np.array([label for _, label in files], dtype=np.int64), ids=ids,
                    class_names=class_names, info=info)
+
+
+def _decoded(paths: list[Path], image_size: int, conversions: Counter) -> Iterator[np.ndarray]:
+    """The images, decoded in as many threads as there are cores (PIL decodes and resizes without
+    the GIL), one shard's worth at a time, in order."""
+    chunk = images_per_shard((image_size, image_size, 3))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool, _progress_bar(len(paths), "reading images") as bar:
+        for start in range(0, len(paths), chunk):
+            counts = [Counter() for _ in paths[start:start + chunk]]
+            out = np.stack(list(pool.map(load_image, paths[start:start + chunk], [image_size] * len(counts), counts)))
+            for c in counts:
+                conversions.update(c)
+            bar.update(len(out))
+            yield out
+
+
+def _to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: str) -> ShardedImages:
+    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink``; on any error, remove
+    the shards written so far, so a failed step leaves no part of an artifact behind."""
+    hashes: list[np.ndarray] = []
+
+    def hashed(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for c in chunks:
+            hashes.append(row_hashes(c))
+            yield c
+
+    try:
+        written = write_shards(sink, hashed(_decoded(paths, image_size, conversions)), prefix="source")
+    except BaseException:
+        for name in fileio.glob(f"{sink.rstrip('/')}/source-*.npy"):
+            fileio.remove(name)
+        raise
+    return ShardedImages([(sink, s) for s in written], (image_size, image_size, 3), hashes=np.concatenate(hashes))
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm  # comes with zenml's dependencies
+
+    return tqdm(total=total, desc=desc, unit="img", mininterval=2.0, disable=total < 1000)
 
 
 def _progress(items: list, desc: str):
@@ -182,13 +230,15 @@ def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = N
 
 
 def read_source(source: str | os.PathLike, image_size: int = 96, classes: Sequence[str] | None = None,
-                class_map: dict[str, str] | None = None) -> Dataset:
-    """Read a class-per-folder tree or an ``.npz`` file (``bloodcell.classes`` for the class list)."""
+                class_map: dict[str, str] | None = None, sink: str | None = None) -> Dataset:
+    """Read a class-per-folder tree or an ``.npz`` file (``bloodcell.classes`` for the class list).
+    ``sink``: where a folder's images are written as shards while they are read (``read_folder``);
+    an ``.npz`` is read into memory whole (numpy reads its arrays whole)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder (rule: the data source exists; give a folder of class folders or an .npz)")
     if path.is_dir():
-        ds = read_folder(path, image_size, classes, class_map)
+        ds = read_folder(path, image_size, classes, class_map, sink=sink)
     elif path.suffix.lower() == ".npz":
         ds = read_npz(path, image_size, classes, class_map)
     else:

@@ -57,6 +57,8 @@ class DatasetMaterializer(BaseMaterializer):
                 new = shards.write_shards(self.uri, part, first=written)
                 written += len(new)
                 entries += [s.to_dict() for s in new]
+            elif part[0].rstrip("/") == self.uri.rstrip("/"):  # written here as the step ran (ingest)
+                entries.append(part[1].to_dict())
             else:
                 entries.append({"folder": part[0], **part[1].to_dict()})
         index = np.array([new_start[k] for k in part_of], dtype=np.int64) + images.index - starts[part_of]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from zenml import log_metadata, step
+from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 from bloodcell.dataset import Dataset
@@ -32,7 +32,9 @@ def ingest(
     from the folders (sorted, after ``class_map``) unless ``classes`` names them; ``stain_ranges``
     are the lab's normal per-channel means (default: PBC's; ``bloodcell profile`` proposes them)."""
     params = stain_params(stain_ranges)  # a malformed range fails before any image is read
-    ds = read_source(source, image_size=image_size, classes=classes, class_map=class_map)
+    # a folder's images go straight into the output artifact's folder as shards, as they are decoded
+    sink = get_step_context().get_output_artifact_uri("dataset")
+    ds = read_source(source, image_size=image_size, classes=classes, class_map=class_map, sink=sink)
     conversions = ds.info.get("conversions", {})
     logger.info(
         "Ingested %d images of %d classes %s from %s (%s), fingerprint %s, conversions %s",

@@ -152,3 +152,24 @@ def test_sharded_images_index_like_an_array_and_read_only_what_is_asked(sample_d
     assert np.array_equal(lazy[[0, 70, 399]], images[[0, 70, 399]])
     with pytest.raises(ValueError, match="images-00002.npy is corrupt"):
         lazy[130]
+
+
+def test_ingest_streams_a_folder_into_shards_and_a_bad_file_leaves_none(small_tree, sample_dir, tmp_path):
+    from bloodcell.ingest import IngestError, read_source
+    from bloodcell.sharded_images import ShardedImages
+
+    in_memory = read_source(small_tree)
+    sink = tmp_path / "artifact"
+    streamed = read_source(small_tree, sink=str(sink))
+    assert isinstance(streamed.images, ShardedImages) and [p.name for p in sink.iterdir()] == ["source-00000.npy"]
+    assert streamed.fingerprint == in_memory.fingerprint and np.array_equal(np.asarray(streamed.images), in_memory.images)
+
+    # at 512 px a shard holds 85 images: the bad file, in the last class, comes after 4 shards were written
+    tree = tmp_path / "sample_copy"
+    shutil.copytree(sample_dir, tree)
+    victim = sorted((tree / "platelet").iterdir())[10]
+    victim.write_bytes(victim.read_bytes()[:300])
+    bad_sink = tmp_path / "failed"
+    with pytest.raises(IngestError, match=f"{victim.name}: unreadable or truncated image"):
+        read_source(tree, image_size=512, sink=str(bad_sink))
+    assert bad_sink.is_dir() and not any(bad_sink.iterdir())  # the shards written before it are gone
