@@ -147,17 +147,29 @@ def duplicate_groups(images: np.ndarray) -> np.ndarray:
     return counts[inverse.reshape(-1)]
 
 
-def pca_scores(images: np.ndarray, n_components: int = 32, thumb: int = 24, seed: int = 0) -> pd.DataFrame:
-    """Per sample: robust z of the PCA reconstruction error and of the distance in PCA space."""
-    x = thumbnails(images, thumb)
+PCA_FIT_SAMPLES = 20000  # the PCA is fit on at most this many images (all of pbc96's 15k), then scores all
+
+
+def pca_scores(images: np.ndarray, n_components: int = 32, thumb: int = 24, seed: int = 0,
+               fit_samples: int = PCA_FIT_SAMPLES) -> pd.DataFrame:
+    """Per sample: robust z of the PCA reconstruction error and of the distance in PCA space. The
+    PCA is fit on the thumbnails of ``fit_samples`` images drawn with ``seed`` (all, when there are
+    no more), then every image is scored 2,048 at a time: memory does not grow with the dataset."""
+    n = len(images)
+    fit_rows = np.sort(np.random.default_rng(seed).permutation(n)[:fit_samples]) if n > fit_samples else np.arange(n)
+    x = np.concatenate([thumbnails(images[fit_rows[a:a + 2048]], thumb) for a in range(0, len(fit_rows), 2048)]
+                       or [np.zeros((0, thumb * thumb * 3), np.float32)])
     k = int(min(n_components, len(x) - 1, x.shape[1]))
     if k < 1:
-        zeros = np.zeros(len(x))
+        zeros = np.zeros(n)
         return pd.DataFrame({"reconstruction_z": zeros, "distance_z": zeros})
-    pca = PCA(n_components=k, random_state=seed, svd_solver="randomized")
-    codes = pca.fit_transform(x)
-    err = np.sqrt(((x - pca.inverse_transform(codes)) ** 2).mean(axis=1))
-    dist = np.sqrt(((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1))
+    pca = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(x)
+    err, dist = np.empty(n), np.empty(n)
+    for a in range(0, n, 2048):
+        chunk = x[a:a + 2048] if n <= fit_samples else thumbnails(images[a:a + 2048], thumb)
+        codes = pca.transform(chunk)
+        err[a:a + 2048] = np.sqrt(((chunk - pca.inverse_transform(codes)) ** 2).mean(axis=1))
+        dist[a:a + 2048] = np.sqrt(((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1))
     return pd.DataFrame({"reconstruction_z": robust_z(err), "distance_z": robust_z(dist)})
 
 

@@ -106,3 +106,21 @@ def test_cli_writes_one_row_per_sample_with_npz_row_ids(tmp_path, sample_dataset
 def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert cli(["outliers", str(tmp_path / "missing"), "--output", str(tmp_path / "x.csv")]) == 2
     assert "missing: no such file or folder" in capsys.readouterr().err
+
+
+def test_pca_fit_on_a_sample_scores_like_the_fit_on_all(sample_dataset):
+    """Large datasets fit the PCA on a bounded sample (bloodcell.outliers.PCA_FIT_SAMPLES) and
+    score every image chunk by chunk: here 250 of 407 images, against the fit on all of them."""
+    from scipy.stats import spearmanr
+
+    from bloodcell.outliers import pca_scores
+
+    ds, ids = inject(sample_dataset, natural_photos() | synthetic_outliers(np.random.default_rng(0)))
+    injected = np.isin(ds.ids, ids)
+    full = pca_scores(ds.images, n_components=16)
+    sampled = pca_scores(ds.images, n_components=16, fit_samples=250)
+    for col in full:  # the cells rank alike
+        assert spearmanr(full[col][~injected], sampled[col][~injected])[0] > 0.8, col
+    # and every injected image stands out from the cells, whether it was in the fit sample or not
+    cells_95 = np.percentile(sampled.distance_z[~injected], 95)
+    assert (sampled.distance_z[injected] > 2 * cells_95).all(), sampled.distance_z[injected].tolist()
