@@ -8,6 +8,7 @@ gives ``ShardedImages``: no pixels are read until a step asks for them."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +19,16 @@ from bloodcell import plots, shards
 from bloodcell.dataset import Dataset
 from bloodcell.sharded_images import ShardedImages
 from materializers._io import read_json, read_npy, write_bytes, write_json, write_npy
+
+
+def _pixel_fingerprint(ds: Dataset) -> str:
+    """The fingerprint dataset artifacts carried before shards: SHA-256 over all the pixels."""
+    h = hashlib.sha256(repr((ds.images.shape, list(ds.class_names))).encode())
+    h.update(np.ascontiguousarray(ds.images).tobytes())
+    h.update(ds.labels.astype("<i8").tobytes())
+    h.update("\n".join(ds.ids).encode())
+    return h.hexdigest()
+
 
 VIEW_SAMPLE = 2000  # images the dashboard pictures draw from
 
@@ -66,11 +77,14 @@ class DatasetMaterializer(BaseMaterializer):
 
     def load(self, data_type: type[Any]) -> Dataset:
         meta = read_json(self, "meta.json")
-        if "shards" not in meta:  # written before shards: one images.npy
-            images: np.ndarray | ShardedImages = read_npy(self, "images.npy")
-        else:
-            parts = [(e.pop("folder", None) or self.uri, shards.Shard(**e)) for e in meta["shards"]]
-            images = ShardedImages(parts, meta["image_shape"], read_npy(self, "index.npy"), read_npy(self, "hashes.npy"))
+        if "shards" not in meta:  # written before shards: one images.npy, and the fingerprint of then
+            ds = Dataset(read_npy(self, "images.npy"), read_npy(self, "labels.npy"), meta["ids"], meta["class_names"],
+                         meta["info"])
+            if _pixel_fingerprint(ds) != meta["fingerprint"]:
+                raise ValueError(f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint")
+            return ds
+        parts = [(e.pop("folder", None) or self.uri, shards.Shard(**e)) for e in meta["shards"]]
+        images = ShardedImages(parts, meta["image_shape"], read_npy(self, "index.npy"), read_npy(self, "hashes.npy"))
         ds = Dataset(
             images=images,
             labels=read_npy(self, "labels.npy"),

@@ -120,15 +120,23 @@ def test_a_subset_of_a_loaded_artifact_is_saved_over_its_shards_without_copying_
 
 def test_dataset_artifacts_written_before_shards_still_load(sample_dataset, store_dir):
     """One images.npy and no shard list: the layout of artifacts in existing stores."""
+    import hashlib
+
     from materializers.dataset_materializer import DatasetMaterializer
 
-    uri = store_dir
-    np.save(uri / "images.npy", sample_dataset.images, allow_pickle=False)
-    np.save(uri / "labels.npy", sample_dataset.labels, allow_pickle=False)
-    (uri / "meta.json").write_text(json.dumps({
-        "ids": sample_dataset.ids, "class_names": sample_dataset.class_names, "info": sample_dataset.info,
-        "fingerprint": sample_dataset.fingerprint}))
-    assert DatasetMaterializer(str(uri)).load(type(sample_dataset)).fingerprint == sample_dataset.fingerprint
+    uri, ds = store_dir, sample_dataset
+    old = hashlib.sha256(repr((ds.images.shape, list(ds.class_names))).encode())  # the fingerprint of then
+    for part in (ds.images.tobytes(), ds.labels.astype("<i8").tobytes(), "\n".join(ds.ids).encode()):
+        old.update(part)
+    np.save(uri / "images.npy", ds.images, allow_pickle=False)
+    np.save(uri / "labels.npy", ds.labels, allow_pickle=False)
+    meta = {"ids": ds.ids, "class_names": ds.class_names, "info": ds.info, "fingerprint": old.hexdigest()}
+    (uri / "meta.json").write_text(json.dumps(meta))
+    back = DatasetMaterializer(str(uri)).load(type(ds))
+    assert back.fingerprint == ds.fingerprint and np.array_equal(back.images, ds.images)
+    (uri / "meta.json").write_text(json.dumps({**meta, "ids": ds.ids[::-1]}))
+    with pytest.raises(ValueError, match="is corrupt"):
+        DatasetMaterializer(str(uri)).load(type(ds))
 
 
 def test_sharded_images_index_like_an_array_and_read_only_what_is_asked(sample_dataset, tmp_path):
