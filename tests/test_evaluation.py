@@ -117,8 +117,6 @@ def test_other_labs_sets_are_scored_by_class_name(tmp_path, sample_dir, sample_d
 def test_noise_drawn_chunk_by_chunk_is_the_noise_drawn_at_once(sample_dataset):
     """evaluate adds the noise 4,096 test images at a time from one generator: the same images
     as adding it to all of them at once, so the noisy figures do not depend on the chunking."""
-    from bloodcell.evaluation import add_white_noise
-
     images = sample_dataset.images[:50]
     rng = np.random.default_rng(7)
     chunked = np.concatenate([add_white_noise(images[a:a + 16], 25.0, rng) for a in range(0, 50, 16)])
