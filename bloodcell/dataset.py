@@ -128,8 +128,10 @@ class Dataset:
             info={**self.info, **info},
         )
 
-    def concat_images(self, more: np.ndarray) -> np.ndarray | ShardedImages:
-        """This dataset's images followed by ``more`` (sharded images stay sharded: nothing is read)."""
+    def concat_images(self, more: np.ndarray | ShardedImages) -> np.ndarray | ShardedImages:
+        """This dataset's images followed by ``more``: sharded if either is (nothing is read), else one array."""
         if isinstance(self.images, ShardedImages):
             return self.images.append(more)
+        if isinstance(more, ShardedImages):
+            return ShardedImages([self.images], self.images.shape[1:]).append(more)
         return np.concatenate([self.images, more])

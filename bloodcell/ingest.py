@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from zenml.io import fileio
 
 from bloodcell import CLASS_NAMES
 from bloodcell.classes import MIN_CLASSES, check_class_list, folder_classes, mapped_classes
@@ -85,8 +84,8 @@ def _decoded(paths: list[Path], image_size: int, conversions: Counter) -> Iterat
 
 
 def _to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: str) -> ShardedImages:
-    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink``; on any error, remove
-    the shards written so far, so a failed step leaves no part of an artifact behind."""
+    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink`` (on an error,
+    ``write_shards`` removes those written so far: a failed step leaves no part of an artifact)."""
     hashes: list[np.ndarray] = []
 
     def hashed(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -94,12 +93,7 @@ def _to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: s
             hashes.append(row_hashes(c))
             yield c
 
-    try:
-        written = write_shards(sink, hashed(_decoded(paths, image_size, conversions)), prefix="source")
-    except BaseException:
-        for name in fileio.glob(f"{sink.rstrip('/')}/source-*.npy"):
-            fileio.remove(name)
-        raise
+    written = write_shards(sink, hashed(_decoded(paths, image_size, conversions)), prefix="source")
     return ShardedImages([(sink, s) for s in written], (image_size, image_size, 3), hashes=np.concatenate(hashes))
 
 

@@ -47,7 +47,8 @@ def write_shards(folder: str, images: np.ndarray | Iterator[np.ndarray], per_sha
                  prefix: str = "images", first: int = 0) -> list[Shard]:
     """Write ``images`` (one uint8 (N, H, W, 3) array, or an iterator of such batches, for data that
     does not fit in memory) to ``<folder>/<prefix>-<first>.npy``, ``<first + 1>``, ... (5 digits)
-    and return the shards in order."""
+    and return the shards in order. If anything fails (a batch the iterator cannot make, a write),
+    the shards written so far are removed before the error goes on."""
     fileio.makedirs(folder)
     batches = iter([images]) if isinstance(images, np.ndarray) else iter(images)
     shards: list[Shard] = []
@@ -63,18 +64,23 @@ def write_shards(folder: str, images: np.ndarray | Iterator[np.ndarray], per_sha
             f.write(data)
         shards.append(Shard(name, len(part), hashlib.sha256(data).hexdigest()))
 
-    for batch in batches:
-        if batch.dtype != np.uint8 or batch.ndim != 4:
-            raise ValueError(f"shards hold uint8 (N, H, W, C) images, got {batch.dtype} {batch.shape}")
-        per = per_shard or images_per_shard(batch.shape[1:])
-        pending.append(batch)
-        held += len(batch)
-        while held >= per:
-            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            flush(joined[:per])
-            pending, held = [joined[per:]], held - per
-    if held or not shards:
-        flush(np.concatenate(pending) if pending else np.zeros((0, 0, 0, 3), np.uint8))
+    try:
+        for batch in batches:
+            if batch.dtype != np.uint8 or batch.ndim != 4:
+                raise ValueError(f"shards hold uint8 (N, H, W, C) images, got {batch.dtype} {batch.shape}")
+            per = per_shard or images_per_shard(batch.shape[1:])
+            pending.append(batch)
+            held += len(batch)
+            while held >= per:
+                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                flush(joined[:per])
+                pending, held = [joined[per:]], held - per
+        if held or not shards:
+            flush(np.concatenate(pending) if pending else np.zeros((0, 0, 0, 3), np.uint8))
+    except BaseException:  # a bad image, an interrupt: no part of the set stays behind
+        for shard in shards:
+            fileio.remove(_join(folder, shard.file))
+        raise
     return shards
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from zenml import log_metadata, step
+from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 import bloodcell.augment.rebalance
@@ -43,7 +43,8 @@ def rebalance(
     ``val`` and ``test`` are only read to check that nothing from them leaks into training."""
     cfg = RebalanceConfig(engine=engine, multiplier=multiplier, seed=seed, group=group, randaugment=randaugment or {},
                           augmix=augmix or {}, shift=shift, zoom=zoom)
-    balanced = bloodcell.augment.rebalance.rebalance(train, cfg)
+    sink = get_step_context().get_output_artifact_uri("balanced_train")  # large generated sets go there as shards
+    balanced = bloodcell.augment.rebalance.rebalance(train, cfg, sink=sink)
     generated = int(balanced.info.get("generated", 0))
     logger.info("Rebalanced %d -> %d samples (%d generated with %s)", len(train), len(balanced), generated, engine)
     log_metadata({"before": train.class_counts(), "after": balanced.class_counts(), "generated": generated})

@@ -201,3 +201,23 @@ def test_training_options_merge_augment_over_the_recipe():
     assert cfg.augment.noise_sigma_max == 40.0 and cfg.augment.stain == 0.2 and cfg.augment.lab_shift
     with pytest.raises(ValueError, match=r"unknown augment option\(s\) \['stains'\]"):
         TrainConfig.from_dict({"augment": {"stains": 0.2}})
+
+
+def test_a_large_generated_set_is_made_a_shard_at_a_time_into_the_sink(sample_dataset, tmp_path, monkeypatch):
+    """Above IN_MEMORY_BYTES (lowered to 0 here) the generated images go to the step's output
+    folder as shards, a shard's worth (151 at 384 px) at a time, and come back lazily."""
+    from bloodcell.augment import rebalance as module
+    from bloodcell.dataset import Dataset
+    from bloodcell.sharded_images import ShardedImages
+
+    keep = np.concatenate([np.flatnonzero(sample_dataset.labels == c)[:50 if c == 6 else 5] for c in range(8)])
+    small = sample_dataset.subset(np.sort(keep))  # 50 neutrophils, 5 of each other class: 315 to generate
+    big = Dataset(np.repeat(np.repeat(small.images, 4, axis=1), 4, axis=2), small.labels, small.ids, small.class_names)
+    monkeypatch.setattr(module, "IN_MEMORY_BYTES", 0)
+    out = rebalance(big, sink=str(tmp_path))
+    assert isinstance(out.images, ShardedImages) and out.info["generated"] == 315
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"generated-0000{k}.npy" for k in range(3)]
+    assert set(out.class_counts().values()) == {50}
+    assert np.array_equal(np.asarray(out.images[:len(big)]), big.images)  # the originals, unchanged
+    generated = np.asarray(out.images[len(big):])
+    assert generated.shape == (315, 384, 384, 3) and len({p.tobytes() for p in generated}) == 315

@@ -4,13 +4,15 @@ augmented copies of its own originals (RandAugment + AugMix), materialised once 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from bloodcell import dihedral
 from bloodcell.dataset import Dataset, generated_id
+from bloodcell.sharded_images import ShardedImages
+from bloodcell.shards import images_per_shard, write_shards
 
 ENGINES = ("keras", "keras_cv")
 
@@ -146,10 +148,31 @@ def augment_images(images: np.ndarray, cfg: RebalanceConfig | None = None, **ove
     return out
 
 
-def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, **overrides: Any) -> Dataset:
+# above this many bytes of generated images, they are made a shard at a time into ``sink``
+IN_MEMORY_BYTES = 2 * 2**30
+
+
+def _generated(train: Dataset, sources: np.ndarray, cfg: RebalanceConfig, sink: str | None) -> Any:
+    """The augmented images of ``train``'s ``sources``: at once, in memory; or, when there are
+    more than ``IN_MEMORY_BYTES`` of them and a ``sink`` folder, a shard at a time (each with its
+    own seed, ``cfg.seed`` + the shard number) written there as ``generated-00000.npy``, ..."""
+    shape = tuple(train.images.shape[1:])
+    if sink is None or len(sources) * int(np.prod(shape)) <= IN_MEMORY_BYTES:
+        return augment_images(train.images[sources], cfg)
+    per = images_per_shard(shape)
+
+    def chunks():
+        for k, start in enumerate(range(0, len(sources), per)):
+            yield augment_images(train.images[sources[start:start + per]], replace(cfg, seed=cfg.seed + k))
+
+    return ShardedImages([(sink, s) for s in write_shards(sink, chunks(), prefix="generated")], shape)
+
+
+def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, sink: str | None = None, **overrides: Any) -> Dataset:
     """Bring every class to ``cfg.multiplier`` x the size of the largest by augmenting its originals.
 
     Originals come first, unchanged; each generated sample's id is ``dataset.generated_id(source, k)``.
+    ``sink``: the folder where generated images beyond ``IN_MEMORY_BYTES`` are written as shards.
     """
     cfg = cfg or RebalanceConfig(**overrides)
     counts = np.bincount(train.labels, minlength=len(train.class_names))
@@ -158,7 +181,7 @@ def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, **overrides: A
     sources = plan_sources(train.labels, target, rng)
     if len(sources) == 0:
         return train.subset(np.arange(len(train)), generated=0)
-    generated = augment_images(train.images[sources], cfg)
+    generated = _generated(train, sources, cfg, sink)
     uses: dict[int, int] = {}
     gen_ids = []
     for s in sources:
