@@ -29,7 +29,7 @@ def _shard_stream(ds: Dataset, targets: Any, shuffle: bool, seed: int) -> Any:
     """A function of the epoch giving a tf.data.Dataset of (image, target) rows of ``ds``, shard
     by shard (in a new order each epoch when ``shuffle``), mixed in a shuffle buffer."""
     images: ShardedImages = ds.images
-    part_of = np.searchsorted(images._starts, images.index, side="right") - 1
+    part_of = images.part_of_rows()
     rows_by_part = [np.flatnonzero(part_of == k) for k in np.unique(part_of)]
     spec = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a)[1:], tf.as_dtype(np.asarray(a).dtype)), targets)
     buffer = max(1, SHUFFLE_BYTES // int(np.prod(images.image_shape)))

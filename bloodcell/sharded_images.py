@@ -72,6 +72,14 @@ class ShardedImages:
     def __len__(self) -> int:
         return len(self.index)
 
+    def part_of_rows(self) -> np.ndarray:
+        """For each row, the index of the part (shard or in-memory array) that holds it."""
+        return np.searchsorted(self._starts, self.index, side="right") - 1
+
+    def part_offsets(self) -> np.ndarray:
+        """Where each part begins in the concatenation of the parts (one more entry: the total)."""
+        return self._starts
+
     def _part(self, k: int) -> np.ndarray:
         part = self.parts[k]
         if isinstance(part, np.ndarray):

@@ -56,8 +56,8 @@ class DatasetMaterializer(BaseMaterializer):
         into them. Only the parts the rows use are kept."""
         if not isinstance(images, ShardedImages):
             return [s.to_dict() for s in shards.write_shards(self.uri, images)], np.arange(len(images), dtype=np.int64)
-        starts = images._starts
-        part_of = np.searchsorted(starts, images.index, side="right") - 1
+        starts = images.part_offsets()
+        part_of = images.part_of_rows()
         entries: list[dict[str, Any]] = []
         new_start = {}
         written = 0
