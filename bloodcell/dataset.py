@@ -82,8 +82,8 @@ class Dataset:
         return row_hashes(self.images)
 
     def image_hashes(self) -> list[str]:
-        """``row_hashes`` as hex strings."""
-        return [h.hex() for h in self.row_hashes()]
+        """``row_hashes`` as hex strings (numpy drops an ``S20`` value's trailing zero bytes: put back)."""
+        return [h.ljust(20, b"\0").hex() for h in self.row_hashes()]
 
     @property
     def fingerprint(self) -> str:

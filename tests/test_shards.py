@@ -181,3 +181,17 @@ def test_ingest_streams_a_folder_into_shards_and_a_bad_file_leaves_none(small_tr
     with pytest.raises(IngestError, match=f"{victim.name}: unreadable or truncated image"):
         read_source(tree, image_size=512, sink=str(bad_sink))
     assert bad_sink.is_dir() and not any(bad_sink.iterdir())  # the shards written before it are gone
+
+
+def test_image_hashes_are_the_sha1_of_the_pixels_even_when_one_ends_in_a_zero_byte():
+    import hashlib
+
+    from bloodcell.dataset import Dataset
+
+    images = np.zeros((300, 2, 2, 3), np.uint8)
+    images.reshape(300, -1)[:, 0] = np.arange(300) % 256
+    images.reshape(300, -1)[:, 1] = np.arange(300) // 256
+    ds = Dataset(images, np.zeros(300), [str(i) for i in range(300)])
+    want = [hashlib.sha1(img.tobytes()).hexdigest() for img in images]
+    assert any(w.endswith("00") for w in want)  # 300 hashes: at least one ends in a zero byte
+    assert ds.image_hashes() == want
