@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ import numpy as np
 from bloodcell import CLASS_NAMES
 from bloodcell.classes import MIN_CLASSES, check_class_list, folder_classes, mapped_classes
 from bloodcell.dataset import UNLABELED, Dataset, npz_id
-from bloodcell.images import IngestError, check_image_size, fit_array, load_image
-from bloodcell.sharded_images import ShardedImages, row_hashes
-from bloodcell.shards import images_per_shard, write_shards
+from bloodcell.decode import decode_all, decode_to_shards
+from bloodcell.images import IngestError, check_image_size, fit_array
+from bloodcell.sharded_images import ShardedImages
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
 # licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
@@ -58,57 +57,15 @@ def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None 
     conversions: Counter = Counter()
     paths = [p for p, _ in files]
     if sink is None:
-        images: np.ndarray | ShardedImages = np.concatenate(list(_decoded(paths, image_size, conversions)))
+        images: np.ndarray | ShardedImages = decode_all(paths, image_size, conversions)
     else:
-        images = _to_shards(paths, image_size, conversions, sink)
+        images = decode_to_shards(paths, image_size, conversions, sink)
     ids = [p.relative_to(root).as_posix() for p, _ in files]
     info = {"source": str(root), "format": "folder", "conversions": dict(conversions)}
     if class_map:
         info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
     return Dataset(images=images, labels=np.array([label for _, label in files], dtype=np.int64), ids=ids,
                    class_names=class_names, info=info)
-
-
-def _decoded(paths: list[Path], image_size: int, conversions: Counter) -> Iterator[np.ndarray]:
-    """The images, decoded in as many threads as there are cores (PIL decodes and resizes without
-    the GIL), one shard's worth at a time, in order."""
-    chunk = images_per_shard((image_size, image_size, 3))
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool, _progress_bar(len(paths), "reading images") as bar:
-        for start in range(0, len(paths), chunk):
-            counts = [Counter() for _ in paths[start:start + chunk]]
-            out = np.stack(list(pool.map(load_image, paths[start:start + chunk], [image_size] * len(counts), counts)))
-            for c in counts:
-                conversions.update(c)
-            bar.update(len(out))
-            yield out
-
-
-def _to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: str) -> ShardedImages:
-    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink`` (on an error,
-    ``write_shards`` removes those written so far: a failed step leaves no part of an artifact)."""
-    hashes: list[np.ndarray] = []
-
-    def hashed(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for c in chunks:
-            hashes.append(row_hashes(c))
-            yield c
-
-    written = write_shards(sink, hashed(_decoded(paths, image_size, conversions)), prefix="source")
-    return ShardedImages([(sink, s) for s in written], (image_size, image_size, 3), hashes=np.concatenate(hashes))
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm  # comes with zenml's dependencies
-
-    return tqdm(total=total, desc=desc, unit="img", mininterval=2.0, disable=total < 1000)
-
-
-def _progress(items: list, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with zenml's dependencies
-        return items
-    return tqdm(items, desc=desc, unit="img", mininterval=2.0, disable=len(items) < 1000)
 
 
 def _images_from_array(arr: np.ndarray, where: str, image_size: int, conversions: Counter) -> np.ndarray:
@@ -298,7 +255,7 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> Dataset:
                         ", ".join(p.relative_to(path).as_posix() for p in docs)[:200])
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
-        images = np.stack([load_image(p, image_size, conversions) for p in _progress(files, "reading images")])
+        images = decode_all(files, image_size, conversions)
         ids = [p.relative_to(path).as_posix() for p in files]
         fmt = "folder"
     elif path.suffix.lower() == ".npz":

@@ -1,0 +1,52 @@
+"""Decoding image files in parallel: one thread a core (PIL decodes and resizes without the GIL),
+a shard's worth at a time, in order, into one array or straight into shards. Each file goes
+through ``bloodcell.images.load_image``; the first bad file (in order) raises its ``IngestError``."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.images import load_image
+from bloodcell.sharded_images import ShardedImages, row_hashes
+from bloodcell.shards import images_per_shard, write_shards
+
+
+def decoded(paths: list[Path], image_size: int, conversions: Counter) -> Iterator[np.ndarray]:
+    """The images of ``paths``, a shard's worth at a time, counting conversions into ``conversions``."""
+    from tqdm import tqdm  # comes with zenml's dependencies
+
+    chunk = images_per_shard((image_size, image_size, 3))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool, \
+            tqdm(total=len(paths), desc="reading images", unit="img", mininterval=2.0, disable=len(paths) < 1000) as bar:
+        for start in range(0, len(paths), chunk):
+            counts = [Counter() for _ in paths[start:start + chunk]]
+            out = np.stack(list(pool.map(load_image, paths[start:start + chunk], [image_size] * len(counts), counts)))
+            for c in counts:
+                conversions.update(c)
+            bar.update(len(out))
+            yield out
+
+
+def decode_all(paths: list[Path], image_size: int, conversions: Counter) -> np.ndarray:
+    """The images of ``paths`` (at least one) as one uint8 (N, size, size, 3) array."""
+    return np.concatenate(list(decoded(paths, image_size, conversions)))
+
+
+def decode_to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: str) -> ShardedImages:
+    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink`` (on an error,
+    ``write_shards`` removes those written so far: a failed step leaves no part of an artifact)."""
+    hashes: list[np.ndarray] = []
+
+    def hashed(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for c in chunks:
+            hashes.append(row_hashes(c))
+            yield c
+
+    written = write_shards(sink, hashed(decoded(paths, image_size, conversions)), prefix="source")
+    return ShardedImages([(sink, s) for s in written], (image_size, image_size, 3), hashes=np.concatenate(hashes))
