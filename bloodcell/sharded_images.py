@@ -72,9 +72,13 @@ class ShardedImages:
     def __len__(self) -> int:
         return len(self.index)
 
+    def _part_of(self, where: np.ndarray) -> np.ndarray:
+        """The part holding each position ``where`` in the concatenation of the parts."""
+        return np.searchsorted(self._starts, where, side="right") - 1
+
     def part_of_rows(self) -> np.ndarray:
         """For each row, the index of the part (shard or in-memory array) that holds it."""
-        return np.searchsorted(self._starts, self.index, side="right") - 1
+        return self._part_of(self.index)
 
     def part_offsets(self) -> np.ndarray:
         """Where each part begins in the concatenation of the parts (one more entry: the total)."""
@@ -93,7 +97,7 @@ class ShardedImages:
         read once."""
         where = self.index[np.asarray(rows, dtype=np.int64).reshape(-1)]
         out = np.empty((len(where), *self.image_shape), np.uint8)
-        part_of = np.searchsorted(self._starts, where, side="right") - 1
+        part_of = self._part_of(where)
         for k in np.unique(part_of):
             mask = part_of == k
             out[mask] = self._part(int(k))[where[mask] - self._starts[k]]

@@ -95,15 +95,3 @@ def read_shard(folder: str, shard: Shard) -> np.ndarray:
     if len(images) != shard.count:
         raise ValueError(f"shard {path} holds {len(images)} images, its manifest says {shard.count}")
     return images
-
-
-def iter_shards(folder: str, shards: list[Shard]) -> Iterator[np.ndarray]:
-    """The shards' images, one shard at a time: at most one shard in memory."""
-    for shard in shards:
-        yield read_shard(folder, shard)
-
-
-def read_all(folder: str, shards: list[Shard]) -> np.ndarray:
-    """Every shard's images as one array (for data that fits in memory)."""
-    parts = list(iter_shards(folder, shards))
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
