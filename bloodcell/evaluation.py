@@ -126,11 +126,10 @@ def set_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) 
 
 
 def predict_classes(model: Any, images: np.ndarray | ShardedImages, batch_size: int = 256) -> np.ndarray:
-    """The class index ``model`` predicts for each image (sharded images are read 4,096 at a time)."""
-    if isinstance(images, ShardedImages) and len(images):
-        return np.concatenate([predict_classes(model, chunk, batch_size) for chunk in images.batches(4096)])
-    probs = model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0)
-    return np.asarray(probs).argmax(axis=1)
+    """The class index ``model`` predicts for each image (``bloodcell.predict.predict_probabilities``)."""
+    from bloodcell.predict import predict_probabilities
+
+    return predict_probabilities(model, images, batch_size).argmax(axis=1)
 
 
 def accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:

@@ -38,15 +38,21 @@ def model_classes(model) -> list[str]:
                      "this project carries its class names; retrain it, or export a newer version)")
 
 
+def predict_probabilities(model, images: np.ndarray | ShardedImages, batch_size: int = 256) -> np.ndarray:
+    """``model``'s probabilities for each image, (N, classes); sharded images are read 4,096 at a
+    time, so memory holds a chunk, not the set."""
+    chunks = images.batches(4096) if isinstance(images, ShardedImages) and len(images) else [images]
+    return np.concatenate([np.asarray(model.predict(np.asarray(c, dtype=np.float32), batch_size=batch_size, verbose=0))
+                           for c in chunks])
+
+
 def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str], batch_size: int = 256) -> pd.DataFrame:
     """``id, predicted_class, confidence`` and one ``p_<class>`` probability column per class."""
     expected = tuple(model.input_shape[1:3])
     if images.shape[1:3] != expected:
         raise ValueError(f"the model takes {expected[0]}x{expected[1]} images, got {images.shape[1]}x{images.shape[2]}")
     class_names = model_classes(model)
-    chunks = images.batches(4096) if isinstance(images, ShardedImages) and len(images) else [images]  # bounded memory
-    probs = np.concatenate([np.asarray(model.predict(np.asarray(c, dtype=np.float32), batch_size=batch_size, verbose=0))
-                            for c in chunks])
+    probs = predict_probabilities(model, images, batch_size)
     table = pd.DataFrame({
         "id": ids,
         "predicted_class": [class_names[i] for i in probs.argmax(axis=1)],

@@ -60,10 +60,11 @@ class DatasetMaterializer(BaseMaterializer):
         part_of = images.part_of_rows()
         entries: list[dict[str, Any]] = []
         new_start = {}
-        written = 0
+        rows = written = 0  # rows in the entries so far; shards this artifact wrote
         for k in np.unique(part_of):
             part = images.parts[k]
-            new_start[k] = sum(e["count"] for e in entries)
+            new_start[k] = rows
+            rows += len(part) if isinstance(part, np.ndarray) else part[1].count
             if isinstance(part, np.ndarray):
                 new = shards.write_shards(self.uri, part, first=written)
                 written += len(new)
