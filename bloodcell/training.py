@@ -30,6 +30,7 @@ LR_SCHEDULES = ("cosine", "plateau")
 class TrainConfig:
     epochs: int = 26
     batch_size: int = 64
+    steps_per_epoch: int = 0  # at most this many batches an epoch (0: the whole training set); bounded runs
     optimizer: str = "lion"  # or "adamw"
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
@@ -89,6 +90,8 @@ class TrainConfig:
         if self.warmup_epochs and (self.lr_schedule != "cosine" or self.warmup_epochs + self.swa_epochs >= self.epochs):
             raise ValueError(f"warmup_epochs {self.warmup_epochs} needs lr_schedule 'cosine' and warmup_epochs + swa_epochs "
                              f"below epochs ({self.epochs})")
+        if self.steps_per_epoch < 0:
+            raise ValueError(f"steps_per_epoch {self.steps_per_epoch} must be 0 (the whole training set) or above")
         compute_policy(self.mixed_precision)
         check_distribute(self.distribute)
 
@@ -128,6 +131,8 @@ def train_model(
     keras.utils.set_random_seed(cfg.seed)
     n = len(train.class_names)
     steps = -(-len(train) // cfg.batch_size)
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
 
     def onehot(ds: Dataset) -> np.ndarray:
         return np.eye(n, dtype=np.float32)[ds.labels]

@@ -123,6 +123,17 @@ def test_cosine_schedule_decays_to_the_floor(sample_dataset):
         TrainConfig.from_dict({"lr_schedule": "step"})
 
 
+def test_steps_per_epoch_bounds_each_epoch_and_the_schedule(sample_dataset):
+    """steps_per_epoch: 2 on 100 training images of batch 25 (4 batches): each epoch is 2 steps, and
+    the cosine still ends at its floor, since it decays over the steps actually taken."""
+    model, tr, va, cfg = _tiny(sample_dataset, epochs=2, steps_per_epoch=2, learning_rate=1e-3, min_learning_rate=1e-5)
+    train_model(model, tr, va, cfg)
+    assert int(model.optimizer.iterations) == 4
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(1e-5, rel=1e-3)
+    with pytest.raises(ValueError, match="steps_per_epoch -1 must be 0"):
+        TrainConfig.from_dict({"steps_per_epoch": -1})
+
+
 def test_bfloat16_trains_and_auto_follows_the_cpu_flags(sample_dataset, tmp_path):
     import keras
 
