@@ -136,19 +136,27 @@ def accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predict_classes(model, images) == labels))
 
 
-def corruption_table(model: Any, images: np.ndarray, labels: np.ndarray,
-                     corruptions: list[str] | None = None) -> list[dict[str, Any]]:
-    """Accuracy under each corruption at each severity; severity 0 is the images uncorrupted."""
+def corruption_table(model: Any, images: np.ndarray | ShardedImages, labels: np.ndarray,
+                     corruptions: list[str] | None = None, chunk: int = 4096) -> list[dict[str, Any]]:
+    """Accuracy under each corruption at each severity; severity 0 is the images uncorrupted.
+    ``chunk`` images are read and corrupted at a time, so memory does not grow with the sample."""
     from bloodcell.corruptions import SEVERITIES, corrupt
 
     n = len(images)
-    clean = accuracy(model, images, labels)
-    rows = []
-    for name in corruptions or list(SEVERITIES):
-        rows.append({"corruption": name, "severity": 0, "setting": None, "accuracy": clean, "n": n})
-        for severity, setting in enumerate(SEVERITIES[name], start=1):
-            acc = accuracy(model, corrupt(images, name, severity), labels)
-            rows.append({"corruption": name, "severity": severity, "setting": float(setting), "accuracy": acc, "n": n})
+    settings = [(name, severity, setting) for name in corruptions or list(SEVERITIES)
+                for severity, setting in enumerate(SEVERITIES[name], start=1)]
+    clean, correct = 0, np.zeros(len(settings), dtype=np.int64)
+    for a in range(0, n, chunk):
+        part, y = np.asarray(images[a:a + chunk]), labels[a:a + chunk]
+        clean += int((predict_classes(model, part) == y).sum())
+        for i, (name, severity, _) in enumerate(settings):
+            correct[i] += int((predict_classes(model, corrupt(part, name, severity)) == y).sum())
+    rows, clean_accuracy = [], clean / n if n else float("nan")
+    for i, (name, severity, setting) in enumerate(settings):
+        if severity == 1:
+            rows.append({"corruption": name, "severity": 0, "setting": None, "accuracy": clean_accuracy, "n": n})
+        rows.append({"corruption": name, "severity": severity, "setting": float(setting),
+                     "accuracy": float(correct[i] / n) if n else float("nan"), "n": n})
     return rows
 
 
@@ -199,7 +207,7 @@ def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: i
         report.sets["noisy"] = set_metrics(y, np.concatenate(noisy) if noisy else np.zeros(0, np.int64), classes)
     if corruption_samples is not None:
         picked = test.sample(corruption_samples, seed)
-        report.corruptions = corruption_table(model, np.asarray(picked.images), in_model_classes(picked, classes, "test split"))
+        report.corruptions = corruption_table(model, picked.images, in_model_classes(picked, classes, "test split"))
     for name, part in external_sets(external).items() if external is not None else ():
         report.external[name] = dataset_metrics(model, part, f"external set {name!r}", classes)
     return report

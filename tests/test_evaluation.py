@@ -65,6 +65,25 @@ def test_corruption_table_in_the_report(sample_dataset):
     assert evaluate_model(model, sample_dataset, noise_sigma=0, corruption_samples=None).corruptions == []
 
 
+def test_corruption_table_read_in_chunks_is_the_table_read_whole(sample_dataset):
+    """The table goes ``chunk`` images at a time (bounded memory at any sample size); its figures
+    are those of the whole sample at once, with a chunk that splits the classes unevenly."""
+    import keras
+
+    from bloodcell.evaluation import corruption_table
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((96, 96, 3))
+    pooled = keras.layers.AveragePooling2D(24)(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(8, activation="softmax")(keras.layers.Flatten()(pooled)))
+    model.compile("adam", "sparse_categorical_crossentropy")  # colour and layout at 4x4: some right
+    model.fit(sample_dataset.images.astype("float32"), sample_dataset.labels, epochs=30, batch_size=50, verbose=0)
+    x, y = sample_dataset.images[::6], sample_dataset.labels[::6]
+    whole = corruption_table(model, x, y, ["blur", "saturation"])
+    assert corruption_table(model, x, y, ["blur", "saturation"], chunk=7) == whole
+    assert len({r["accuracy"] for r in whole}) > 2  # the model's answers move with the corruption
+
+
 def _lab(tmp_path, name: str, folders: dict[str, str], sample_dir, per_class: int = 4):
     """A folder of another "lab": ``folders`` maps its folder names to the sample class they copy."""
     import shutil
