@@ -1,0 +1,248 @@
+"""Scale benchmark (issue 22): the training pipeline on N synthetic cells, with wall time, images/s
+and peak RSS per step.
+
+    .venv/bin/python benchmarks/scale.py --images 200000 --json scale-200k.json
+
+The N cells are made from pbc96, balanced over its 8 classes: each is a random crop (70-100% of the
+side) of a random pbc96 image of its class, resized back to 96 px, turned by one of the 8
+rotations/reflections, with a mild colour gain and offset and a little noise, saved as JPEG
+(quality 92). They are distinct (the near-duplicate filter keeps them) and look like PBC to the
+stain check. They are made once, in ``--cache`` (default ``~/.cache/bloodcell/scale``), and reused.
+
+The pipeline is the real one (``zenml pipeline run pipelines.training.training_pipeline``) in a
+throw-away copy of the project with a fresh ZenML store, so nothing is a cache hit. Its config
+bounds the model's compute, which does not depend on N, so that the data path is what is measured:
+the quickstart's narrower CNN, ``--epochs`` epochs of ``--steps`` batches of 64, no weight
+averaging and no test-time augmentation. Everything else (ingest, outlier filter, split, rebalance,
+validation each epoch, packaging, evaluation with the noise and corruption sets, promotion) runs on
+all N as a user's run would.
+
+Per step: wall time from ZenML's step start and end, the images it handled, and the peak resident
+memory of the run's process tree while it ran (sampled every 0.1 s with psutil). The images a step
+handles: ingest, filter_outliers and split all N (after filtering for split); rebalance the
+training split; train the batches it trained (epochs x steps x 64); fine_tune (packaging, with the
+prior correction scored on it) and train's validation the val split; evaluate and promote the test
+split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.sandbox import ZENML, make_sandbox  # noqa: E402
+
+SOURCE = ROOT.parent / "shared" / "data" / "pbc96"
+SIZE = 96
+BATCH = 64
+RECIPE_VERSION = 1  # bump when the synthesis changes: a cache made by another version is remade
+_SOURCES: dict[str, np.ndarray] = {}
+
+
+def _class_images(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    if folder.name not in _SOURCES:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        _SOURCES[folder.name] = np.stack([np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE))) for f in files])
+    return _SOURCES[folder.name]
+
+
+def _synthesize(task: tuple[str, str, int, int, int]) -> int:
+    """Write cells ``start`` .. ``start + count - 1`` of one class; each from its own seed."""
+    from PIL import Image
+
+    source, out, class_index, start, count = task
+    src = _class_images(Path(source))
+    for k in range(start, start + count):
+        rng = np.random.default_rng([RECIPE_VERSION, class_index, k])
+        img = src[rng.integers(len(src))]
+        side = int(SIZE * rng.uniform(0.7, 1.0))
+        x, y = rng.integers(0, SIZE - side + 1, size=2)
+        cell = np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR, box=(x, y, x + side, y + side)))
+        cell = np.rot90(cell, int(rng.integers(4)))
+        if rng.integers(2):
+            cell = cell[:, ::-1]
+        cell = cell.astype(np.float32) * rng.uniform(0.95, 1.05, size=3) + rng.uniform(-5, 5)
+        cell += rng.normal(0, 2.0, cell.shape)
+        Image.fromarray(np.clip(cell, 0, 255).astype(np.uint8)).save(Path(out) / f"{k:07d}.jpg", quality=92)
+    return count
+
+
+def synthesize(n: int, cache: Path, source: Path = SOURCE, workers: int | None = None) -> Path:
+    """``cache/n{n}``: n synthetic cells in class folders, made unless already complete there."""
+    folder = cache / f"n{n}"
+    marker = folder / "COMPLETE.json"
+    recipe = {"images": n, "source": str(source), "version": RECIPE_VERSION}
+    if marker.exists() and json.loads(marker.read_text()) == recipe:
+        print(f"synthetic cells: {n} reused from {folder}", flush=True)
+        return folder
+    if not source.is_dir():
+        raise SystemExit(f"{source} is missing: the synthetic cells are made from pbc96 (../shared/data/pbc96)")
+    classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+    tasks = []
+    for c, name in enumerate(classes):
+        per_class = n // len(classes) + (c < n % len(classes))
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for start in range(0, per_class, 2000):
+            tasks.append((str(source / name), str(folder / name), c, start, min(2000, per_class - start)))
+    t0, done = time.perf_counter(), 0
+    with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
+        for count in pool.map(_synthesize, tasks):
+            done += count
+            if done % 50000 < count or done == n:
+                print(f"synthetic cells: {done}/{n} ({done / (time.perf_counter() - t0):.0f} img/s)", flush=True)
+    marker.write_text(json.dumps(recipe))
+    return folder
+
+
+def pipeline_config(images: Path, epochs: int, steps: int) -> dict:
+    return {"steps": {
+        "ingest": {"parameters": {"source": str(images)}},
+        "train": {"parameters": {
+            "model": {"filters": [16, 32, 64, 128], "dense_units": 128},
+            "training": {"epochs": epochs, "steps_per_epoch": steps, "batch_size": BATCH, "swa_epochs": 0},
+        }},
+        "fine_tune": {"parameters": {"tta": False}},
+    }}
+
+
+class RssSampler(threading.Thread):
+    """The resident memory of a process and its children, every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc, self.interval, self.samples = psutil.Process(pid), interval, []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stopped.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                rss = 0
+                for p in procs:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        rss += p.memory_info().rss
+                self.samples.append((time.time(), rss))
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(self.interval)
+
+    def peak(self, start: float = 0.0, end: float = float("inf")) -> float:
+        within = [rss for t, rss in self.samples if start <= t <= end]
+        return max(within, default=0) / 2**20
+
+
+def _epoch(dt) -> float:
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def step_images(run, epochs: int, steps: int) -> dict[str, int]:
+    """How many images each step handled, from the steps' run metadata (see the module's doc)."""
+    meta = {name: s.run_metadata for name, s in run.steps.items()}
+    n = int(meta["ingest"]["samples"])
+    sizes = meta["split"]
+    kept = int(sizes["train"]) + int(sizes["val"]) + int(sizes["test"])
+    trained = epochs * min(steps, -(-int(sum(meta["rebalance"]["after"].values())) // BATCH)) * BATCH
+    return {"ingest": n, "filter_outliers": n, "split": kept, "rebalance": int(sizes["train"]),
+            "train": trained, "fine_tune": int(sizes["val"]), "evaluate": int(sizes["test"]),
+            "promote": int(sizes["test"]), "ingest_external": 0}
+
+
+def run_pipeline(images: Path, workdir: Path, epochs: int, steps: int) -> dict:
+    env = {**os.environ, "ZENML_CONFIG_PATH": str(workdir / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    os.environ.update(env)
+    proj = make_sandbox(workdir / "proj")
+    env["PYTHONPATH"] = str(proj)
+    config = proj / "configs" / "scale.yaml"
+    config.write_text(yaml.safe_dump(pipeline_config(images, epochs, steps)))
+    log = workdir / "pipeline.log"
+    print(f"pipeline: running (log: {log})", flush=True)
+    t0 = time.time()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
+                                cwd=proj, env=env, stdout=out, stderr=subprocess.STDOUT)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.stopped.set()
+        sampler.join()
+    wall = time.time() - t0
+    if proc.returncode:
+        raise SystemExit(f"the pipeline failed ({proc.returncode}); the end of {log}:\n" + log.read_text()[-4000:])
+
+    from zenml.client import Client
+
+    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
+    counts = step_images(run, epochs, steps)
+    steps_out = {}
+    for name, s in sorted(run.steps.items(), key=lambda kv: kv[1].start_time):
+        start, end = _epoch(s.start_time), _epoch(s.end_time)
+        if not t0 - 1 <= start <= end <= t0 + wall + 1:  # ZenML's times are naive UTC: check the reading
+            raise SystemExit(f"step {name}'s times {s.start_time}..{s.end_time} fall outside the run")
+        handled = counts.get(name, 0)
+        steps_out[name] = {"wall_s": round(end - start, 1), "images": handled,
+                           "images_per_s": round(handled / max(end - start, 1e-9)) if handled else None,
+                           "peak_rss_mb": round(sampler.peak(start, end))}
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(max(usage.ru_maxrss / 1024, sampler.peak())),
+            "steps": steps_out, "run": str(run.id)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, required=True, help="how many synthetic cells")
+    parser.add_argument("--json", metavar="OUT", help="also write the figures here")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bloodcell" / "scale",
+                        help="where the synthetic cells are kept between runs")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=50, help="training batches (of 64) an epoch")
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR (a new folder) and keep its ZenML store")
+    args = parser.parse_args()
+    if args.images < 800:
+        raise SystemExit(f"--images {args.images}: at least 800 (100 a class), so that every split has each class")
+    t0 = time.perf_counter()
+    images = synthesize(args.images, args.cache)
+    made = time.perf_counter() - t0
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=False)
+    holder = tempfile.TemporaryDirectory(prefix="bloodcell-scale-", dir=os.environ.get("TMPDIR"))
+    workdir = Path(args.keep or holder.name)
+    try:
+        result = run_pipeline(images, workdir, args.epochs, args.steps)
+    finally:
+        holder.cleanup()
+    result = {"images": args.images, "cpus": os.cpu_count(), "epochs": args.epochs, "steps_per_epoch": args.steps,
+              "batch_size": BATCH, "synthesis_s": round(made, 1), **result}
+    print(f"\n{args.images} images, {os.cpu_count()} CPUs: whole run {result['wall_s']:.0f} s, "
+          f"peak RSS {result['peak_rss_mb']} MB")
+    print(f"{'step':16s} {'wall s':>8s} {'images':>9s} {'img/s':>8s} {'peak RSS MB':>12s}")
+    for name, s in result["steps"].items():
+        rate = f"{s['images_per_s']:8d}" if s["images_per_s"] else f"{'':8s}"
+        print(f"{name:16s} {s['wall_s']:8.1f} {s['images']:9d} {rate} {s['peak_rss_mb']:12d}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
