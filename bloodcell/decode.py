@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.images import load_image
-from bloodcell.sharded_images import ShardedImages, row_hashes
-from bloodcell.shards import images_per_shard, write_shards
+from bloodcell.sharded_images import ShardedImages, write_hashed
+from bloodcell.shards import images_per_shard
 
 
 def decoded(paths: list[Path], image_size: int, conversions: Counter) -> Iterator[np.ndarray]:
@@ -39,14 +39,6 @@ def decode_all(paths: list[Path], image_size: int, conversions: Counter) -> np.n
 
 
 def decode_to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: str) -> ShardedImages:
-    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink`` (on an error,
-    ``write_shards`` removes those written so far: a failed step leaves no part of an artifact)."""
-    hashes: list[np.ndarray] = []
-
-    def hashed(chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for c in chunks:
-            hashes.append(row_hashes(c))
-            yield c
-
-    written = write_shards(sink, hashed(decoded(paths, image_size, conversions)), prefix="source")
-    return ShardedImages([(sink, s) for s in written], (image_size, image_size, 3), hashes=np.concatenate(hashes))
+    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink`` (on an error, those
+    written so far are removed: a failed step leaves no part of an artifact)."""
+    return write_hashed(sink, decoded(paths, image_size, conversions), (image_size, image_size, 3))

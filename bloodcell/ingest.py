@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -21,7 +24,7 @@ from bloodcell.classes import MIN_CLASSES, check_class_list, folder_classes, map
 from bloodcell.dataset import UNLABELED, Dataset, npz_id
 from bloodcell.decode import decode_all, decode_to_shards
 from bloodcell.images import IngestError, check_image_size, fit_array
-from bloodcell.sharded_images import ShardedImages
+from bloodcell.sharded_images import ShardedImages, write_hashed
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
 # licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
@@ -68,20 +71,37 @@ def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None 
                    class_names=class_names, info=info)
 
 
-def _images_from_array(arr: np.ndarray, where: str, image_size: int, conversions: Counter) -> np.ndarray:
-    """Validate and convert an npz image array to uint8 (N, size, size, 3)."""
+def _check_image_shape(shape: tuple[int, ...], where: str) -> None:
+    ok = (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))) and shape[1] >= 1 and shape[2] >= 1
+    if not ok:
+        raise IngestError(f"{where}: images have shape {shape} "
+                          "(rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)")
+
+
+def _float_scale(chunks: Iterable[np.ndarray], where: str) -> float:
+    """The factor that brings float pixels to 0..255 (255 for 0..1 images, 1 for 0..255), judged on
+    the whole array (given in chunks); a NaN names its row, out-of-range values are refused."""
+    lo, hi, start = 0.0, 0.0, 0
+    for c in chunks:
+        bad = ~np.isfinite(c).reshape(len(c), -1).all(axis=1)
+        if bad.any():
+            raise IngestError(f"{where} row {start + int(np.argmax(bad))}: NaN or infinite pixel (rule: pixel values are finite)")
+        lo, hi, start = min(lo, float(c.min(initial=0.0))), max(hi, float(c.max(initial=0.0))), start + len(c)
+    scale = 255.0 if hi <= 1.0 else 1.0
+    if lo < 0 or hi * scale > 255.0:
+        raise IngestError(f"{where}: float pixels outside 0..1 or 0..255 (rule: pixel values are 0..255 uint8)")
+    return scale
+
+
+def _images_from_array(arr: np.ndarray, where: str, image_size: int, conversions: Counter,
+                       scale: float | None = None) -> np.ndarray:
+    """Validate and convert npz images to uint8 (N, size, size, 3); float pixels are multiplied by
+    ``scale`` (default: ``_float_scale`` of ``arr`` itself)."""
+    _check_image_shape(arr.shape, where)
     if arr.ndim == 3:  # (N, H, W) grayscale
         arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise IngestError(f"{where}: images have shape {arr.shape} "
-                          "(rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)")
     if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
-        if bad.any():
-            raise IngestError(f"{where} row {int(np.argmax(bad))}: NaN or infinite pixel (rule: pixel values are finite)")
-        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
-        if arr.min(initial=0.0) < 0 or arr.max(initial=0.0) * scale > 255.0:
-            raise IngestError(f"{where}: float pixels outside 0..1 or 0..255 (rule: pixel values are 0..255 uint8)")
+        scale = _float_scale([arr], where) if scale is None else scale
         conversions["float_to_uint8"] += len(arr)
         arr = np.round(arr * scale).astype(np.uint8)
     elif arr.dtype == np.uint16:
@@ -137,10 +157,68 @@ def _npz_array(npz, key: str, where: str) -> np.ndarray:
         raise IngestError(f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
 
 
+NPZ_ROWS = 4096  # images read from an .npz at a time
+
+
+@contextmanager
+def _npy_member(path: Path, key: str, where: str) -> Iterator[tuple[tuple[int, ...], bool, np.dtype, IO[bytes]]]:
+    """The ``key`` array of the archive as its header (shape, Fortran order, dtype) and the open
+    member, positioned at the first byte of data: read as it decompresses, never whole."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if dtype.hasobject:
+            raise IngestError(f"{where}: an object array (rule: plain numeric arrays, no pickled objects)")
+        _check_image_shape(shape, where)
+        yield shape, fortran, dtype, f
+
+
+def _npz_header(path: Path, key: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    with _npy_member(path, key, where) as (shape, _, dtype, _):
+        return shape, dtype
+
+
+def _npz_chunks(path: Path, key: str, where: str) -> Iterator[np.ndarray]:
+    """The ``key`` image array of the archive, ``NPZ_ROWS`` rows at a time (one empty chunk if it has none)."""
+    rows = NPZ_ROWS
+    with _npy_member(path, key, where) as (shape, fortran, dtype, f):
+        if fortran:  # column-major: rows are not contiguous, so it is read whole (numpy writes C order)
+            yield np.frombuffer(f.read(), dtype).reshape(shape, order="F")
+            return
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        for a in range(0, max(shape[0], 1), rows):
+            k = min(rows, shape[0] - a)
+            data = f.read(k * row_bytes)
+            if len(data) != k * row_bytes:
+                raise IngestError(f"{where}: the array ends inside row {a + len(data) // row_bytes} of {shape[0]} "
+                                  "(rule: a complete array)")
+            yield np.frombuffer(data, dtype).reshape((k, *shape[1:]))
+
+
+def _npz_images(path: Path, key: str, image_size: int, conversions: Counter) -> Iterator[np.ndarray]:
+    """The ``key`` images of the archive, checked and converted (``_images_from_array``), a chunk at a
+    time; float arrays are read twice, first for their range (which decides their scale)."""
+    where = f"{path}:{key}"
+    _, dtype = _npz_header(path, key, where)
+    scale = _float_scale(_npz_chunks(path, key, where), where) if dtype.kind == "f" else None
+    for chunk in _npz_chunks(path, key, where):
+        yield _images_from_array(chunk, where, image_size, conversions, scale)
+
+
+def _collect(chunks: Iterator[np.ndarray], image_size: int, sink: str | None) -> np.ndarray | ShardedImages:
+    """Image chunks as one array, or (``sink``) written there as shards."""
+    if sink is not None:
+        return write_hashed(sink, chunks, (image_size, image_size, 3))
+    return np.concatenate(list(chunks))
+
+
 def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = None,
-             class_map: dict[str, str] | None = None) -> Dataset:
+             class_map: dict[str, str] | None = None, sink: str | None = None) -> Dataset:
     """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged).
-    ``classes`` names the label indices (PBC's 8 by default); ``class_map`` renames or merges them."""
+    ``classes`` names the label indices (PBC's 8 by default); ``class_map`` renames or merges them.
+    The images are read ``NPZ_ROWS`` at a time; with ``sink`` they go there as shards (as
+    ``read_folder``), so memory holds a chunk, not the array."""
     check_image_size(image_size)
     class_names = check_class_list(CLASS_NAMES if classes is None else classes, str(path))
     npz = _open_npz(path)
@@ -162,36 +240,33 @@ def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = N
                 f"{path}: keys {sorted(keys)} (rule: 'images' and 'labels', or MedMNIST "
                 "'train_images'/'train_labels' [+ val_, test_])"
             )
-        conversions: Counter = Counter()
-        images, labels, ids = [], [], []
-        for part, ikey, lkey in parts:
-            where = f"{path}:{ikey}"
-            raw_images, raw_labels = _npz_array(npz, ikey, where), _npz_array(npz, lkey, f"{path}:{lkey}")
-            imgs = _images_from_array(raw_images, where, image_size, conversions)
-            labs = _labels_from_array(raw_labels, len(imgs), f"{path}:{lkey}", len(class_names))
-            images.append(imgs)
-            labels.append(labs)
-            ids.extend(npz_id(path.name, part, row) for row in range(len(imgs)))
+        labels, ids = [], []
+        for part, ikey, lkey in parts:  # headers and labels first: a bad one fails before any image is read
+            n = _npz_header(path, ikey, f"{path}:{ikey}")[0][0]
+            labels.append(_labels_from_array(_npz_array(npz, lkey, f"{path}:{lkey}"), n, f"{path}:{lkey}", len(class_names)))
+            ids.extend(npz_id(path.name, part, row) for row in range(n))
+    conversions: Counter = Counter()
+    chunks = (c for _, ikey, _ in parts for c in _npz_images(path, ikey, image_size, conversions))
+    images = _collect(chunks, image_size, sink)
     names, new_index = mapped_classes(class_names, class_map, str(path))
     info = {"source": str(path), "format": fmt, "conversions": dict(conversions)}
     if class_map:
         info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
-    return Dataset(images=np.concatenate(images), labels=new_index[np.concatenate(labels)], ids=ids,
-                   class_names=names, info=info)
+    return Dataset(images=images, labels=new_index[np.concatenate(labels)], ids=ids, class_names=names, info=info)
 
 
 def read_source(source: str | os.PathLike, image_size: int = 96, classes: Sequence[str] | None = None,
                 class_map: dict[str, str] | None = None, sink: str | None = None) -> Dataset:
     """Read a class-per-folder tree or an ``.npz`` file (``bloodcell.classes`` for the class list).
-    ``sink``: where a folder's images are written as shards while they are read (``read_folder``);
-    an ``.npz`` is read into memory whole (numpy reads its arrays whole)."""
+    ``sink``: where the images are written as shards while they are read, so that memory holds
+    one shard or chunk (``read_folder``, ``read_npz``)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder (rule: the data source exists; give a folder of class folders or an .npz)")
     if path.is_dir():
         ds = read_folder(path, image_size, classes, class_map, sink=sink)
     elif path.suffix.lower() == ".npz":
-        ds = read_npz(path, image_size, classes, class_map)
+        ds = read_npz(path, image_size, classes, class_map, sink=sink)
     else:
         raise IngestError(f"{path}: neither a folder nor an .npz file (rule: the source is a folder of class folders or an .npz)")
     if len(ds) == 0:
@@ -236,11 +311,12 @@ def _is_doc(path: Path) -> bool:
     return path.suffix.lower() in DOC_SUFFIXES or path.stem.upper() in DOC_NAMES
 
 
-def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> Dataset:
+def read_unlabeled(source: str | os.PathLike, image_size: int = 96, sink: str | None = None) -> Dataset:
     """Images to classify, as an unlabelled :class:`Dataset`: every image file under a folder
     (recursively, ids relative to it; documentation files are skipped and logged), or the
     ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids ``file.npz:row``). Labels,
-    where present, are ignored. Bad input raises :class:`IngestError`."""
+    where present, are ignored. Bad input raises :class:`IngestError`. ``sink``: where the images
+    are written as shards while they are read (memory holds one shard or chunk), as ``read_source``."""
     check_image_size(image_size)
     path = Path(source).expanduser()
     if not path.exists():
@@ -255,7 +331,8 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> Dataset:
                         ", ".join(p.relative_to(path).as_posix() for p in docs)[:200])
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
-        images = decode_all(files, image_size, conversions)
+        images = decode_all(files, image_size, conversions) if sink is None else \
+            decode_to_shards(files, image_size, conversions, sink)
         ids = [p.relative_to(path).as_posix() for p in files]
         fmt = "folder"
     elif path.suffix.lower() == ".npz":
@@ -263,13 +340,12 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96) -> Dataset:
             keys = ["images"] if "images" in npz.files else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
             if not keys:
                 raise IngestError(f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST '*_images')")
-            arrays, ids = [], []
-            for key in keys:
-                imgs = _images_from_array(_npz_array(npz, key, f"{path}:{key}"), f"{path}:{key}", image_size, conversions)
-                part = key[: -len("_images")] if key != "images" else ""
-                arrays.append(imgs)
-                ids += [npz_id(path.name, part, row) for row in range(len(imgs))]
-        images, fmt = np.concatenate(arrays), "npz"
+        ids = []
+        for key in keys:
+            part = key[: -len("_images")] if key != "images" else ""
+            ids += [npz_id(path.name, part, row) for row in range(_npz_header(path, key, f"{path}:{key}")[0][0])]
+        images = _collect((c for key in keys for c in _npz_images(path, key, image_size, conversions)), image_size, sink)
+        fmt = "npz"
     else:
         raise IngestError(f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)")
     return Dataset(images=images, labels=np.full(len(ids), UNLABELED), ids=ids,

@@ -143,3 +143,18 @@ class ShardedImages:
         offset = int(self._starts[-1])
         return ShardedImages(self.parts + other.parts, self.image_shape, np.concatenate([self.index, other.index + offset]),
                              np.concatenate([self.row_hashes(), other.row_hashes()]))
+
+
+def write_hashed(sink: str, chunks: Iterator[np.ndarray], image_shape: Sequence[int], prefix: str = "source") -> ShardedImages:
+    """Write ``chunks`` (uint8 image batches) as shards ``<prefix>-00000.npy``, ... under ``sink``,
+    hashing their rows on the way, and return the lazy handle over them. On an error the shards
+    written so far are removed (``shards.write_shards``): a failed step leaves no part of an artifact."""
+    hashes: list[np.ndarray] = []
+
+    def hashed() -> Iterator[np.ndarray]:
+        for c in chunks:
+            hashes.append(row_hashes(c))
+            yield c
+
+    written = shards.write_shards(sink, hashed(), prefix=prefix)
+    return ShardedImages([(sink, s) for s in written], tuple(image_shape), hashes=np.concatenate(hashes))

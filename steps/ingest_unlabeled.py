@@ -30,7 +30,8 @@ def ingest_unlabeled(
     params = stain_params(stain_ranges)
     if image_size is None:
         image_size = image_size_of(get_step_context().model)
-    ds = read_unlabeled(source, image_size=image_size)
+    # the images go straight into the output artifact's folder as shards, as they are decoded
+    ds = read_unlabeled(source, image_size=image_size, sink=get_step_context().get_output_artifact_uri("images"))
     logger.info("Read %d images to classify from %s at %dx%d, fingerprint %s, conversions %s", len(ds), source,
                 image_size, image_size, ds.fingerprint[:12], ds.info["conversions"] or "none")
     log_code_version()

@@ -88,6 +88,32 @@ def test_smaller_npz_images_are_resized(tmp_path, sample_dataset):
     assert ds.info["conversions"]["resized"] == 16
 
 
+def test_npz_is_read_in_chunks_into_shards(tmp_path, sample_dataset, monkeypatch):
+    """With a sink (the ingest step's artifact folder) an .npz goes into shards a chunk at a time,
+    as a folder does. Float pixels are scaled by the whole array's range, not a chunk's: here the
+    first chunk is all dark (at most 1.0) in a 0..255 array, and stays dark."""
+    import bloodcell.ingest
+    from bloodcell.dataset import Dataset
+    from bloodcell.ingest import read_unlabeled
+    from bloodcell.sharded_images import ShardedImages
+
+    monkeypatch.setattr(bloodcell.ingest, "NPZ_ROWS", 64)
+    x = sample_dataset.images.astype(np.float32)
+    x[:64] = np.minimum(x[:64], 1.0)
+    path = tmp_path / "float.npz"
+    np.savez_compressed(path, train_images=x[:300], train_labels=sample_dataset.labels[:300],
+                        test_images=x[300:], test_labels=sample_dataset.labels[300:])
+    ds = read_source(path, sink=str(tmp_path / "shards"))
+    assert isinstance(ds.images, ShardedImages) and list((tmp_path / "shards").iterdir())
+    assert np.array_equal(np.asarray(ds.images), np.round(x).astype(np.uint8))
+    assert ds.images[:64].max() == 1 and ds.fingerprint == Dataset(
+        images=np.round(x).astype(np.uint8), labels=ds.labels, ids=ds.ids, class_names=ds.class_names).fingerprint
+    assert ds.ids[300] == "float.npz:test:0" and np.array_equal(ds.labels, sample_dataset.labels)
+    unlabeled = read_unlabeled(path, sink=str(tmp_path / "unlabeled"))
+    assert isinstance(unlabeled.images, ShardedImages) and len(unlabeled) == 400
+    assert np.array_equal(np.asarray(unlabeled.images), np.asarray(ds.images))
+
+
 # ---- bad input: a clear error that names the file/row and the rule ----
 
 def test_truncated_jpeg(small_tree):
@@ -212,13 +238,20 @@ def test_npz_label_out_of_range_names_the_row(tmp_path):
         read_source(path)
 
 
-def test_npz_nan_pixel_names_the_row(tmp_path):
+def test_npz_nan_pixel_names_the_row(tmp_path, monkeypatch):
     imgs = np.full((3, 96, 96, 3), 0.5, np.float32)
     imgs[1, 5, 5, 0] = np.nan
     path = tmp_path / "x.npz"
     np.savez(path, images=imgs, labels=np.zeros(3, np.int64))
     with pytest.raises(IngestError, match=r"x\.npz:images row 1: NaN"):
         read_source(path)
+    imgs = np.full((300, 8, 8, 3), 0.5, np.float32)  # in a later chunk, the row counts from the array's start
+    imgs[130, 1, 1, 1] = np.inf
+    np.savez(path, images=imgs, labels=np.zeros(300, np.int64))
+    monkeypatch.setattr("bloodcell.ingest.NPZ_ROWS", 64)
+    with pytest.raises(IngestError, match=r"x\.npz:images row 130: NaN or infinite"):
+        read_source(path, sink=str(tmp_path / "shards"))
+    assert not list((tmp_path / "shards").glob("*"))  # nothing written: the range check reads first
 
 
 def test_npz_object_arrays_are_refused_without_unpickling(tmp_path):
