@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bloodcell.dataset import Dataset
+from bloodcell.stain import channel_stats
 
 
 def sample_table(ds: Dataset) -> pd.DataFrame:
@@ -18,9 +19,7 @@ def sample_table(ds: Dataset) -> pd.DataFrame:
     means = np.empty((n, 3))
     stds = np.empty((n, 3))
     for start in range(0, n, 2048):
-        chunk = ds.images[start:start + 2048].astype(np.float32)
-        means[start:start + 2048] = chunk.mean(axis=(1, 2))
-        stds[start:start + 2048] = chunk.std(axis=(1, 2))
+        means[start:start + 2048], stds[start:start + 2048] = channel_stats(ds.images[start:start + 2048])
     h, w, c = ds.images.shape[1:]
     return pd.DataFrame({
         "id": ds.ids,

@@ -208,3 +208,15 @@ def test_every_expectation_in_the_suite_file_stops_its_step(sample_dataset, step
     assert any(f.expectation == name and f.table == table and f.kwargs.get("column") == kwargs.get("column")
                for f in err.value.report.failures)
     assert f"{name} {on}" in str(err.value) and "observed" in str(err.value) and "threshold" in str(err.value)
+
+
+def test_channel_stats_are_numpys_mean_and_std(sample_dataset):
+    """The per-image channel means and stds of the sample table and the outlier filter (dot
+    products, for speed) are numpy's own, computed in float64."""
+    from bloodcell.stain import channel_means, channel_stats
+
+    x = sample_dataset.images[::20]
+    means, stds = channel_stats(x)
+    np.testing.assert_allclose(means, x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(stds, x.astype(np.float64).std(axis=(1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(channel_means(x, block=7), means, rtol=1e-12)
