@@ -86,7 +86,8 @@ def _area_means(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     y_sizes, x_sizes = np.diff(ys).reshape(1, -1, 1), np.diff(xs).reshape(1, 1, -1)
     if images.ndim == 4:
         y_sizes, x_sizes = y_sizes[..., None], x_sizes[..., None]
-    summed = np.add.reduceat(np.add.reduceat(images, ys[:-1], axis=1), xs[:-1], axis=2)
+    # summed in float32 straight from the input's dtype: no float copy of the whole images
+    summed = np.add.reduceat(np.add.reduceat(images, ys[:-1], axis=1, dtype=np.float32), xs[:-1], axis=2)
     return summed / (y_sizes * x_sizes)
 
 
@@ -97,8 +98,8 @@ def thumbnails(images: np.ndarray, thumb: int) -> np.ndarray:
     if thumb > min(h, w):
         raise ValueError(f"thumb size {thumb} is larger than the images ({h}x{w})")
     out = np.empty((n, thumb, thumb, c), dtype=np.float32)
-    for start in range(0, n, 2048):  # chunks keep memory small on big datasets
-        out[start:start + 2048] = _area_means(images[start:start + 2048].astype(np.float32) / 255.0, thumb, thumb)
+    for start in range(0, n, 256):  # chunks keep memory small on big datasets
+        out[start:start + 256] = _area_means(np.asarray(images[start:start + 256]), thumb, thumb) / 255.0
     return out.reshape(n, -1)
 
 
@@ -108,14 +109,15 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - med) / max(mad, 1e-12)
 
 
-def texture_z(images: np.ndarray) -> np.ndarray:
-    """Robust z of log(1 + mean |neighbour difference|) per image, computed in chunks."""
+def texture_z(images: np.ndarray, block: int = 256) -> np.ndarray:
+    """Robust z of log(1 + mean |neighbour difference|) per image, ``block`` images at a time."""
     energy = np.empty(len(images), dtype=np.float64)
-    for start in range(0, len(images), 2048):
-        chunk = images[start:start + 2048].astype(np.int16)
-        dx = np.abs(np.diff(chunk, axis=2)).mean(axis=(1, 2, 3))
-        dy = np.abs(np.diff(chunk, axis=1)).mean(axis=(1, 2, 3))
-        energy[start:start + 2048] = (dx + dy) / 2
+    for start in range(0, len(images), block):
+        chunk = np.asarray(images[start:start + block]).astype(np.int16)
+        n = len(chunk)
+        dx = np.abs(np.diff(chunk, axis=2)).reshape(n, -1).sum(axis=1, dtype=np.int64) / chunk[0, :, 1:].size
+        dy = np.abs(np.diff(chunk, axis=1)).reshape(n, -1).sum(axis=1, dtype=np.int64) / chunk[0, 1:].size
+        energy[start:start + n] = (dx + dy) / 2
     return robust_z(np.log1p(energy))
 
 
@@ -131,12 +133,12 @@ def perceptual_hashes(images: np.ndarray, size: int = 16) -> np.ndarray:
     n = len(images)
     out = np.empty((n, size * size // 8), dtype=np.uint8)
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    for start in range(0, n, 1024):
-        gray = images[start:start + 1024].astype(np.float32) @ weights
-        # area-average to size x (size + 1) cells, then compare horizontal neighbours
-        cells = _area_means(gray, size, size + 1)
+    for start in range(0, n, 256):
+        # area-average to size x (size + 1) cells, to luminance (both linear: cells first is
+        # cheaper), then compare horizontal neighbours
+        cells = _area_means(np.asarray(images[start:start + 256]), size, size + 1) @ weights
         bits = cells[:, :, 1:] > cells[:, :, :-1]
-        out[start:start + 1024] = np.packbits(bits.reshape(len(gray), -1), axis=1)
+        out[start:start + 256] = np.packbits(bits.reshape(len(cells), -1), axis=1)
     return out
 
 
