@@ -28,6 +28,10 @@ def row_hashes(images: Any) -> np.ndarray:
     return np.array([hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest() for img in images], dtype=HASH)
 
 
+def _consecutive(rows: np.ndarray) -> bool:
+    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1 and bool(np.all(np.diff(rows) == 1))
+
+
 def _count(part: Part) -> int:
     return len(part) if isinstance(part, np.ndarray) else part[1].count
 
@@ -100,7 +104,11 @@ class ShardedImages:
         part_of = self._part_of(where)
         for k in np.unique(part_of):
             mask = part_of == k
-            out[mask] = self._part(int(k))[where[mask] - self._starts[k]]
+            rows_in, rows_out = where[mask] - self._starts[k], np.flatnonzero(mask)
+            if _consecutive(rows_in) and _consecutive(rows_out):  # a run of rows: one block copy
+                out[rows_out[0]:rows_out[-1] + 1] = self._part(int(k))[rows_in[0]:rows_in[-1] + 1]
+            else:
+                out[rows_out] = self._part(int(k))[rows_in]
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
