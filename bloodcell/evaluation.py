@@ -137,7 +137,7 @@ def accuracy(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def corruption_table(model: Any, images: np.ndarray | ShardedImages, labels: np.ndarray,
-                     corruptions: list[str] | None = None, chunk: int = 4096) -> list[dict[str, Any]]:
+                     corruptions: list[str] | None = None, chunk: int = 1024) -> list[dict[str, Any]]:
     """Accuracy under each corruption at each severity; severity 0 is the images uncorrupted.
     ``chunk`` images are read and corrupted at a time, so memory does not grow with the sample."""
     from bloodcell.corruptions import SEVERITIES, corrupt
@@ -200,9 +200,9 @@ def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: i
     y = in_model_classes(test, classes, "test split")
     report = EvaluationReport(class_names=classes, params={"noise_sigma": noise_sigma, "noise_seed": seed})
     report.sets["plain"] = set_metrics(y, predict_classes(model, test.images), classes)
-    if noise_sigma > 0:  # 4,096 images at a time, from one generator: the same noise as all at once
+    if noise_sigma > 0:  # 512 images at a time, from one generator: the same noise as all at once
         rng = np.random.default_rng(seed)
-        chunks = (test.images[a:a + 4096] for a in range(0, len(test), 4096))
+        chunks = (test.images[a:a + 512] for a in range(0, len(test), 512))
         noisy = [predict_classes(model, add_white_noise(c, noise_sigma, rng)) for c in chunks]
         report.sets["noisy"] = set_metrics(y, np.concatenate(noisy) if noisy else np.zeros(0, np.int64), classes)
     if corruption_samples is not None:

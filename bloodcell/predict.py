@@ -38,10 +38,13 @@ def model_classes(model) -> list[str]:
                      "this project carries its class names; retrain it, or export a newer version)")
 
 
+PREDICT_CHUNK = 1024  # images converted to float32 and predicted at a time (113 MB at 96 px)
+
+
 def predict_probabilities(model, images: np.ndarray | ShardedImages, batch_size: int = 256) -> np.ndarray:
-    """``model``'s probabilities for each image, (N, classes); sharded images are read 4,096 at a
-    time, so memory holds a chunk, not the set."""
-    chunks = images.batches(4096) if isinstance(images, ShardedImages) and len(images) else [images]
+    """``model``'s probabilities for each image, (N, classes), ``PREDICT_CHUNK`` images at a time
+    (read from their shards, converted, predicted), so memory holds a chunk, not the set."""
+    chunks = (images[a:a + PREDICT_CHUNK] for a in range(0, len(images), PREDICT_CHUNK)) if len(images) else [images]
     return np.concatenate([np.asarray(model.predict(np.asarray(c, dtype=np.float32), batch_size=batch_size, verbose=0))
                            for c in chunks])
 
