@@ -1,24 +1,49 @@
 #!/usr/bin/env bash
-# Kubernetes orchestrator + Kubernetes step operator (GPU node pool) + S3 or GCS artifact store.
-# Needs: kubectl context for the cluster, a container registry, and `zenml integration install kubernetes s3`
-# (or gcp). Run from the project root.
+# The production path (docs/operations.md, "Past one machine"): a Kubernetes orchestrator (every
+# step a pod), a Kubernetes step operator `gpu` (the steps configs/train_gpu.yaml puts there, on a
+# GPU node pool; MirroredStrategy over the GPUs of the pod), and an object-store artifact store
+# (S3, an S3-compatible server, or GCS) that holds the datasets' shards, the models and the
+# training backups a retried pod resumes from.
+# Needs: a kubectl context for the cluster, a container registry, Docker. Run from the project root.
 set -euo pipefail
-CONTEXT=${CONTEXT:-my-cluster}                 # kubectl context
+CONTEXT=${CONTEXT:-my-cluster}                    # kubectl context
 NAMESPACE=${NAMESPACE:-zenml}
 ARTIFACTS=${ARTIFACTS:-s3://my-bucket/bloodcell}  # or gs://my-bucket/bloodcell
+S3_ENDPOINT=${S3_ENDPOINT:-}                      # only for S3-compatible servers (MinIO, Ceph)
 REGISTRY=${REGISTRY:-123456789012.dkr.ecr.eu-west-1.amazonaws.com}
 GPU_NODE_SELECTOR=${GPU_NODE_SELECTOR:-'{"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}'}
 
-zenml integration install kubernetes "$( [[ $ARTIFACTS == gs://* ]] && echo gcp || echo s3 )" -y
+if [[ $ARTIFACTS == gs://* ]]; then
+  STORE_FLAVOR=gcp
+  .venv/bin/zenml integration install gcp -y
+  STORE_ARGS=()
+else
+  STORE_FLAVOR=s3
+  .venv/bin/pip install -e '.[s3]'                 # s3fs and boto3 at the versions the project pins
+  STORE_ARGS=()
+  [[ -n $S3_ENDPOINT ]] && STORE_ARGS=(--client_kwargs="{\"endpoint_url\": \"$S3_ENDPOINT\"}")
+fi
+.venv/bin/pip install 'kubernetes>=21.7,<26'         # the client ZenML's kubernetes flavors import
+
 zenml orchestrator register k8s --flavor=kubernetes --kubernetes_context="$CONTEXT" --kubernetes_namespace="$NAMESPACE"
 zenml step-operator register gpu --flavor=kubernetes --kubernetes_context="$CONTEXT" --kubernetes_namespace="$NAMESPACE"
-zenml artifact-store register remote --flavor="$( [[ $ARTIFACTS == gs://* ]] && echo gcp || echo s3 )" --path="$ARTIFACTS"
+zenml artifact-store register remote --flavor="$STORE_FLAVOR" --path="$ARTIFACTS" "${STORE_ARGS[@]}"
 zenml container-registry register registry --flavor=default --uri="$REGISTRY"
 zenml image-builder register local-docker --flavor=local
 zenml stack register k8s-gpu -o k8s -s gpu -a remote -c registry -i local-docker --set
-# GPU pods: steps with settings.resources.gpu_count get nvidia.com/gpu limits; pin them to GPU nodes:
+
+# Pod sizes: every step runs in bounded memory (benchmarks/scale.py; the figures are in
+# docs/operations.md, "Past one machine"), so 6 GiB pods do whatever the dataset's size; GPU pods
+# are pinned to the GPU node pool.
 cat <<YAML
-Add to the steps that run on gpu in your config (configs/train_gpu.yaml):
+Add to your pipeline config (configs/train_gpu.yaml has the step_operator lines already):
+settings:
+  orchestrator:
+    pod_settings:
+      resources: {requests: {cpu: "2", memory: 6Gi}, limits: {memory: 6Gi}}
+steps:
+  train:                        # and fine_tune, rebalance, evaluate
+    step_operator: gpu
     settings:
       step_operator:
         pod_settings:
