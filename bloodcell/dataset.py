@@ -112,6 +112,22 @@ class Dataset:
             return self
         return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:samples]))
 
+    def preview(self, samples: int, seed: int = 0) -> Dataset:
+        """Up to ``samples`` samples for a picture of the set, about as many of each class, each
+        class's from one shard (drawn with ``seed``) that holds it: a picture reads at most a shard
+        a class, however many shards the set has (``sample`` would touch every one)."""
+        if not isinstance(self.images, ShardedImages) or len(self) <= samples:
+            return self.sample(samples, seed)
+        rng = np.random.default_rng(seed)
+        part_of = self.images.part_of_rows()
+        classes = np.unique(self.labels)
+        picked = []
+        for c in classes:
+            rows = np.flatnonzero(self.labels == c)
+            rows = rows[part_of[rows] == part_of[rows[rng.integers(len(rows))]]]
+            picked.append(rng.permutation(rows)[:max(samples // len(classes), 1)])
+        return self.subset(np.sort(np.concatenate(picked)))
+
     def originals(self) -> Dataset:
         """The samples that rebalancing did not generate."""
         return self.subset([i for i, sid in enumerate(self.ids) if not is_generated(sid)])

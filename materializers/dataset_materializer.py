@@ -124,6 +124,6 @@ class DatasetMaterializer(BaseMaterializer):
             strip = plots.image_strip(np.asarray(first.images), [i[-18:] for i in first.ids], max_images=48)
             return {write_bytes(self, "samples.png", strip): VisualizationType.IMAGE}
         counts = write_bytes(self, "class_counts.png", plots.class_count_bars(data.class_counts(), f"{len(data)} samples per class"))
-        view = data.sample(VIEW_SAMPLE, seed=0)  # the grid needs a few images a class, not all: read only these
+        view = data.preview(VIEW_SAMPLE, seed=0)  # the grid needs a few images a class: a shard a class at most
         grid = write_bytes(self, "samples.png", plots.sample_grid(np.asarray(view.images), np.asarray(view.labels), data.class_names))
         return {counts: VisualizationType.IMAGE, grid: VisualizationType.IMAGE}

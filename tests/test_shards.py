@@ -162,6 +162,26 @@ def test_sharded_images_index_like_an_array_and_read_only_what_is_asked(sample_d
         lazy[130]
 
 
+def test_a_preview_reads_at_most_a_shard_a_class(sample_dataset, tmp_path):
+    """The dashboard's sample grid of a sharded set: every class, about as many of each, from at
+    most one shard a class, whether the shards follow the classes (ingest) or mix them (a split)."""
+    from bloodcell.dataset import Dataset
+    from bloodcell.sharded_images import ShardedImages
+
+    written = shards.write_shards(str(tmp_path), sample_dataset.images, per_shard=20)  # 20 shards
+    lazy = ShardedImages([(str(tmp_path), s) for s in written], (96, 96, 3))
+    whole = Dataset(images=lazy, labels=sample_dataset.labels, ids=sample_dataset.ids, class_names=sample_dataset.class_names)
+    mixed = whole.subset(np.random.default_rng(1).permutation(400)[:300])
+    for ds in (whole, mixed):
+        view = ds.preview(80, seed=0)
+        parts = set(view.images.part_of_rows().tolist())
+        assert len(parts) <= 8 and len(parts) < len(set(ds.images.part_of_rows().tolist()))
+        assert sorted(set(view.labels.tolist())) == list(range(8))
+        assert 40 <= len(view) <= 80 and max(np.bincount(view.labels)) <= 10
+        assert np.array_equal(np.asarray(view.images), sample_dataset.images[[sample_dataset.ids.index(i) for i in view.ids]])
+    assert len(sample_dataset.preview(80)) == 80  # in memory: a plain sample
+
+
 def test_ingest_streams_a_folder_into_shards_and_a_bad_file_leaves_none(small_tree, sample_dir, tmp_path):
     from bloodcell.ingest import IngestError, read_source
     from bloodcell.sharded_images import ShardedImages
