@@ -11,12 +11,12 @@ stain check. They are made once, in ``--cache`` (default ``~/.cache/bloodcell/sc
 
 The pipeline is the real one (``zenml pipeline run pipelines.training.training_pipeline``) in a
 throw-away copy of the project with a fresh ZenML store, so nothing is a cache hit. Its config
-bounds the model's compute, which does not depend on N, so that the data path is what is measured:
-the quickstart's narrower CNN, ``--epochs`` epochs of ``--steps`` batches of 64, no weight
-averaging and no test-time augmentation; and the val and test splits are 10% each up to
-``--held-out`` images (10,000), as a lab with a million cells would hold out. Everything else (ingest, outlier filter, split, rebalance,
-validation each epoch, packaging, evaluation with the noise and corruption sets, promotion) runs on
-all N as a user's run would.
+bounds what does not grow with the data, so that the data path is what is measured: the
+quickstart's narrower CNN, ``--epochs`` epochs of ``--steps`` batches of 64, no weight averaging,
+no test-time augmentation, and val and test splits of 10% each up to ``--held-out`` images
+(10,000, as a lab with a million cells would hold out). Everything else (ingest, outlier filter,
+split, rebalance, validation each epoch, packaging, evaluation with the noise and corruption sets,
+promotion) runs on all N as a user's run would.
 
 Per step: wall time from ZenML's step start and end, the images it handled, and the peak resident
 memory of the run's process tree while it ran (sampled every 0.1 s with psutil). The images a step
