@@ -32,9 +32,9 @@ zenml container-registry register registry --flavor=default --uri="$REGISTRY"
 zenml image-builder register local-docker --flavor=local
 zenml stack register k8s-gpu -o k8s -s gpu -a remote -c registry -i local-docker --set
 
-# Pod sizes: every step runs in bounded memory (benchmarks/scale.py; the figures are in
-# docs/operations.md, "Past one machine"), so 6 GiB pods do whatever the dataset's size; GPU pods
-# are pinned to the GPU node pool.
+# Pod sizes: no step holds more than a shard or a chunk of pixels, so 6 GiB pods do up to a few
+# million images (benchmarks/scale.py: 3.3 GB at 1M; docs/operations.md, "Past one machine"); GPU
+# pods are pinned to the GPU node pool.
 cat <<YAML
 Add to your pipeline config (configs/train_gpu.yaml has the step_operator lines already):
 settings:
