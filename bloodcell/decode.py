@@ -1,5 +1,5 @@
 """Decoding image files in parallel: one thread a core (PIL decodes and resizes without the GIL),
-a shard's worth at a time, in order, into one array or straight into shards. Each file goes
+a shard's worth at a time, in order, into one array or straight into shards (``collect``). Each file goes
 through ``bloodcell.images.load_image``; the first bad file (in order) raises its ``IngestError``."""
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ def decoded(paths: list[Path], image_size: int, conversions: Counter) -> Iterato
             yield out
 
 
-def decode_all(paths: list[Path], image_size: int, conversions: Counter) -> np.ndarray:
-    """The images of ``paths`` (at least one) as one uint8 (N, size, size, 3) array."""
-    return np.concatenate(list(decoded(paths, image_size, conversions)))
-
-
-def decode_to_shards(paths: list[Path], image_size: int, conversions: Counter, sink: str) -> ShardedImages:
-    """Decode ``paths`` into shards ``source-00000.npy``, ... under ``sink`` (on an error, those
-    written so far are removed: a failed step leaves no part of an artifact)."""
-    return write_hashed(sink, decoded(paths, image_size, conversions), (image_size, image_size, 3))
+def collect(chunks: Iterator[np.ndarray], image_size: int, sink: str | None) -> np.ndarray | ShardedImages:
+    """Image chunks (from ``decoded`` or an array read in parts) as one uint8 array, or, with
+    ``sink``, written there as shards ``source-00000.npy``, ... (on an error, those written so far
+    are removed: a failed step leaves no part of an artifact)."""
+    if sink is not None:
+        return write_hashed(sink, chunks, (image_size, image_size, 3))
+    return np.concatenate(list(chunks))

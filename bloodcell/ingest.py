@@ -22,9 +22,8 @@ import numpy as np
 from bloodcell import CLASS_NAMES
 from bloodcell.classes import MIN_CLASSES, check_class_list, folder_classes, mapped_classes
 from bloodcell.dataset import UNLABELED, Dataset, npz_id
-from bloodcell.decode import decode_all, decode_to_shards
+from bloodcell.decode import collect, decoded
 from bloodcell.images import IngestError, check_image_size, fit_array
-from bloodcell.sharded_images import ShardedImages, write_hashed
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
 # licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
@@ -59,10 +58,7 @@ def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None 
             files.append((p, class_names.index(class_of[name])))
     conversions: Counter = Counter()
     paths = [p for p, _ in files]
-    if sink is None:
-        images: np.ndarray | ShardedImages = decode_all(paths, image_size, conversions)
-    else:
-        images = decode_to_shards(paths, image_size, conversions, sink)
+    images = collect(decoded(paths, image_size, conversions), image_size, sink)
     ids = [p.relative_to(root).as_posix() for p, _ in files]
     info = {"source": str(root), "format": "folder", "conversions": dict(conversions)}
     if class_map:
@@ -206,13 +202,6 @@ def _npz_images(path: Path, key: str, image_size: int, conversions: Counter) -> 
         yield _images_from_array(chunk, where, image_size, conversions, scale)
 
 
-def _collect(chunks: Iterator[np.ndarray], image_size: int, sink: str | None) -> np.ndarray | ShardedImages:
-    """Image chunks as one array, or (``sink``) written there as shards."""
-    if sink is not None:
-        return write_hashed(sink, chunks, (image_size, image_size, 3))
-    return np.concatenate(list(chunks))
-
-
 def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = None,
              class_map: dict[str, str] | None = None, sink: str | None = None) -> Dataset:
     """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged).
@@ -247,7 +236,7 @@ def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = N
             ids.extend(npz_id(path.name, part, row) for row in range(n))
     conversions: Counter = Counter()
     chunks = (c for _, ikey, _ in parts for c in _npz_images(path, ikey, image_size, conversions))
-    images = _collect(chunks, image_size, sink)
+    images = collect(chunks, image_size, sink)
     names, new_index = mapped_classes(class_names, class_map, str(path))
     info = {"source": str(path), "format": fmt, "conversions": dict(conversions)}
     if class_map:
@@ -331,8 +320,7 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96, sink: str | 
                         ", ".join(p.relative_to(path).as_posix() for p in docs)[:200])
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
-        images = decode_all(files, image_size, conversions) if sink is None else \
-            decode_to_shards(files, image_size, conversions, sink)
+        images = collect(decoded(files, image_size, conversions), image_size, sink)
         ids = [p.relative_to(path).as_posix() for p in files]
         fmt = "folder"
     elif path.suffix.lower() == ".npz":
@@ -344,7 +332,7 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96, sink: str | 
         for key in keys:
             part = key[: -len("_images")] if key != "images" else ""
             ids += [npz_id(path.name, part, row) for row in range(_npz_header(path, key, f"{path}:{key}")[0][0])]
-        images = _collect((c for key in keys for c in _npz_images(path, key, image_size, conversions)), image_size, sink)
+        images = collect((c for key in keys for c in _npz_images(path, key, image_size, conversions)), image_size, sink)
         fmt = "npz"
     else:
         raise IngestError(f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)")
