@@ -92,12 +92,12 @@ def test_npz_is_read_in_chunks_into_shards(tmp_path, sample_dataset, monkeypatch
     """With a sink (the ingest step's artifact folder) an .npz goes into shards a chunk at a time,
     as a folder does. Float pixels are scaled by the whole array's range, not a chunk's: here the
     first chunk is all dark (at most 1.0) in a 0..255 array, and stays dark."""
-    import bloodcell.ingest
+    import bloodcell.npz
     from bloodcell.dataset import Dataset
     from bloodcell.ingest import read_unlabeled
     from bloodcell.sharded_images import ShardedImages
 
-    monkeypatch.setattr(bloodcell.ingest, "NPZ_ROWS", 64)
+    monkeypatch.setattr(bloodcell.npz, "NPZ_ROWS", 64)
     x = sample_dataset.images.astype(np.float32)
     x[:64] = np.minimum(x[:64], 1.0)
     path = tmp_path / "float.npz"
@@ -248,7 +248,7 @@ def test_npz_nan_pixel_names_the_row(tmp_path, monkeypatch):
     imgs = np.full((300, 8, 8, 3), 0.5, np.float32)  # in a later chunk, the row counts from the array's start
     imgs[130, 1, 1, 1] = np.inf
     np.savez(path, images=imgs, labels=np.zeros(300, np.int64))
-    monkeypatch.setattr("bloodcell.ingest.NPZ_ROWS", 64)
+    monkeypatch.setattr("bloodcell.npz.NPZ_ROWS", 64)
     with pytest.raises(IngestError, match=r"x\.npz:images row 130: NaN or infinite"):
         read_source(path, sink=str(tmp_path / "shards"))
     assert not list((tmp_path / "shards").glob("*"))  # nothing written: the range check reads first
