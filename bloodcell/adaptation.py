@@ -20,12 +20,16 @@ import numpy as np
 
 from bloodcell import MIN_UNLABELLED
 from bloodcell.augment.online import OnlineAugment
-from bloodcell.calibration import recalibrate_on
+from bloodcell.calibration import batchnorm_layers, recalibrate_on
 from bloodcell.classes import label_map
 from bloodcell.dataset import Dataset
 from bloodcell.input_pipeline import make_dataset
 from bloodcell.models import with_float32_compute, with_tta
 from bloodcell.predict import model_classes
+
+NO_BATCH_NORM = ("batch norm from the lab's images: the model has no batch-norm layer (rule: only batch norm's "
+                 "statistics depend on the images they saw; group norm needs none), so unlabelled cells cannot adapt it: "
+                 "adapt it with a few labelled cells a class (`bloodcell adapt` without --unlabelled)")
 
 
 def _lab_augment() -> OnlineAugment:
@@ -116,21 +120,25 @@ def adapt_model(model: keras.Model, lab: Dataset, replay: Dataset | None = None,
     net.compile(optimizer=keras.optimizers.Lion(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
     history = net.fit(data, epochs=cfg.epochs, verbose=cfg.verbose, shuffle=False)
-    if cfg.recalibrate != "none":
+    recalibrate = cfg.recalibrate if batchnorm_layers(net) else "none (the model has no batch norm)"
+    if recalibrate in ("lab", "mixed"):
         stats_from = lab if cfg.recalibrate == "lab" else train
         recalibrate_on(net, stats_from, 0, cfg.augment, cfg.seed)
     shipped = with_float32_compute(net)
     shipped = with_tta(shipped) if tta else shipped
     info = {"lab_cells": len(lab), "lab_classes": sorted({classes[i] for i in lab.labels}),
             "replayed": len(train) - len(lab), "epochs": cfg.epochs,
-            "final_loss": float(history.history["loss"][-1]), "recalibrate": cfg.recalibrate}
+            "final_loss": float(history.history["loss"][-1]), "recalibrate": recalibrate}
     return shipped, info
 
 
 def recalibrated_on(model: keras.Model, images: Dataset, augment: OnlineAugment | None = None, seed: int = 0) -> keras.Model:
     """A copy of the shipped ``model`` with its batch-norm statistics recomputed on ``images``
     (a lab's unlabelled cells; labels, if any, are not read): adaptation without any label.
-    Statistics from few images would be noise: at least ``MIN_UNLABELLED`` are needed."""
+    Statistics from few images would be noise: at least ``MIN_UNLABELLED`` are needed. A model
+    with no batch norm (``norm: group`` or ``group_ws``) has nothing to recompute: a clear error."""
+    if not batchnorm_layers(model):
+        raise ValueError(NO_BATCH_NORM)
     if len(images) < MIN_UNLABELLED:
         raise ValueError(f"batch norm from the lab's images: {len(images)} image(s) given, at least {MIN_UNLABELLED} are "
                          "needed (rule: enough cells for stable statistics; a few hundred are better)")

@@ -10,6 +10,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
+from bloodcell.calibration import batchnorm_layers
 from bloodcell.models import model_fingerprint
 from materializers._io import write_text
 
@@ -43,6 +44,7 @@ class KerasModelMaterializer(BaseMaterializer):
             "trainable_parameters": int(sum(int(w.numpy().size) for w in model.trainable_weights)),
             "input_shape": [d if d is not None else -1 for d in model.input_shape],
             "output_shape": [d if d is not None else -1 for d in model.output_shape],
+            "batch_norm_layers": len(batchnorm_layers(model)),  # 0: nothing for unlabelled cells to recalibrate
         }
 
     def save_visualizations(self, model: keras.Model) -> dict[str, VisualizationType]:

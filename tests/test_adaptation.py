@@ -71,6 +71,23 @@ def test_adaptation_to_a_new_lab_with_five_cells_a_class(sample_dataset, home_mo
         adapt_model(home_model, other)
 
 
+def test_unlabelled_cells_cannot_adapt_a_model_without_batch_norm(sample_dataset, tmp_path):
+    """Group norm has no statistics to take from a lab's cells: recalibration refuses the model
+    with the rule and the way out, the model artifact records it (the CLI checks that before any
+    run), and adapting with labels says that nothing was recalibrated."""
+    from bloodcell.adaptation import AdaptConfig, adapt_model, recalibrated_on, split_for_adaptation
+    from materializers.keras_materializer import KerasModelMaterializer
+
+    model = build_model("custom_cnn", sample_dataset.class_names, 96, filters=[8, 16], dense_units=16, norm="group_ws")
+    with pytest.raises(ValueError, match=r"no batch-norm layer .* adapt it with a few labelled cells a class "
+                       r"\(`bloodcell adapt` without --unlabelled\)"):
+        recalibrated_on(model, sample_dataset)
+    assert KerasModelMaterializer(str(tmp_path)).extract_metadata(model)["batch_norm_layers"] == 0
+    cells, _ = split_for_adaptation(_other_lab(sample_dataset), 2, seed=0)
+    _, info = adapt_model(model, cells, cfg=AdaptConfig(epochs=1, replay_per_class=0))
+    assert info["recalibrate"] == "none (the model has no batch norm)"
+
+
 def _disc(radius: float, centre: tuple[int, int], size: int = 96) -> np.ndarray:
     """A pale image with one dark, stained-looking disc (a nucleus)."""
     yy, xx = np.mgrid[:size, :size]

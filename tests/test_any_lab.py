@@ -232,6 +232,7 @@ def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_ru
         for i, f in enumerate(sorted((SAMPLE / cls).iterdir())[26:44]):
             _in_another_stain(f, (cells if i < 12 else check / cls) / f"{cls}_{f.stem}.png")
     base = Client().get_pipeline_run(training_run.id).model_version  # a version the training pipeline made
+    assert base.get_artifact(MODEL_ARTIFACT).run_metadata["batch_norm_layers"] > 0  # what the CLI checks first
     out = tmp_path / "recalibrated.keras"
     args = ["--version", str(base.number), "--data", str(cells), "--output", str(out), "--check", f"newlab={check}", "--unlabelled"]
     res = _adapt(proj, *args)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bloodcell import MODEL_NAME
+from bloodcell import MODEL_ARTIFACT, MODEL_NAME
 from bloodcell.mlops.registry import export_model, get_version, image_size_of, latest_with_model
 from bloodcell.mlops.runlog import RunFailed, failure_lines
 
@@ -52,6 +52,10 @@ def run_adaptation(version: str, data: str, output: str, checks: list[str] | Non
     if missing:
         raise LookupError(f"model {name!r} version {base.number} has no {', '.join(map(repr, missing))} artifact (rule: adapt "
                           "a version the training pipeline made; an adapted version holds neither: adapt its base version)")
+    model = base.get_artifact(MODEL_ARTIFACT)
+    if unlabelled and model is not None and model.run_metadata.get("batch_norm_layers") == 0:
+        from bloodcell.adaptation import NO_BATCH_NORM
+        raise ValueError(f"model {name!r} version {base.number}: {NO_BATCH_NORM}")
     size = image_size_of(base)
     ranges = profile(read_unlabeled(data, image_size=size).images)
     specs = []

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the new lab's labelled cells: one sub-folder per class (any of the model's); "
                    "with --unlabelled, any folder of its cells")
     p.add_argument("--unlabelled", action="store_true", help="no labels: only recompute batch norm on the lab's cells "
-                   f"(at least {MIN_UNLABELLED}; a few hundred are better)")
+                   f"(at least {MIN_UNLABELLED}; a few hundred are better); a model with no batch norm is refused")
     p.add_argument("--output", required=True, help=".keras file to write the adapted model to")
     p.add_argument("--check", nargs="*", default=[], help="labelled folders ([NAME=]FOLDER) to score the adapted model on")
     p.add_argument("--model-name", default=MODEL_NAME)
