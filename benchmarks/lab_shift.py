@@ -1,16 +1,18 @@
 """The lab-shift table: a trained model on other labs' images, zero-shot and after adaptation.
 
     .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
-    .venv/bin/python benchmarks/lab_shift.py /tmp/run [--k 5,20] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/lab_shift.py /tmp/run [--k 5,20] [--seeds 0,1,2] [--prior-correction 0]
 
 For the run kept in DIR: its shipped model and, from its own evaluation report, accuracy on the
 PBC test split, under white noise (sigma=25) and the corruption-table mean. Then for each external
 set (default: the two in ../shared/data/external): accuracy and balanced accuracy (mean recall
 over the classes present) zero-shot; with batch-norm statistics recomputed on the set's images
-(no labels); and after adaptation (``bloodcell.adaptation.adapt_model``, the run's training data
+(no labels; a model without batch norm has none); and after adaptation (``bloodcell.adaptation.adapt_model``, the run's training data
 replayed) on k labelled cells per class, scored on the set's other cells, the mean over seeds
 (the zero-shot figure on the same held-out cells is printed beside it), and the PBC test accuracy
 of the model adapted with the largest k and the first seed (what the adaptation costs at home).
+``--prior-correction S`` re-shifts the shipped model's logits to strength S first (as ``fine_tune``
+with ``prior_correction: S`` would have shipped it) and evaluates it again on the PBC test split.
 """
 
 from __future__ import annotations
@@ -36,21 +38,40 @@ def main() -> None:
                         help="NAME=FOLDER of class folders, each")
     parser.add_argument("--k", default="5,20", help="labelled cells per class for adaptation")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--prior-correction", type=float, help="ship the model with this strength instead of the run's")
     args = parser.parse_args()
     from kept_run import last_kept_run
 
     run, load = last_kept_run(Path(args.kept))
     from bloodcell.adaptation import adapt_model, recalibrated_on, split_for_adaptation
+    from bloodcell.calibration import batchnorm_layers
     from bloodcell.evaluation import corruption_mean, dataset_metrics, external_sets
     from bloodcell.ingest import read_external
     from bloodcell.predict import model_classes
 
     model, train, test = load("fine_tune", "tuned_model"), load("rebalance", "balanced_train"), load("split", "test")
     report = load("evaluate", "evaluation")
+
+    def home(how: str) -> None:
+        print(f"run {run.name}, {how}: PBC test (n={report.sets['plain'].n}) plain {report.sets['plain'].accuracy:.4f}, "
+              f"macro-F1 {report.sets['plain'].macro_f1:.4f}, noisy sigma=25 {report.sets['noisy'].accuracy:.4f}, "
+              f"corruption mean {corruption_mean(report.corruptions):.4f} "
+              f"({sum(1 for r in report.corruptions if r['severity'])} settings)", flush=True)
+
+    shipped = run.steps["fine_tune"].run_metadata.get("prior_correction") or {}
+    home(f"as shipped (prior correction per class: {shipped or 'none'})")
+    if args.prior_correction is not None:
+        from bloodcell.adaptation import network_of
+        from bloodcell.calibration import prior_log_ratio
+        from bloodcell.evaluation import evaluate_model
+        from bloodcell.models import shift_logits
+
+        target = args.prior_correction * prior_log_ratio(train)
+        shift_logits(network_of(model), target - np.array([shipped.get(c, 0.0) for c in train.class_names]))
+        report = evaluate_model(model, test, noise_sigma=report.params["noise_sigma"], seed=report.params["noise_seed"],
+                                corruption_samples=report.corruptions[0]["n"] if report.corruptions else None)
+        home(f"re-shipped with prior correction {args.prior_correction:g}")
     size = int(model.input_shape[1])
-    print(f"run {run.name}: PBC test (n={report.sets['plain'].n}) plain {report.sets['plain'].accuracy:.4f}, "
-          f"noisy sigma=25 {report.sets['noisy'].accuracy:.4f}, corruption mean {corruption_mean(report.corruptions):.4f} "
-          f"({sum(1 for r in report.corruptions if r['severity'])} settings)")
     specs = [dict(zip(("name", "path"), item.split("=", 1))) for item in args.external]
     sets = external_sets(read_external(specs, size))
     ks, seeds = [int(k) for k in args.k.split(",")], [int(s) for s in args.seeds.split(",")]
@@ -65,10 +86,11 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"{name}: classes {unknown} are not among the model's")
         acc, bal = scores(model, ds)
-        _, bal_bn = scores(recalibrated_on(model, ds), ds)
+        unlabelled = (f"balanced accuracy {scores(recalibrated_on(model, ds), ds)[1]:.4f}" if batchnorm_layers(model)
+                      else "none to recompute (no batch norm)")
         print(f"\n{name} (n={len(ds)}; {', '.join(f'{c} {int((ds.labels == ds.class_names.index(c)).sum())}' for c in present)})")
         print(f"  zero-shot: accuracy {acc:.4f}, balanced accuracy {bal:.4f}; batch norm from its images (no labels): "
-              f"balanced accuracy {bal_bn:.4f}", flush=True)
+              f"{unlabelled}", flush=True)
         for k in ks:
             adapted_bal, base_bal, wall = [], [], []
             for seed in seeds:
