@@ -58,6 +58,8 @@ def main() -> None:
     recipe = TrainConfig.from_dict(params.get("training"))
     if recipe.swa_epochs:  # keep weight averaging (and its cost) in the shorter run
         training["swa_epochs"] = min(recipe.swa_epochs, args.epochs - 1)
+    if recipe.warmup_epochs:  # a warm-up costs nothing a step; it only has to fit the shorter run
+        training["warmup_epochs"] = min(recipe.warmup_epochs, max(0, args.epochs - 1 - training.get("swa_epochs", 0)))
     if args.mixed_precision is not None:
         training["mixed_precision"] = args.mixed_precision
 
