@@ -61,7 +61,7 @@ def main() -> None:
     shipped = run.steps["fine_tune"].run_metadata.get("prior_correction") or {}
     home(f"as shipped (prior correction per class: {shipped or 'none'})")
     if args.prior_correction is not None:
-        from bloodcell.adaptation import network_of
+        from bloodcell.models import network_of
         from bloodcell.calibration import prior_log_ratio
         from bloodcell.evaluation import evaluate_model
         from bloodcell.models import shift_logits

@@ -30,6 +30,12 @@ def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return out
 
 
+def network_of(model: keras.Model) -> keras.Model:
+    """The trainable network inside a shipped model (inside its TTA wrapper, if it has one)."""
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return inner[0] if model.name.endswith("_tta") and len(inner) == 1 else model
+
+
 def output_layer(model: keras.Model) -> keras.layers.Layer:
     """The model's softmax output layer ``probabilities``."""
     try:

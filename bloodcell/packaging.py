@@ -1,7 +1,8 @@
-"""Turning a trained model into the shipped one: float32 compute, the prior correction and
-test-time augmentation, all inside one Keras model (so ``.keras`` export, ``predict``, batch
-inference and any serving compute the same thing). The model transforms themselves are in
-``bloodcell.models``."""
+"""Turning a trained model into the shipped one: float32 compute, the prior correction,
+test-time augmentation, calibrated probabilities and the referral rule, all inside one Keras
+model (so ``.keras`` export, ``predict``, batch inference and any serving compute the same
+thing). The model transforms themselves are in ``bloodcell.models``, the rule in
+``bloodcell.referral``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bloodcell.calibration import prior_log_ratio
 from bloodcell.dataset import Dataset
 from bloodcell.evaluation import accuracy
 from bloodcell.models import shift_logits, with_float32_compute, with_tta
+from bloodcell.referral import ReferralConfig, fit_referral
 
 MAX_PRIOR_CORRECTION = 4.0
 
@@ -24,14 +26,16 @@ def check_prior_correction(value: float) -> None:
 
 
 def package_model(model: keras.Model, train: Dataset, val: Dataset, *, tta: bool,
-                  prior_correction: float) -> tuple[keras.Model, dict[str, Any]]:
+                  prior_correction: float, referral: ReferralConfig | None = None) -> tuple[keras.Model, dict[str, Any]]:
     """The model to ship, and notes on it (val accuracy with and without the correction, the
-    shift per class):
+    shift per class, the referral rule):
 
     - it computes in float32, whatever precision it was trained in;
     - with ``prior_correction`` > 0 its logits are shifted by that multiple of
       ``calibration.prior_log_ratio(train)`` (rebalancing trained it on equal priors);
-    - with ``tta`` it averages its probabilities over the 8 rotations/reflections of each image.
+    - with ``tta`` it averages its probabilities over the 8 rotations/reflections of each image;
+    - its probabilities are calibrated on ``val`` and it carries the referral rule, fitted on
+      ``train``'s originals and ``val`` (``bloodcell.referral.fit_referral``).
     """
     check_prior_correction(prior_correction)
     model = with_float32_compute(model)
@@ -43,5 +47,6 @@ def package_model(model: keras.Model, train: Dataset, val: Dataset, *, tta: bool
         shift = prior_correction * prior_log_ratio(train)
         shift_logits(model, shift)
         info["prior_correction"] = {name: round(float(v), 4) for name, v in zip(train.class_names, shift)}
+    packaged, info["referral"] = fit_referral(packaged, train.originals(), val, referral)
     info["val_accuracy"] = accuracy(packaged, val.images, val.labels)
     return packaged, info

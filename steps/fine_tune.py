@@ -21,6 +21,7 @@ import bloodcell.dihedral
 import bloodcell.evaluation
 import bloodcell.models
 import bloodcell.packaging
+import bloodcell.referral
 import bloodcell.training
 import bloodcell.transfer
 from bloodcell import MODEL_ARTIFACT
@@ -47,10 +48,13 @@ def fine_tune(
     training: dict[str, Any] | None = None,
     tta: bool = True,
     prior_correction: float = 1.5,
+    referral: dict[str, Any] | None = None,
     min_val_accuracy: float = 0.0,
 ) -> Annotated[keras.Model, MODEL_ARTIFACT]:
-    """Fine-tune (transfer models), package the shipped model, check its val accuracy."""
+    """Fine-tune (transfer models), package the shipped model (calibrated, with the referral rule:
+    ``referral`` holds options of ``bloodcell.referral.ReferralConfig``), check its val accuracy."""
     bloodcell.packaging.check_prior_correction(prior_correction)
+    referral_cfg = bloodcell.referral.ReferralConfig.from_dict(referral)
     info: dict[str, Any] = {}
     if bloodcell.transfer.backbone_of(model) is None:
         info.update(skipped=True, reason=f"{model.name} has no pretrained backbone")
@@ -69,11 +73,16 @@ def fine_tune(
         logger.info("Fine-tuned %d layers of the top %d stages for %d epochs", len(unfrozen), unfreeze_blocks, info["epochs"])
     if info.get("skipped"):
         logger.info("fine-tuning skipped: %s", info["reason"])
-    packaged, notes = bloodcell.packaging.package_model(model, train, val, tta=tta, prior_correction=prior_correction)
+    packaged, notes = bloodcell.packaging.package_model(model, train, val, tta=tta, prior_correction=prior_correction,
+                                                        referral=referral_cfg)
     info.update(notes)
     if prior_correction:
         logger.info("prior correction %.2f: val accuracy %.4f -> %.4f", prior_correction,
                     info["val_accuracy_uncorrected"], info["val_accuracy"])
+    rule = info["referral"]
+    logger.info("calibrated with temperature %.3f; referral rule: accept at confidence >= %.4f and distance <= %.2f "
+                "(val: %.1f%% accepted at %s accuracy)", rule["temperature"], rule["confidence_threshold"],
+                rule["review_distance"], 100 * rule["val"]["coverage"], rule["val"]["accuracy_accepted"])
     log_metadata(info)
     guard("fine_tune", metrics_tables({"val_accuracy": info["val_accuracy"]}), min_val_accuracy=min_val_accuracy)
     return packaged

@@ -47,12 +47,14 @@ def _options():
     from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
     from bloodcell.cnn import build_custom_cnn
+    from bloodcell.referral import ReferralConfig
     from bloodcell.training import TrainConfig
     from bloodcell.transfer import build_transfer
 
     yield from ((f"training.{f.name}", f.name) for f in fields(TrainConfig))
     yield from ((f"augment.{f.name}", f.name) for f in fields(OnlineAugment))
     yield from ((f"adaptation.{f.name}", f.name) for f in fields(AdaptConfig))
+    yield from ((f"referral.{f.name}", f.name) for f in fields(ReferralConfig))
     for builder in (build_custom_cnn, build_transfer):
         for name in inspect.signature(builder).parameters:
             if name not in ("num_classes", "image_size", "name", "architecture"):
@@ -141,6 +143,7 @@ def _defaults():
     from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
     from bloodcell.cnn import build_custom_cnn
+    from bloodcell.referral import ReferralConfig
     from bloodcell.training import TrainConfig
     from bloodcell.transfer import build_transfer
 
@@ -148,7 +151,7 @@ def _defaults():
         for name, p in inspect.signature(step.entrypoint).parameters.items():
             if p.default is not inspect.Parameter.empty:
                 yield step.name, name, p.default
-    for cls in (TrainConfig, OnlineAugment, AdaptConfig):
+    for cls in (TrainConfig, OnlineAugment, AdaptConfig, ReferralConfig):
         for f in fields(cls):
             if f.default is not MISSING:
                 yield cls.__name__, f.name, f.default
