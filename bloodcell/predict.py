@@ -49,18 +49,44 @@ def predict_probabilities(model, images: np.ndarray | ShardedImages, batch_size:
                            for c in chunks])
 
 
-def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str], batch_size: int = 256) -> pd.DataFrame:
-    """``id, predicted_class, confidence`` and one ``p_<class>`` probability column per class."""
+def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str]) -> pd.DataFrame:
+    """``id, predicted_class, confidence, status, reason, check, distance`` and one ``p_<class>``
+    probability column per class (calibrated; ``status``, ``reason``, the ``check`` that decided
+    it and the feature ``distance`` to the training cells: ``bloodcell.referral``)."""
+    from bloodcell.referral import score
+
     expected = tuple(model.input_shape[1:3])
     if images.shape[1:3] != expected:
         raise ValueError(f"the model takes {expected[0]}x{expected[1]} images, got {images.shape[1]}x{images.shape[2]}")
     class_names = model_classes(model)
-    probs = predict_probabilities(model, images, batch_size)
+    scores = score(model, images)
+    probs = scores.probabilities
     table = pd.DataFrame({
         "id": ids,
         "predicted_class": [class_names[i] for i in probs.argmax(axis=1)],
         "confidence": probs.max(axis=1),
+        "status": scores.status,
+        "reason": scores.reason,
+        "check": scores.check,
+        "distance": np.round(scores.distance, 3),
     })
     for i, name in enumerate(class_names):
         table[f"p_{name}"] = probs[:, i]
     return table
+
+
+MAX_UNLIKE_SHARE = 0.5
+"""Above this share of a batch unlike the training cells, batch inference and ``predict`` warn."""
+
+
+def unlike_share(table: pd.DataFrame) -> float:
+    """The share of a prediction table's images that a check found unlike the training cells
+    (blank, far, an unusual distance or stain; not a low confidence)."""
+    from bloodcell.referral import UNLIKE
+
+    return float(table["check"].isin(UNLIKE).mean()) if len(table) else 0.0
+
+
+def unlike_warning(share: float) -> str:
+    return (f"this batch looks unlike the training lab ({share:.0%} of its images are unlike the training cells): "
+            "adapt with a few labelled cells, `bloodcell adapt --data FOLDER --output model.keras`")

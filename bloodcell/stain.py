@@ -1,5 +1,5 @@
-"""A lab's normal stain colour: the per-image channel-mean ranges the ``ingest`` and
-``predict_input`` expectation suites accept, and a profile that proposes them from images a lab
+"""A lab's normal stain colour: the per-image channel-mean ranges the ``ingest`` expectation
+suite accepts (and the referral rule's per-image stain check, ``bloodcell.referral``), and a profile that proposes them from images a lab
 trusts (``bloodcell profile FOLDER``)."""
 
 from __future__ import annotations
@@ -76,10 +76,9 @@ def profile(images: np.ndarray, margin: float = 10.0, coverage: float = 1.0) -> 
 
 
 def profile_yaml(ranges: dict[str, list[float]], images: int, source: str) -> str:
-    """The config lines to paste: ``stain_ranges`` for ``ingest`` and ``ingest_unlabeled``."""
+    """The config lines to paste: ``stain_ranges`` for ``ingest``."""
     block = {"stain_ranges": {c: [int(v) for v in ranges[c]] for c in CHANNELS}}
     text = yaml.safe_dump(block, default_flow_style=None, sort_keys=False)
     indented = "".join(f"      {line}\n" for line in text.splitlines())
     return (f"# stain colour profile of {images} images in {source}: paste under the steps that read images\n"
-            f"steps:\n  ingest:\n    parameters:\n{indented}"
-            f"  # and for batch inference: ingest_unlabeled.parameters.stain_ranges, the same ranges\n")
+            f"steps:\n  ingest:\n    parameters:\n{indented}")

@@ -11,7 +11,6 @@ from zenml.logger import get_logger
 from bloodcell.dataset import Dataset
 from bloodcell.ingest import read_unlabeled
 from bloodcell.mlops.registry import image_size_of
-from bloodcell.stain import stain_params
 from bloodcell.tables import unlabeled_tables
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
@@ -21,13 +20,11 @@ logger = get_logger(__name__)
 
 
 @step(enable_cache=False, output_materializers={"images": DatasetMaterializer})
-def ingest_unlabeled(
-    source: str, image_size: int | None = None, stain_ranges: dict[str, list[float]] | None = None,
-) -> Annotated[Dataset, "images"]:
+def ingest_unlabeled(source: str, image_size: int | None = None) -> Annotated[Dataset, "images"]:
     """Every image under ``source`` (labels, where present, are ignored), brought to ``image_size``
-    (default: the model version's) and checked by the ``predict_input`` expectation suite
-    (``stain_ranges``: default PBC's) before anything is predicted."""
-    params = stain_params(stain_ranges)
+    (default: the model version's) and checked by the ``predict_input`` expectation suite (size,
+    RGB, ids) before anything is predicted. Blank images and other stains are not errors here:
+    ``predict`` flags each one (the model's referral rule) and the run goes on."""
     if image_size is None:
         image_size = image_size_of(get_step_context().model)
     # the images go straight into the output artifact's folder as shards, as they are decoded
@@ -35,6 +32,6 @@ def ingest_unlabeled(
     logger.info("Read %d images to classify from %s at %dx%d, fingerprint %s, conversions %s", len(ds), source,
                 image_size, image_size, ds.fingerprint[:12], ds.info["conversions"] or "none")
     log_code_version()
-    guard("predict_input", unlabeled_tables(ds), image_size=image_size, **params)
+    guard("predict_input", unlabeled_tables(ds), image_size=image_size)
     log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "source": str(source)})
     return ds

@@ -12,15 +12,20 @@ from zenml.logger import get_logger
 
 from bloodcell import MODEL_ARTIFACT
 from bloodcell.dataset import Dataset
-from bloodcell.predict import predict_table
+from bloodcell.predict import MAX_UNLIKE_SHARE, predict_table, unlike_share, unlike_warning
+from bloodcell.tables import metrics_tables
+from steps._guard import guard
 
 logger = get_logger(__name__)
 
 
 @step(enable_cache=False)
-def predict(images: Dataset, output: str | None = "predictions.csv") -> Annotated[pd.DataFrame, "predictions"]:
-    """``id, predicted_class, confidence, p_<class>...`` for every image; also written to
-    ``output`` (relative to the working directory; null: no file)."""
+def predict(images: Dataset, output: str | None = "predictions.csv",
+            max_unlike_share: float = MAX_UNLIKE_SHARE) -> Annotated[pd.DataFrame, "predictions"]:
+    """``id, predicted_class, confidence, status, reason, check, distance, p_<class>...`` for
+    every image; also written to ``output`` (relative to the working directory; null: no file).
+    An odd image gets its status; the run goes on. Above ``max_unlike_share`` of the images
+    unlike the training cells, the ``predict`` expectation warns (it does not stop the run)."""
     version = get_step_context().model
     artifact = version.get_artifact(MODEL_ARTIFACT)
     if artifact is None:
@@ -34,7 +39,14 @@ def predict(images: Dataset, output: str | None = "predictions.csv") -> Annotate
         os.replace(tmp, output)  # never a half-written CSV
         logger.info("Wrote %d predictions to %s", len(table), os.path.abspath(output))
     counts = table.predicted_class.value_counts().to_dict()
+    statuses = {k: int(v) for k, v in table.status.value_counts().items()}
+    share = unlike_share(table)
     log_metadata({"model_name": version.name, "model_version": str(version.number), "predicted": len(table),
-                  "predicted_per_class": {k: int(v) for k, v in counts.items()},
-                  "output": os.path.abspath(output) if output else ""})
+                  "predicted_per_class": {k: int(v) for k, v in counts.items()}, "status_counts": statuses,
+                  "unlike_training_share": share, "output": os.path.abspath(output) if output else ""})
+    logger.info("status: %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
+    gate = guard("predict", metrics_tables({"unlike_training_share": share}), raise_on_failure=False,
+                 max_unlike_share=max_unlike_share)
+    if not gate.success:
+        logger.warning(unlike_warning(share))
     return table

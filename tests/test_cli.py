@@ -39,4 +39,4 @@ def test_predict_loads_tensorflow_without_its_start_up_lines(tmp_path, small_tre
     res = _run("-m", "bloodcell.mlops.cli", "predict", str(path), str(small_tree), "--output", str(tmp_path / "p.csv"))
     assert res.returncode == 0, res.stderr
     assert "oneDNN" not in res.stderr and "cuda" not in res.stderr.lower(), res.stderr
-    assert res.stdout.startswith("predicted 24 images")
+    assert res.stdout.startswith("predicted 24 images: 24 accept, 0 review, 0 not_a_cell")

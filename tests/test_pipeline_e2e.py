@@ -179,10 +179,16 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     import pandas as pd
     from zenml.client import Client
 
+    from bloodcell.predict import predict_table
+
+    # the sample plus one odd image (a blank field): the run finishes, that image is flagged
+    batch = project / "out" / "batch"
+    shutil.copytree(project / "data" / "sample", batch)
+    Image.new("RGB", (96, 96), (240, 240, 240)).save(batch / "blank.png")
     cfg = yaml.safe_load((project / "configs" / "predict.yaml").read_text())
     cfg["model"] = {"name": MODEL, "version": "production"}
+    cfg["steps"]["ingest_unlabeled"]["parameters"]["source"] = "out/batch"
     cfg["steps"]["predict"]["parameters"]["output"] = "out/predictions.csv"
-    (project / "out").mkdir(exist_ok=True)
     (project / "configs" / "predict_e2e.yaml").write_text(yaml.safe_dump(cfg))
     zenml(project, "pipeline", "run", "pipelines.inference.inference_pipeline", "-c", "configs/predict_e2e.yaml")
     run = Client().get_pipeline("inference_pipeline").last_run
@@ -190,13 +196,21 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     production = Client().get_model_version(MODEL, "production")
     assert _version(run).id == production.id  # the run is linked to the version it used
     table = run.steps["predict"].outputs["predictions"][0].load()
-    csv = pd.read_csv(project / "out" / "predictions.csv")
-    assert len(table) == len(csv) == 400 and list(csv.columns[:3]) == ["id", "predicted_class", "confidence"]
+    csv = pd.read_csv(project / "out" / "predictions.csv", keep_default_na=False)
+    assert len(table) == len(csv) == 401
+    assert list(csv.columns[:6]) == ["id", "predicted_class", "confidence", "status", "reason", "check"]
+    blank = table.set_index("id").loc["blank.png"]
+    assert blank.status == "not_a_cell" and blank.reason.startswith("a blank image"), blank
+    assert set(table.status) <= {"accept", "review", "not_a_cell"} and (table.status == "accept").any()
+    # the same status as `bloodcell predict` (predict_table) and the model's own probabilities
     images = run.steps["ingest_unlabeled"].outputs["images"][0].load()
     model = first_run.steps["fine_tune"].outputs["tuned_model"][0].load()
-    expected = model.predict(images.images[:16].astype("float32"), verbose=0).argmax(1)
-    assert table.predicted_class[:16].tolist() == [images.class_names[i] for i in expected]
+    expected = predict_table(model, images.images, images.ids)
+    assert table.status.tolist() == expected.status.tolist() and table.reason.tolist() == expected.reason.tolist()
+    probs = model.predict(images.images[:16].astype("float32"), verbose=0)
+    np.testing.assert_allclose(table.confidence[:16], probs.max(axis=1), atol=1e-5)
     assert run.steps["ingest_unlabeled"].outputs["predict_input_expectations"][0].load().success
+    assert run.steps["predict"].outputs["predict_expectations"][0].load().results[0].expectation
 
 
 def test_caching(project, first_run):

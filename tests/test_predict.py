@@ -24,8 +24,10 @@ def test_folder_prediction_equals_the_model(tmp_path, small_tree, saved_model):
     model, path = saved_model
     out = tmp_path / "pred.csv"
     assert cli(["predict", str(path), str(small_tree), "--output", str(out)]) == 0
-    table = pd.read_csv(out)
-    assert list(table.columns) == ["id", "predicted_class", "confidence", *[f"p_{c}" for c in CLASS_NAMES]]
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["id", "predicted_class", "confidence", "status", "reason", "check", "distance",
+                                   *[f"p_{c}" for c in CLASS_NAMES]]
+    assert set(table.status) == {"accept"} and set(table.reason) == {"model predates referral"}  # no rule in it
     ds = read_source(small_tree)
     assert table.id.tolist() == ds.ids
     expected = model.predict(ds.images.astype("float32"), verbose=0)

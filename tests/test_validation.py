@@ -156,13 +156,14 @@ def _valid_tables(ds: Dataset) -> dict[str, tuple[dict, dict]]:
     return {
         "ingest": (tables.ingest_tables(ds), {**tables.shape_params(ds), **stain_params(None)}),
         "predict_input": (tables.unlabeled_tables(Dataset(images=ds.images, labels=np.full(len(ds), -1), ids=ds.ids)),
-                          {"image_size": 96, **stain_params(None)}),
+                          {"image_size": 96}),
         "ingest_external": (tables.external_tables(ds), tables.shape_params(ds)),
         "filter_outliers": (tables.filter_tables(ds, ds), {"max_fraction": 0.05}),
         "split": (tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}), {}),
         "rebalance": (tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids)), {}),
         "train": (tables.history_tables(history), {"min_val_accuracy": 0.5}),
         "fine_tune": (tables.metrics_tables({"val_accuracy": 0.9}), {"min_val_accuracy": 0.5}),
+        "predict": (tables.metrics_tables({"unlike_training_share": 0.1}), {"max_unlike_share": 0.5}),
         "evaluate": (tables.metrics_tables({"plain_accuracy": 0.9, "noisy_accuracy": 0.9}),
                      {"min_plain_accuracy": 0.5, "min_noisy_accuracy": 0.5}),
     }

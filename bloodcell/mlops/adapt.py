@@ -25,12 +25,12 @@ def adaptation_config(base: int, data: str, image_size: int, stain_ranges: dict,
                       unlabelled: bool = False) -> dict[str, Any]:
     """The pipeline config for a lab folder ``data`` and check sets ``checks``: the adaptation
     pipeline's, or with ``unlabelled`` the recalibration pipeline's (batch norm from the lab's cells)."""
-    lab = {"source": str(Path(data).resolve()), "image_size": image_size, "stain_ranges": stain_ranges}
+    lab = {"source": str(Path(data).resolve()), "image_size": image_size}
     steps: dict[str, Any] = {"ingest_external": {"parameters": {"external": checks}}}
     if unlabelled:
         steps["ingest_unlabeled"] = {"parameters": lab}
     else:
-        steps["ingest"] = {"parameters": lab}
+        steps["ingest"] = {"parameters": {**lab, "stain_ranges": stain_ranges}}
         steps["adapt"] = {"parameters": {"adaptation": adaptation or {}}}
     return {"model": {"name": name, "tags": ["adapted"]},
             "parameters": {"base_version": str(base), "base_model": name}, "steps": steps}

@@ -76,10 +76,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from bloodcell.ingest import read_unlabeled
-    from bloodcell.predict import load_model, predict_table
-
     _load_tensorflow()
+    from bloodcell.ingest import read_unlabeled
+    from bloodcell.predict import MAX_UNLIKE_SHARE, load_model, predict_table, unlike_share, unlike_warning
+    from bloodcell.referral import PREDATES
+
     if args.model.endswith(".keras") or Path(args.model).exists():
         model = load_model(args.model)
     else:
@@ -90,7 +91,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = read_unlabeled(args.input, image_size=int(model.input_shape[1]))
     table = predict_table(model, images.images, images.ids)
     table.to_csv(args.output, index=False)
-    print(f"predicted {len(table)} images; wrote {args.output}")
+    counts = table.status.value_counts()
+    print(f"predicted {len(table)} images: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("accept", "review", "not_a_cell"))
+          + f"; wrote {args.output}")
+    if len(table) and table.reason.iloc[0] == PREDATES:
+        print(f"warning: {PREDATES}: every image is accepted; retrain or export a newer version to get review flags")
+    elif unlike_share(table) > MAX_UNLIKE_SHARE:
+        print(f"warning: {unlike_warning(unlike_share(table))}")
     return 0
 
 
@@ -191,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("predict", help="classify a folder of images or an .npz with an exported .keras model")
     p.add_argument("model", help=f"a .keras file, or a model version: {VERSION_HELP}")
     p.add_argument("input", help="a folder of images (searched recursively) or an .npz with an 'images' array")
-    p.add_argument("--output", required=True, help="CSV to write: id,predicted_class,confidence,p_<class>...")
+    p.add_argument("--output", required=True, help="CSV to write: id,predicted_class,confidence,status,reason,check,"
+                   "distance,p_<class>...")
     p.add_argument("--model-name", default=MODEL_NAME, help="registered model, when MODEL is a version")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="write a model version's model as one self-contained .keras file")
