@@ -155,7 +155,8 @@ def images_for(images: list[str] | None, image_size: int, limits: Limits) -> tup
 @dataclass
 class ServingModel:
     """A loaded model and what the service says about it. ``predict`` is the model's call traced
-    once for any batch size (``tf.function``), safe to call from several threads."""
+    once for any batch size (``tf.function``), safe to call from several threads; ``features``
+    the same for the referral rule's per-view features (None: a model from before the rule)."""
 
     model: Any
     classes: list[str]
@@ -165,20 +166,32 @@ class ServingModel:
     stage: str | None
     limits: Limits = field(default_factory=Limits)
     predict: Any = None
+    features: Any = None
+    rule: tuple[Any, np.ndarray, np.ndarray] | None = None  # the rule layer, the head's kernel and bias
 
     @classmethod
     def load(cls, model: Any, name: str, version: str | None, stage: str | None, limits: Limits) -> ServingModel:
-        import tensorflow as tf
-
         from bloodcell.predict import model_classes
+        from bloodcell.referral import Scorer, rule_layer
 
         size = int(model.input_shape[1])
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
-                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-        served = cls(model, model_classes(model), size, name, version, stage, limits,
-                     lambda batch: np.asarray(fn(tf.constant(batch, tf.float32))))
-        served.predict(np.zeros((1, size, size, 3), np.uint8))  # trace and warm up now, not on the first request
+        served = cls(model, model_classes(model), size, name, version, stage, limits, _traced(model, size))
+        if rule_layer(model) is not None:
+            scorer = Scorer(model)
+            served.features = _traced(scorer.model, size)
+            served.rule = (rule_layer(model), *scorer.head_weights())
+        warm = np.zeros((1, size, size, 3), np.uint8)  # trace and warm up now, not on the first request
+        served.predict(warm)
+        served.score(warm)
         return served
+
+    def score(self, batch: np.ndarray) -> Any:
+        """``bloodcell.referral.Scores`` of a batch: what ``bloodcell predict`` gives for it."""
+        from bloodcell.referral import from_features, predates
+
+        if self.rule is None:
+            return predates(self.predict(batch))
+        return from_features(self.features(batch), batch, *self.rule)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "stage": self.stage, "image_size": self.image_size,
@@ -186,18 +199,29 @@ class ServingModel:
 
     def classify(self, batch: np.ndarray, digests: list[str], explain: int | None = None) -> dict[str, Any]:
         """``{"model": ..., "predictions": [...], "model_ms": ...}``: per image its class, confidence,
-        top 3 and every class's probability; ``occlusion`` on the image ``explain`` names; the
+        status and reason (``bloodcell.referral``), top 3 and every class's probability; ``occlusion`` on the image ``explain`` names; the
         milliseconds the model took."""
         check_explain(explain, len(batch))
         started = time.perf_counter()
-        probs = self.predict(batch)
-        rows = answer_rows(probs, self.classes, digests)
+        scores = self.score(batch)
+        probs = scores.probabilities
+        rows = answer_rows(probs, self.classes, digests, scores.status, scores.reason)
         if explain is not None:
             rows[explain]["occlusion"] = occlusion_map(self.predict, batch[explain], int(probs[explain].argmax()))
         return {"model": self.describe(), "predictions": rows, "model_ms": round(1000 * (time.perf_counter() - started), 1)}
 
 
-def answer_rows(probs: np.ndarray, classes: list[str], digests: list[str]) -> list[dict[str, Any]]:
+def _traced(model: Any, size: int) -> Any:
+    """``model``'s call traced once for any batch size, as a NumPy function of uint8 batches."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                     input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    return lambda batch: np.asarray(fn(tf.constant(batch, tf.float32)))
+
+
+def answer_rows(probs: np.ndarray, classes: list[str], digests: list[str], status: list[str],
+                reason: list[str]) -> list[dict[str, Any]]:
     rows = []
     for i, p in enumerate(np.asarray(probs, dtype=np.float64)):
         order = np.argsort(-p, kind="stable")
@@ -205,6 +229,8 @@ def answer_rows(probs: np.ndarray, classes: list[str], digests: list[str]) -> li
             "index": i,
             "class": classes[order[0]],
             "confidence": float(p[order[0]]),
+            "status": status[i],
+            "reason": reason[i],
             "top3": [{"class": classes[k], "probability": float(p[k])} for k in order[:3]],
             "probabilities": {c: float(v) for c, v in zip(classes, p)},
             "sha256": digests[i],

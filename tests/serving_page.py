@@ -50,6 +50,9 @@ def classify_on_page(url: str, key: str, files: list[Path], screenshot: Path | N
                 "classes": [cards.nth(i).get_attribute("data-cls") for i in range(cards.count())],
                 "confidences": page.locator(".card .conf").all_inner_texts(),
                 "bars": [cards.nth(i).locator(".bar").count() for i in range(cards.count())],
+                "statuses": [cards.nth(i).get_attribute("data-status") for i in range(cards.count())],
+                "badges": page.locator(".card .badge").all_inner_texts(),
+                "reasons": page.locator(".card .reason").all_inner_texts(),
                 "rules": page.locator(".rule").all_inner_texts(),
                 "errors": errors,
             }

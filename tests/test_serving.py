@@ -126,8 +126,9 @@ def test_decode_image_refuses_large_images_from_the_header():
 
 def test_answer_rows():
     probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]], dtype=np.float32)
-    rows = answer_rows(probs, ["a", "b", "c"], ["d0", "d1"])
+    rows = answer_rows(probs, ["a", "b", "c"], ["d0", "d1"], ["accept", "review"], ["confidence 0.60", "confidence 0.50 below 0.55"])
     assert [r["class"] for r in rows] == ["b", "a"] and rows[0]["confidence"] == pytest.approx(0.6)
+    assert [r["status"] for r in rows] == ["accept", "review"] and rows[1]["reason"] == "confidence 0.50 below 0.55"
     assert [t["class"] for t in rows[1]["top3"]] == ["a", "c", "b"]
     assert rows[0]["probabilities"] == pytest.approx({"a": 0.1, "b": 0.6, "c": 0.3})
     assert rows[1]["sha256"] == "d1" and json.dumps(rows)

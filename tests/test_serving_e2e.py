@@ -157,6 +157,7 @@ def test_answers_equal_bloodcell_predict(service, tmp_path):
     for f, row in zip(files, rows):
         expected = table.loc[f.name]
         assert row["class"] == expected.predicted_class, f.name
+        assert (row["status"], row["reason"]) == (expected.status, expected.reason), f.name
         assert row["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
         assert row["probabilities"] == pytest.approx({c: expected[f"p_{c}"] for c in model["classes"]}, abs=1e-5)
         assert [t["class"] for t in row["top3"]][0] == row["class"] and len(row["top3"]) == 3
@@ -238,13 +239,20 @@ def test_the_page_classifies_two_images_in_a_real_browser(service, tmp_path):
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
-    files = [_samples(1)[6], _samples(1)[7]]  # a neutrophil and a platelet
+    blank = tmp_path / "blank.png"  # not a blood cell: the page says so, with the reason
+    Image.new("RGB", (96, 96), (20, 20, 20)).save(blank)
+    files = [_samples(1)[6], _samples(1)[7], blank]  # a neutrophil, a platelet, a blank field
     expected = _post(service, {"parameters": {"images": [_b64(f.read_bytes()) for f in files]}}).json()
-    classes = [p["class"] for p in expected["outputs"]["classification"]["predictions"]]
+    predictions = expected["outputs"]["classification"]["predictions"]
+    classes = [p["class"] for p in predictions]
     shot = tmp_path / "serving.png"
     page = classify_on_page(service["url"], service["key"], files, screenshot=shot, explain=0)
     assert page["status"].startswith("HTTP 200"), page
-    assert page["classes"] == classes and page["bars"] == [8, 8]
+    assert page["classes"] == classes and page["bars"] == [8, 8, 8]
+    assert page["statuses"] == [p["status"] for p in predictions] and page["statuses"][2] == "not_a_cell"
+    badge = {"accept": "accepted", "review": "needs review", "not_a_cell": "not a blood cell"}
+    assert [b.lower() for b in page["badges"]] == [badge[s] for s in page["statuses"]]
+    assert page["reasons"] == [p["reason"] for p in predictions] and page["reasons"][2].startswith("a blank image")
     assert f"{MODEL} version 1 (production)" in page["model"]
     assert "lowers P(" in page["explanation"] and shot.stat().st_size > 10_000
     assert page["errors"] == [], page["errors"]
