@@ -1,6 +1,9 @@
 """Evaluation of a shipped model: the plain test split, the same split with white Gaussian noise,
 a corruption table, and other labs' images (external sets). Labels are matched to the model's
-classes by name (``bloodcell.classes.label_map``)."""
+classes by name (``bloodcell.classes.label_map``). On each set, how far its answers can be
+trusted (``bloodcell.reliability``): calibration error before and after calibration, the
+risk-coverage curve, the referral rule's coverage and accuracy among the accepted cells; and how
+many generated non-cell images (``bloodcell.noncells``) it accepts."""
 
 from __future__ import annotations
 
@@ -52,6 +55,10 @@ class EvaluationReport:
     corruptions: list[dict[str, Any]] = field(default_factory=list)
     # other labs' images, by set name (ingest_external)
     external: dict[str, SetMetrics] = field(default_factory=dict)
+    # by set name (plain, noisy, external_<name>): calibration, risk-coverage, the referral rule
+    trust: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # by kind of generated non-cell image: n, accepted, not_a_cell
+    non_cells: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +71,8 @@ class EvaluationReport:
             params=dict(d.get("params", {})),
             corruptions=list(d.get("corruptions", [])),
             external={k: SetMetrics(**v) for k, v in d.get("external", {}).items()},
+            trust=dict(d.get("trust", {})),
+            non_cells=dict(d.get("non_cells", {})),
         )
 
     def summary(self) -> dict[str, float]:
@@ -74,6 +83,13 @@ class EvaluationReport:
         for name, m in self.external.items():
             out[f"external_{name}_accuracy"] = m.accuracy
             out[f"external_{name}_balanced_accuracy"] = m.balanced_accuracy
+        for name, t in self.trust.items():
+            for key in ("ece_before", "ece_after", "coverage", "accuracy_accepted", "not_a_cell", "aurc"):
+                if key in t:
+                    out[f"{name}_{key}"] = t[key]
+        if self.non_cells:
+            n = sum(v["n"] for v in self.non_cells.values())
+            out["non_cells_accepted"] = sum(v["accepted"] * v["n"] for v in self.non_cells.values()) / max(n, 1)
         return out
 
     def markdown(self) -> str:
@@ -105,6 +121,22 @@ class EvaluationReport:
             for name, m in self.external.items():
                 recall = ", ".join(f"{c} {m.per_class[c]['recall']:.2f} (n={int(m.per_class[c]['support'])})" for c in m.present)
                 lines.append(f"| {name} | {m.n} | {m.accuracy:.4f} | {m.balanced_accuracy:.4f} | {recall} |")
+        if self.trust:
+            lines += ["", "### can the answers be trusted? (ECE: expected calibration error; the referral rule's shares)", "",
+                      "| set | ECE before / after | accepted | accuracy among accepted | review | not a cell | "
+                      "coverage at 99% / 99.5% | AURC |", "|---|---|---|---|---|---|---|---|"]
+            for name, t in self.trust.items():
+                lines.append(f"| {name} | {t['ece_before']:.4f} / {t['ece_after']:.4f} | {t['coverage']:.3f} | "
+                             f"{t['accuracy_accepted']:.4f} | {t['review']:.3f} | {t['not_a_cell']:.3f} | "
+                             f"{t['coverage_at_99']:.3f} / {t['coverage_at_99_5']:.3f} | {t['aurc']:.4f} |")
+            for name, t in self.trust.items():
+                if "balanced_accuracy_ci" in t:
+                    low, high = t["balanced_accuracy_ci"]
+                    lines.append(f"\n{name}: balanced accuracy 95% bootstrap interval {low:.3f} to {high:.3f}")
+        if self.non_cells:
+            lines += ["", "### generated non-cell images", "", "| kind | n | accepted | not a cell |", "|---|---|---|---|"]
+            for kind, v in self.non_cells.items():
+                lines.append(f"| {kind} | {v['n']} | {v['accepted']:.3f} | {v['not_a_cell']:.3f} |")
         return "\n".join(lines) + "\n"
 
 
@@ -189,25 +221,69 @@ def external_sets(external: Dataset) -> dict[str, Dataset]:
     return {name: external.subset(np.arange(r["start"], r["stop"])) for name, r in external.info.get("sets", {}).items()}
 
 
+def trust_metrics(scores: Any, y: np.ndarray | None) -> dict[str, Any]:
+    """Calibration (before and after), risk-coverage and the referral rule's shares of one set's
+    :class:`bloodcell.referral.Scores`; ``y``: its labels (None: unlabelled, shares only)."""
+    from bloodcell.reliability import referral_summary, reliability, risk_coverage
+
+    if y is None:
+        return referral_summary(scores.status)
+    correct = scores.predicted == y
+    before = reliability(scores.uncalibrated.max(axis=1), scores.uncalibrated.argmax(axis=1) == y)
+    after = reliability(scores.confidence, correct)
+    curve = risk_coverage(scores.confidence, correct)
+    return {**referral_summary(scores.status, correct), "ece_before": before["ece"], "ece_after": after["ece"],
+            "reliability_before": before, "reliability_after": after, **curve}
+
+
 def evaluate_model(model: Any, test: Dataset, noise_sigma: float = 25.0, seed: int = 0,
-                   corruption_samples: int | None = 0, external: Dataset | None = None) -> EvaluationReport:
+                   corruption_samples: int | None = 0, external: Dataset | None = None,
+                   non_cells: int = 0) -> EvaluationReport:
     """Metrics of ``model`` (in inference mode) on ``test``, on ``test`` + white noise, (unless
     ``corruption_samples`` is None) the corruption table on that many test images (0: all), and on
-    each set of ``external`` (other labs' images)."""
+    each set of ``external`` (other labs' images); on each, how far its answers can be trusted
+    (``trust_metrics``); and the referral rule on ``non_cells`` generated images of each kind."""
     from bloodcell.predict import model_classes
+    from bloodcell.referral import Scorer, rule_layer, score
+    from bloodcell.reliability import bootstrap_balanced_accuracy
 
     classes = model_classes(model)
+    scorer = Scorer(model) if rule_layer(model) is not None else None
     y = in_model_classes(test, classes, "test split")
     report = EvaluationReport(class_names=classes, params={"noise_sigma": noise_sigma, "noise_seed": seed})
-    report.sets["plain"] = set_metrics(y, predict_classes(model, test.images), classes)
+    plain = score(model, test.images, scorer)
+    report.sets["plain"] = set_metrics(y, plain.predicted, classes)
+    report.trust["plain"] = trust_metrics(plain, y)
     if noise_sigma > 0:  # 512 images at a time, from one generator: the same noise as all at once
         rng = np.random.default_rng(seed)
-        chunks = (test.images[a:a + 512] for a in range(0, len(test), 512))
-        noisy = [predict_classes(model, add_white_noise(c, noise_sigma, rng)) for c in chunks]
-        report.sets["noisy"] = set_metrics(y, np.concatenate(noisy) if noisy else np.zeros(0, np.int64), classes)
+        parts = [score(model, add_white_noise(test.images[a:a + 512], noise_sigma, rng), scorer)
+                 for a in range(0, len(test), 512)]
+        noisy = concat_scores(parts)
+        report.sets["noisy"] = set_metrics(y, noisy.predicted, classes)
+        report.trust["noisy"] = trust_metrics(noisy, y)
     if corruption_samples is not None:
         picked = test.sample(corruption_samples, seed)
         report.corruptions = corruption_table(model, picked.images, in_model_classes(picked, classes, "test split"))
     for name, part in external_sets(external).items() if external is not None else ():
-        report.external[name] = dataset_metrics(model, part, f"external set {name!r}", classes)
+        yx = in_model_classes(part, classes, f"external set {name!r}")
+        scores = score(model, part.images, scorer)
+        report.external[name] = set_metrics(yx, scores.predicted, classes)
+        report.trust[f"external_{name}"] = {**trust_metrics(scores, yx),
+                                            "balanced_accuracy_ci": bootstrap_balanced_accuracy(yx, scores.predicted)}
+    if non_cells:
+        from bloodcell.noncells import non_cell_images
+
+        size = int(test.images.shape[1])
+        for kind, images in non_cell_images(size, non_cells, seed, np.asarray(test.images[:64])).items():
+            status = score(model, images, scorer).status
+            report.non_cells[kind] = {"n": len(status), "accepted": status.count("accept") / len(status),
+                                      "not_a_cell": status.count("not_a_cell") / len(status)}
     return report
+
+
+def concat_scores(parts: list[Any]) -> Any:
+    """One :class:`bloodcell.referral.Scores` of several batches'."""
+    from bloodcell.referral import Scores
+
+    return Scores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("probabilities", "uncalibrated", "distance")),
+                  *([x for p in parts for x in getattr(p, f)] for f in ("status", "reason", "check")))

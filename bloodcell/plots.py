@@ -111,3 +111,38 @@ def corruption_curves(rows: list[dict], title: str = "accuracy under corruption"
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncols=2)
     return _png(fig)
+
+
+def reliability_diagrams(trust: dict[str, dict]) -> bytes:
+    """One reliability diagram per set: accuracy against confidence per bin, before and after
+    calibration, with the expected calibration error of each."""
+    fig, axes = plt.subplots(1, len(trust), figsize=(3.2 * len(trust), 3.4), squeeze=False)
+    for ax, (name, t) in zip(axes[0], trust.items()):
+        ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
+        for key, colour, label in (("reliability_before", "#d08c2d", "before"), ("reliability_after", "#2d6cc0", "after")):
+            r = t[key]
+            ax.plot(r["confidence"], r["accuracy"], marker="o", ms=3, color=colour, label=f"{label}: ECE {r['ece']:.3f}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("accuracy")
+    return _png(fig)
+
+
+def risk_coverage_curves(trust: dict[str, dict]) -> bytes:
+    """Accuracy among the accepted cells against coverage (the most confident accepted first), one
+    line per set; a dot at the referral rule's own coverage."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for name, t in trust.items():
+        line, = ax.plot(t["curve_coverage"], t["curve_accuracy"], label=f"{name} (AURC {t['aurc']:.3f})")
+        if t["coverage"] > 0:
+            ax.plot([t["coverage"]], [t["accuracy_accepted"]], "o", color=line.get_color())
+    ax.axhline(0.995, color="#999", lw=1, ls="--")
+    ax.set_xlabel("coverage (share of cells accepted)")
+    ax.set_ylabel("accuracy among accepted")
+    ax.set_title("risk-coverage (dots: the shipped rule)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)

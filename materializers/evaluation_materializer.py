@@ -1,4 +1,5 @@
-"""Materializer for :class:`bloodcell.evaluation.EvaluationReport`: JSON, confusion matrices, a table."""
+"""Materializer for :class:`bloodcell.evaluation.EvaluationReport`: JSON, confusion matrices,
+reliability diagrams, risk-coverage curves, a table."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ class EvaluationReportMaterializer(BaseMaterializer):
             png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name} (another lab): accuracy {m.accuracy:.4f}, "
                                              f"balanced {m.balanced_accuracy:.4f}", rows=m.present)
             out[write_bytes(self, f"confusion_external_{name}.png", png)] = VisualizationType.IMAGE
+        if data.trust:
+            out[write_bytes(self, "reliability.png", plots.reliability_diagrams(data.trust))] = VisualizationType.IMAGE
+            out[write_bytes(self, "risk_coverage.png", plots.risk_coverage_curves(data.trust))] = VisualizationType.IMAGE
         if data.corruptions:
             png = plots.corruption_curves(data.corruptions, f"accuracy under corruption (n={data.corruptions[0]['n']})")
             out[write_bytes(self, "corruptions.png", png)] = VisualizationType.IMAGE
