@@ -24,7 +24,7 @@ from bloodcell.calibration import batchnorm_layers, recalibrate_on
 from bloodcell.classes import label_map
 from bloodcell.dataset import Dataset
 from bloodcell.input_pipeline import make_dataset
-from bloodcell.models import with_float32_compute, with_tta
+from bloodcell.models import network_of, with_float32_compute, with_tta
 from bloodcell.predict import model_classes
 
 NO_BATCH_NORM = ("batch norm from the lab's images: the model has no batch-norm layer (rule: only batch norm's "
@@ -64,12 +64,6 @@ class AdaptConfig:
         if out.recalibrate not in ("lab", "mixed", "none"):
             raise ValueError(f"recalibrate {out.recalibrate!r}: choose 'lab', 'mixed' or 'none'")
         return out
-
-
-def network_of(model: keras.Model) -> keras.Model:
-    """The trainable network inside a shipped model (inside its TTA wrapper, if it has one)."""
-    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    return inner[0] if model.name.endswith("_tta") and len(inner) == 1 else model
 
 
 def in_model_labels(ds: Dataset, classes: list[str], where: str) -> Dataset:
@@ -146,6 +140,22 @@ def recalibrated_on(model: keras.Model, images: Dataset, augment: OnlineAugment 
     net, tta = _network_copy(model)
     recalibrate_on(net, images, 0, augment or OnlineAugment(noise_sigma_max=0.0), seed)
     return with_tta(net) if tta else net
+
+
+def rule_cells(lab: Dataset, replay: Dataset, val: Dataset, checks: Dataset | None, classes: list[str],
+               fit_samples: int, seed: int = 0) -> tuple[Dataset, Dataset, str]:
+    """The cells an adapted model's referral rule is refitted on: its training cells (every lab
+    cell, then replayed originals up to ``fit_samples``) for the class means and covariance; the
+    lab's labelled check cells, where there are any, else the base version's val split, for the
+    temperature and thresholds; and which of the two that was. Labels in the model's classes."""
+    lab = in_model_labels(lab, classes, "adaptation data")
+    originals = in_model_labels(replay.originals(), classes, "replay data").sample(max(fit_samples - len(lab), 1), seed)
+    fit = Dataset(images=np.concatenate([np.asarray(lab.images), np.asarray(originals.images)]),
+                  labels=np.concatenate([lab.labels, originals.labels]), ids=lab.ids + originals.ids,
+                  class_names=list(classes))
+    if checks is not None and len(checks):
+        return fit, in_model_labels(checks, classes, "check cells"), "the lab's check cells"
+    return fit, in_model_labels(val, classes, "val split"), "the base version's val split"
 
 
 def split_for_adaptation(ds: Dataset, k: int, seed: int) -> tuple[Dataset, Dataset]:

@@ -12,6 +12,7 @@ from zenml.materializers.base_materializer import BaseMaterializer
 
 from bloodcell.calibration import batchnorm_layers
 from bloodcell.models import model_fingerprint
+from bloodcell.referral import PREDATES, describe
 from materializers._io import write_text
 
 
@@ -45,6 +46,8 @@ class KerasModelMaterializer(BaseMaterializer):
             "input_shape": [d if d is not None else -1 for d in model.input_shape],
             "output_shape": [d if d is not None else -1 for d in model.output_shape],
             "batch_norm_layers": len(batchnorm_layers(model)),  # 0: nothing for unlabelled cells to recalibrate
+            # temperature, thresholds and stain ranges of the rule inside the model (bloodcell.referral)
+            "referral": describe(model) or PREDATES,
         }
 
     def save_visualizations(self, model: keras.Model) -> dict[str, VisualizationType]:

@@ -1,5 +1,6 @@
 """Adaptation to a new lab: ingest (the lab's labelled cells) -> adapt (a model version's model,
-its training data replayed) -> evaluate (the base version's PBC test split, and the lab's check
+its training data replayed; its referral rule refitted on the lab's check sets, or the base
+version's val split) -> evaluate (the base version's PBC test split, and the lab's check
 sets from ingest_external). Each run makes a new version of ``bloodcell-classifier`` with lineage
 to the base version's artifacts and the lab's data; it is not promoted: check it, then promote it
 by hand (``zenml model version update bloodcell-classifier N --stage production``).
@@ -28,14 +29,16 @@ from steps.recalibrate import recalibrate
 def adaptation_pipeline(base_version: str = "production", base_model: str = MODEL_NAME) -> None:
     base = Model(name=base_model, version=base_version)
     lab = ingest()
-    model = adapt(base.get_artifact(MODEL_ARTIFACT), lab, base.get_artifact("balanced_train"))
     test = base.get_artifact("test")
-    evaluate(model, test, ingest_external(test))
+    checks = ingest_external(test)
+    model = adapt(base.get_artifact(MODEL_ARTIFACT), lab, base.get_artifact("balanced_train"), base.get_artifact("val"), checks)
+    evaluate(model, test, checks)
 
 
 @pipeline(enable_cache=True, model=MODEL)
 def recalibration_pipeline(base_version: str = "production", base_model: str = MODEL_NAME) -> None:
     base = Model(name=base_model, version=base_version)
-    model = recalibrate(base.get_artifact(MODEL_ARTIFACT), ingest_unlabeled())
+    model = recalibrate(base.get_artifact(MODEL_ARTIFACT), ingest_unlabeled(), base.get_artifact("balanced_train"),
+                        base.get_artifact("val"))
     test = base.get_artifact("test")
     evaluate(model, test, ingest_external(test))

@@ -24,6 +24,8 @@ def _artifact(av: Any, load_reports: bool) -> dict[str, Any]:
     }
     if meta.get("source"):
         out["source"] = meta["source"]
+    if meta.get("referral"):
+        out["referral"] = meta["referral"]
     if av.name.endswith("_expectations"):
         out["expectations"] = {"success": meta.get("success"), "count": meta.get("expectations"), "failed": meta.get("failed")}
         if load_reports:
@@ -83,6 +85,15 @@ def lineage(version: str = "latest", name: str = MODEL_NAME, load_reports: bool 
     }
 
 
+def rule_line(rule: Any) -> str:
+    """One line on a model's referral rule (``bloodcell.referral``), or what stands instead."""
+    if not isinstance(rule, dict):
+        return str(rule)
+    return (f"temperature {rule['temperature']:.3f}; accept at confidence >= {rule['confidence_threshold']:.4f} "
+            f"(target accuracy {rule['target_accuracy']}); review beyond distance {rule['review_distance']:.2f}, "
+            f"not a cell beyond {rule['far_distance']:.2f}; stain ranges {rule['stain_ranges']}")
+
+
 def format_lineage(info: dict[str, Any]) -> str:
     m = info["model"]
     lines = [f"model {m['name']} version {m['number']} ({m['version']}), stage {m['stage'] or 'none'}"]
@@ -103,6 +114,8 @@ def format_lineage(info: dict[str, Any]) -> str:
                         continue
                     src = f", source {a['source']}" if a.get("source") else ""
                     lines.append(f"    {kind[:-1]} {a['name']} v{a['version']}: fingerprint {a['fingerprint']}{src}, {a['uri']}")
+                    if kind == "outputs" and a.get("referral"):
+                        lines.append(f"      referral rule: {rule_line(a['referral'])}")
             for a in st["outputs"]:
                 exp = a.get("expectations")
                 if not exp:
