@@ -86,7 +86,9 @@ def test_five_classes_at_64_px_train_evaluate_and_travel_with_the_model(five_cla
     evaluation = run.steps["evaluate"].outputs["evaluation"][0]
     assert evaluation.run_metadata["external_lab2_balanced_accuracy"] == pytest.approx(lab2.balanced_accuracy)
     assert set(evaluation.run_metadata["external_lab2_recall_per_class"]) == set(lab2.present)
-    assert len(evaluation.visualizations) == 5  # table, 2 confusions, the lab's confusion, corruption curves
+    # table, 2 confusions, the lab's confusion, reliability, risk-coverage, corruption curves
+    assert len(evaluation.visualizations) == 7
+    assert evaluation.run_metadata["external_lab2_coverage"] == report.trust["external_lab2"]["coverage"]
     from zenml.client import Client
 
     version = Client().get_pipeline_run(run.id).model_version
@@ -111,7 +113,9 @@ def test_export_and_predict_name_the_five_classes(five_class_run, tmp_path):
     csv = tmp_path / "p.csv"
     assert cli(["predict", str(out), str(SAMPLE / "lymphocyte"), "--output", str(csv)]) == 0
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["id", "predicted_class", "confidence", *[f"p_{c}" for c in WBC]]
+    assert list(table.columns) == ["id", "predicted_class", "confidence", "status", "reason", "check", "distance",
+                                   *[f"p_{c}" for c in WBC]]
+    assert set(table.status) <= {"accept", "review", "not_a_cell"} and table.reason.notna().all()
     assert len(table) == 50 and set(table.predicted_class) <= set(WBC)
     np.testing.assert_allclose(table[[f"p_{c}" for c in WBC]].sum(axis=1), 1.0, atol=1e-4)
 

@@ -98,7 +98,13 @@ def test_first_run_produces_every_artifact(first_run):
     # corruption table: 6 corruptions x (clean + 3 severities) on all 40 test images, plotted
     assert len(report.corruptions) == 24 and {r["n"] for r in report.corruptions} == {40}
     assert {r["corruption"] for r in report.corruptions} == {"jpeg", "blur", "brightness", "contrast", "saturation", "pixelate"}
-    assert "corruptions" in report.markdown() and len(report_art.visualizations) == 4  # table, 2 confusions, curves
+    # table, 2 confusions, reliability diagrams, risk-coverage curves, corruption curves
+    assert "corruptions" in report.markdown() and len(report_art.visualizations) == 6
+    # the shipped model is calibrated and carries its rule; evaluate measured both
+    rule = model.get_layer("referral_rule").rule
+    assert rule["temperature"] > 0 and run.steps["fine_tune"].outputs["tuned_model"][0].run_metadata["referral"] == rule
+    assert set(report.trust) == {"plain", "noisy"} and 0 <= report.trust["plain"]["ece_after"] <= 1
+    assert report.non_cells["blank"]["accepted"] == 0 and report.summary()["non_cells_accepted"] < 0.05
     assert sum(map(sum, report.sets["plain"].confusion)) == 40
     # the report's accuracy is the model's accuracy on the test split, in inference mode
     acc = (model.predict(parts["test"].images.astype("float32"), verbose=0).argmax(1) == parts["test"].labels).mean()
