@@ -61,10 +61,9 @@ def main() -> None:
     shipped = run.steps["fine_tune"].run_metadata.get("prior_correction") or {}
     home(f"as shipped (prior correction per class: {shipped or 'none'})")
     if args.prior_correction is not None:
-        from bloodcell.models import network_of
         from bloodcell.calibration import prior_log_ratio
         from bloodcell.evaluation import evaluate_model
-        from bloodcell.models import shift_logits
+        from bloodcell.models import network_of, shift_logits
 
         target = args.prior_correction * prior_log_ratio(train)
         shift_logits(network_of(model), target - np.array([shipped.get(c, 0.0) for c in train.class_names]))

@@ -13,11 +13,13 @@ give the same status for the same image. A model from before the rule answers
   validation split by likelihood through the test-time augmentation average, and written into the
   head's weights: the model's own probabilities are the calibrated ones.
 - **Unlike any training cell**: the Mahalanobis distance (class means, one Ledoit-Wolf shrunk
-  covariance; Lee et al. 2018) of the image's features (the head's input, averaged over the TTA
-  views) to the nearest class. Beyond ``review_distance`` (a quantile of the validation cells'
+  covariance; Lee et al. 2018) of the image's pooled convolutional features (averaged over the
+  TTA views) to the nearest class. Beyond ``review_distance`` (a quantile of the validation cells'
   distances) a cell is ``review``; beyond ``far_distance`` it is ``not_a_cell``.
-- **Image checks** as ``ingest`` runs them, per image: a near-constant image is ``not_a_cell``, a
-  stain colour outside the training cells' ranges is ``review``.
+- **Image checks** as ``ingest`` runs them, per image: a near-constant image is ``not_a_cell``; a
+  thumbnail the training originals' principal components explain badly (the outlier filter's
+  reconstruction score; catches several cells in one picture) or a stain colour outside the
+  training cells' ranges is ``review``.
 - **Confidence**: below ``confidence_threshold`` (the lowest that keeps accuracy among the
   accepted validation cells at ``target_accuracy``) a cell is ``review``.
 """
@@ -37,12 +39,14 @@ from bloodcell.models import all_layers, network_of, output_layer
 from bloodcell.stain import CHANNELS, channel_stats, profile
 
 STATUSES = ("accept", "review", "not_a_cell")
-CHECKS = ("blank", "far", "distance", "stain", "confidence")
+CHECKS = ("blank", "far", "distance", "pixels", "stain", "confidence")
 """What sent an image to review or not_a_cell; all but ``confidence`` say it is unlike the training cells."""
 UNLIKE = CHECKS[:-1]
 PREDATES = "model predates referral"
 RULE_VERSION = 1
 NOTHING = 1.01  # a confidence threshold above any probability: nothing is accepted
+DISTANCE_LAYER = "gap"  # the pooled convolutional features, where a network names them so
+THUMB = 24  # thumbnail side of the pixel check (the outlier filter's)
 
 
 @dataclass
@@ -50,11 +54,12 @@ class ReferralConfig:
     """Options of the rule fitted in ``fine_tune`` (``referral:`` in its parameters)."""
 
     target_accuracy: float = 0.995  # accuracy among the accepted validation cells
-    unusual_share: float = 0.01     # share of validation cells beyond review_distance
+    unusual_share: float = 0.01     # share of validation cells beyond review_distance (and pixel_residual)
     far_factor: float = 2.0         # far_distance = far_factor x the largest validation distance
     min_std: float = 2.0            # pixel std below which an image is blank (ingest's rule)
     stain_margin: float = 10.0      # widens the training cells' channel-mean ranges (0..255)
-    fit_samples: int = 4096         # training originals the class means and covariance are fitted on
+    fit_samples: int = 4096         # training originals the class means, covariance and PCA are fitted on
+    pixel_components: int = 32      # principal components of the thumbnails (the outlier filter's)
     seed: int = 0
 
     @classmethod
@@ -79,15 +84,20 @@ class ReferralRule(layers.Layer):
     thresholds, stain ranges, how it was fitted) in its config, the training cells' class means
     and precision matrix as its (non-trainable) weights."""
 
-    def __init__(self, rule: dict[str, Any], num_classes: int, feature_dim: int, **kwargs: Any):
+    def __init__(self, rule: dict[str, Any], num_classes: int, feature_dim: int, pixel_dim: int = THUMB * THUMB * 3,
+                 components: int = 32, **kwargs: Any):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.rule = dict(rule)
         self.num_classes, self.feature_dim = int(num_classes), int(feature_dim)
+        self.pixel_dim, self.components = int(pixel_dim), int(components)
         self.class_means = self.add_weight(shape=(self.num_classes, self.feature_dim), initializer="zeros",
                                            trainable=False, name="class_means")
         self.precision = self.add_weight(shape=(self.feature_dim, self.feature_dim), initializer="zeros",
                                          trainable=False, name="precision")
+        self.pixel_mean = self.add_weight(shape=(self.pixel_dim,), initializer="zeros", trainable=False, name="pixel_mean")
+        self.pixel_components = self.add_weight(shape=(self.components, self.pixel_dim), initializer="zeros",
+                                                trainable=False, name="pixel_components")
 
     def call(self, inputs: Any) -> Any:
         return inputs
@@ -97,7 +107,13 @@ class ReferralRule(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rule": self.rule, "num_classes": self.num_classes,
-                "feature_dim": self.feature_dim}
+                "feature_dim": self.feature_dim, "pixel_dim": self.pixel_dim, "components": self.components}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {w: keras.ops.convert_to_numpy(getattr(self, w)) for w in WEIGHTS}
+
+
+WEIGHTS = ("class_means", "precision", "pixel_mean", "pixel_components")
 
 
 def rule_layer(model: keras.Model) -> ReferralRule | None:
@@ -116,40 +132,71 @@ def without_rule(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, last.input, name=model.name)
 
 
-def with_rule(model: keras.Model, rule: dict[str, Any], means: np.ndarray, precision: np.ndarray) -> keras.Model:
-    """``model`` (any earlier rule dropped) with a :class:`ReferralRule` after its output."""
+def with_rule(model: keras.Model, rule: dict[str, Any], arrays: dict[str, np.ndarray]) -> keras.Model:
+    """``model`` (any earlier rule dropped) with a :class:`ReferralRule` after its output, its
+    weights ``arrays`` (``WEIGHTS``)."""
     model = without_rule(model)
-    layer = ReferralRule(rule, means.shape[0], means.shape[1], name="referral_rule")
+    (k, d), (c, p) = arrays["class_means"].shape, arrays["pixel_components"].shape
+    layer = ReferralRule(rule, k, d, pixel_dim=p, components=c, name="referral_rule")
     out = keras.Model(model.inputs, layer(model.outputs[0]), name=model.name)
-    layer.class_means.assign(means.astype("float32"))
-    layer.precision.assign(precision.astype("float32"))
+    for name in WEIGHTS:
+        getattr(layer, name).assign(arrays[name].astype("float32"))
     return out
+
+
+def fit_pixels(images: np.ndarray, components: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and principal components of the images' thumbnails (the outlier filter's PCA)."""
+    from sklearn.decomposition import PCA
+
+    from bloodcell.outliers import thumbnails
+
+    pca = PCA(min(components, len(images) - 1), random_state=seed).fit(thumbnails(images, THUMB))
+    return pca.mean_, pca.components_
+
+
+def pixel_residuals(images: Any, mean: np.ndarray, components: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Each image's thumbnail residual (RMS, 0..1) after its projection on the components."""
+    from bloodcell.outliers import thumbnails
+
+    out = []
+    for a in range(0, len(images), chunk):
+        t = thumbnails(np.asarray(images[a:a + chunk]), THUMB).astype(np.float64) - mean
+        r = t - (t @ components.T) @ components
+        out.append(np.sqrt((r ** 2).mean(axis=1)))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 class Scorer:
     """One pass of a shipped model that gives, per image, the head's input features for each TTA
-    view (the model's own probabilities are the mean over the views of the head's softmax)."""
+    view (the model's own probabilities are the mean over the views of the head's softmax) and,
+    averaged over the views, the features the distance is measured in: the pooled convolutional
+    features (layer ``gap``) where the network has them, else the head's input."""
 
     def __init__(self, model: keras.Model):
         shipped = without_rule(model)
         net = network_of(shipped)
         self.head = output_layer(net)
-        features = keras.Model(net.inputs, self.head.input, name="features")
+        pooled = net.get_layer(DISTANCE_LAYER).output if DISTANCE_LAYER in [la.name for la in net.layers] else self.head.input
+        features = keras.Model(net.inputs, [self.head.input, pooled], name="features")
         inputs = keras.Input(shape=model.input_shape[1:], name="image")
         views = range(dihedral.COUNT) if net is not shipped else [0]
         per_view = [features(dihedral.transform(inputs, k, keras.ops)) for k in views]
-        self.model = keras.Model(inputs, keras.ops.stack(per_view, axis=1), name="view_features")
+        self.model = keras.Model(inputs, [keras.ops.stack([h for h, _ in per_view], axis=1),
+                                          keras.ops.mean(keras.ops.stack([g for _, g in per_view], axis=1), axis=1)],
+                                 name="view_features")
 
     def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
         return (keras.ops.convert_to_numpy(self.head.kernel).astype(np.float64),
                 keras.ops.convert_to_numpy(self.head.bias).astype(np.float64))
 
-    def view_features(self, images: Any, batch_size: int = 256, chunk: int = 1024) -> np.ndarray:
-        """(N, views, D) features, ``chunk`` images at a time."""
-        parts = [np.asarray(self.model.predict(np.asarray(images[a:a + chunk], np.float32), batch_size=batch_size,
-                                               verbose=0)) for a in range(0, len(images), chunk)]
-        d = self.model.output_shape[-1]
-        return np.concatenate(parts) if parts else np.zeros((0, self.model.output_shape[1], d), np.float32)
+    def view_features(self, images: Any, batch_size: int = 256, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(N, views, D) head inputs and (N, E) distance features, ``chunk`` images at a time."""
+        parts = [self.model.predict(np.asarray(images[a:a + chunk], np.float32), batch_size=batch_size, verbose=0)
+                 for a in range(0, len(images), chunk)]
+        if not parts:
+            (_, v, d), (_, e) = self.model.output_shape
+            return np.zeros((0, v, d), np.float32), np.zeros((0, e), np.float32)
+        return np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts])
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -264,14 +311,14 @@ def _two(a: float, b: float) -> str:
     return f"{a:.6f}"
 
 
-def decide(probs: np.ndarray, dist: np.ndarray, blank: list[str | None], stain: list[str | None],
+def decide(probs: np.ndarray, dist: np.ndarray, pixels: np.ndarray, blank: list[str | None], stain: list[str | None],
            rule: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     """Each image's status, reason and the check that decided it (``CHECKS``), the first that
-    applies: blank or far from every training cell -> ``not_a_cell``; an unusual distance or
-    stain, or a low confidence -> ``review``; else ``accept`` (check ``""``)."""
+    applies: blank or far from every training cell -> ``not_a_cell``; an unusual distance,
+    thumbnail or stain, or a low confidence -> ``review``; else ``accept`` (check ``""``)."""
     status, reason, check = [], [], []
-    t, review, far = rule["confidence_threshold"], rule["review_distance"], rule["far_distance"]
-    for p, d, b, s in zip(probs, dist, blank, stain):
+    t, review, far, px = rule["confidence_threshold"], rule["review_distance"], rule["far_distance"], rule["pixel_residual"]
+    for p, d, r, b, s in zip(probs, dist, pixels, blank, stain):
         c = float(p.max())
         if b:
             out = ("not_a_cell", b, "blank")
@@ -279,6 +326,8 @@ def decide(probs: np.ndarray, dist: np.ndarray, blank: list[str | None], stain: 
             out = ("not_a_cell", f"unlike any training cell (distance {d:.1f} > {far:.1f})", "far")
         elif d > review:
             out = ("review", f"unusual for the training cells (distance {d:.1f} > {review:.1f})", "distance")
+        elif r > px:
+            out = ("review", f"unlike the training images (thumbnail residual {r:.3f} > {px:.3f})", "pixels")
         elif s:
             out = ("review", s, "stain")
         elif c < t:
@@ -307,16 +356,18 @@ def predates(probs: np.ndarray) -> Scores:
     return Scores(probs, probs, np.full(n, np.nan), ["accept"] * n, [PREDATES] * n, [""] * n)
 
 
-def from_features(view_feats: np.ndarray, images: Any, layer: ReferralRule, kernel: np.ndarray,
+def from_features(features: tuple[np.ndarray, np.ndarray], images: Any, layer: ReferralRule, kernel: np.ndarray,
                   bias: np.ndarray) -> Scores:
-    """:class:`Scores` from the images' per-view features (``Scorer``) and the rule ``layer``."""
-    rule = layer.rule
-    probs = view_probabilities(view_feats, kernel, bias)
-    uncal = view_probabilities(view_feats, kernel, bias, 1.0 / rule["temperature"])
-    dist = distances(view_feats.mean(axis=1), keras.ops.convert_to_numpy(layer.class_means),
-                     keras.ops.convert_to_numpy(layer.precision))
+    """:class:`Scores` from the images' features (``Scorer.view_features``) and the rule ``layer``."""
+    rule, w = layer.rule, layer.arrays()
+    views, pooled = features
+    probs = view_probabilities(views, kernel, bias)
+    uncal = view_probabilities(views, kernel, bias, 1.0 / rule["temperature"])
+    dist = distances(pooled, w["class_means"], w["precision"])
+    pixels = pixel_residuals(images, w["pixel_mean"].astype(np.float64), w["pixel_components"].astype(np.float64))
     blank, stain = image_flags(images, rule)
-    return Scores(probs.astype(np.float32), uncal.astype(np.float32), dist, *decide(probs, dist, blank, stain, rule))
+    return Scores(probs.astype(np.float32), uncal.astype(np.float32), dist,
+                  *decide(probs, dist, pixels, blank, stain, rule))
 
 
 def options_of(model: keras.Model) -> ReferralConfig:
@@ -344,30 +395,37 @@ def fit_referral(model: keras.Model, fit_set: Dataset, val_set: Dataset,
     val, val_labels = np.asarray(val_set.images), val_set.labels
     scorer = Scorer(model)
     kernel, bias = scorer.head_weights()
-    val_views = scorer.view_features(val)
+    val_views, val_pooled = scorer.view_features(val)
     temperature = fit_temperature(val_views, val_labels, kernel, bias)
     scale_logits(model, temperature)
-    means, precision = fit_distance(scorer.view_features(fit).mean(axis=1), fit_labels, kernel.shape[1])
-    val_dist = distances(val_views.mean(axis=1), means, precision)
-    review = float(np.quantile(val_dist, 1.0 - cfg.unusual_share)) if cfg.unusual_share else float(val_dist.max())
+    means, precision = fit_distance(scorer.view_features(fit)[1], fit_labels, kernel.shape[1])
+    pixel_mean, pixel_components = fit_pixels(fit, cfg.pixel_components, cfg.seed)
+    val_dist = distances(val_pooled, means, precision)
+    val_pixels = pixel_residuals(val, pixel_mean, pixel_components)
+
+    def quantile(values: np.ndarray) -> float:
+        return float(np.quantile(values, 1.0 - cfg.unusual_share)) if cfg.unusual_share else float(values.max())
+
     rule: dict[str, Any] = {
         "version": RULE_VERSION, "temperature": round(temperature, 6), "target_accuracy": cfg.target_accuracy,
-        "review_distance": review, "far_distance": float(cfg.far_factor * val_dist.max()),
+        "review_distance": quantile(val_dist), "far_distance": float(cfg.far_factor * val_dist.max()),
+        "pixel_residual": quantile(val_pixels),
         "min_std": cfg.min_std, "stain_ranges": profile(fit, margin=cfg.stain_margin),
         "confidence_threshold": 0.0, "fitted_on": {"features": len(fit), "thresholds": len(val)},
         "options": asdict(cfg),
     }
     probs = view_probabilities(val_views, kernel, bias, temperature)
     blank, stain = image_flags(val, rule)
-    plain, _, _ = decide(probs, val_dist, blank, stain, rule)  # every check but confidence
+    plain, _, _ = decide(probs, val_dist, val_pixels, blank, stain, rule)  # every check but confidence
     kept = np.array([s == "accept" for s in plain])
     correct = probs.argmax(axis=1) == val_labels
     t, _, _ = confidence_threshold(probs.max(axis=1)[kept], correct[kept], cfg.target_accuracy)
     rule["confidence_threshold"] = round(t, 6)
-    status, _, _ = decide(probs, val_dist, blank, stain, rule)
+    status, _, _ = decide(probs, val_dist, val_pixels, blank, stain, rule)
     accepted = np.array([s == "accept" for s in status])
     rule["val"] = {"coverage": round(float(accepted.mean()), 4),
                    "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
                    "not_a_cell": round(float(np.mean([s == "not_a_cell" for s in status])), 4)}
-    return with_rule(model, rule, means, precision), rule
+    arrays = {"class_means": means, "precision": precision, "pixel_mean": pixel_mean, "pixel_components": pixel_components}
+    return with_rule(model, rule, arrays), rule
 

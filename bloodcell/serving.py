@@ -212,12 +212,17 @@ class ServingModel:
 
 
 def _traced(model: Any, size: int) -> Any:
-    """``model``'s call traced once for any batch size, as a NumPy function of uint8 batches."""
+    """``model``'s call traced once for any batch size, as a NumPy function of uint8 batches (a
+    tuple of arrays for a model with several outputs)."""
     import tensorflow as tf
 
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    return lambda batch: np.asarray(fn(tf.constant(batch, tf.float32)))
+    def call(batch: np.ndarray) -> Any:
+        out = fn(tf.constant(batch, tf.float32))
+        return tuple(np.asarray(o) for o in out) if isinstance(out, (list, tuple)) else np.asarray(out)
+
+    return call
 
 
 def answer_rows(probs: np.ndarray, classes: list[str], digests: list[str], status: list[str],

@@ -55,14 +55,16 @@ def test_generated_non_cells_are_flagged_and_cells_are_not_called_non_cells(ship
 def test_status_reason_and_check_follow_the_first_rule_that_applies():
     from bloodcell.referral import decide
 
-    rule = {"confidence_threshold": 0.9, "review_distance": 10.0, "far_distance": 30.0}
-    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01]])
-    dist = np.array([5.0, 5.0, 12.0, 40.0, 5.0, 5.0])
-    blank = [None, None, None, None, "a blank image (pixel std 0.0 < 2)", None]
-    stain = [None, None, None, None, None, "stain unlike the training cells (mean_b 90 outside 160-230)"]
-    status, reason, check = decide(probs, dist, blank, stain, rule)
-    assert status == ["accept", "review", "review", "not_a_cell", "not_a_cell", "review"]
-    assert check == ["", "confidence", "distance", "far", "blank", "stain"]
+    rule = {"confidence_threshold": 0.9, "review_distance": 10.0, "far_distance": 30.0, "pixel_residual": 0.05}
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01]])
+    dist = np.array([5.0, 5.0, 12.0, 40.0, 5.0, 5.0, 5.0])
+    pixels = np.array([0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.08])
+    blank = [None, None, None, None, "a blank image (pixel std 0.0 < 2)", None, None]
+    stain = [None, None, None, None, None, "stain unlike the training cells (mean_b 90 outside 160-230)", None]
+    status, reason, check = decide(probs, dist, pixels, blank, stain, rule)
+    assert status == ["accept", "review", "review", "not_a_cell", "not_a_cell", "review", "review"]
+    assert check == ["", "confidence", "distance", "far", "blank", "stain", "pixels"]
+    assert reason[6] == "unlike the training images (thumbnail residual 0.080 > 0.050)"
     assert reason[1] == "confidence 0.60 below 0.90"
     assert reason[2] == "unusual for the training cells (distance 12.0 > 10.0)"
     assert reason[3] == "unlike any training cell (distance 40.0 > 30.0)"
@@ -97,7 +99,7 @@ def test_calibration_lowers_the_error_of_an_overconfident_model(trained, sample_
     scorer = Scorer(with_tta(model))
     kernel, bias = scorer.head_weights()
     kernel, bias = 4 * kernel, 4 * bias
-    feats = scorer.view_features(val.images)
+    feats = scorer.view_features(val.images)[0]
     half = np.arange(len(val)) % 2 == 0
     t = fit_temperature(feats[half], val.labels[half], kernel, bias)
     assert t > 1.5
