@@ -75,13 +75,14 @@ def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str]) -> 
     return table
 
 
-MAX_UNLIKE_SHARE = 0.5
-"""Above this share of a batch unlike the training cells, batch inference and ``predict`` warn."""
+MAX_UNLIKE_SHARE = 0.25
+"""Above this share of a batch unlike the training cells, batch inference and ``predict`` warn: a
+quarter, about ten times the share in the training lab's own held-out cells (docs/experiments.md)."""
 
 
 def unlike_share(table: pd.DataFrame) -> float:
     """The share of a prediction table's images that a check found unlike the training cells
-    (blank, far, an unusual distance or stain; not a low confidence)."""
+    (blank, far, an unusual distance, thumbnail or stain; not a low confidence)."""
     from bloodcell.referral import UNLIKE
 
     return float(table["check"].isin(UNLIKE).mean()) if len(table) else 0.0
