@@ -19,7 +19,8 @@ made before the rule gets it here, exactly as its packaging step would have), th
 - the alternatives compared on the PBC test split (docs/experiments.md): the top-probability
   threshold before calibration, split-conformal prediction sets (LAC, APS) at the level that
   gives the same accuracy among singletons on val;
-- cost: ``predict_table`` throughput against the model's plain ``predict`` (images/s).
+- cost: ``predict_table`` throughput against the model's plain ``predict`` (images/s), and the
+  service's answer for one image with and without the rule (``--cost-only``: just these).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--save", help="also write the model with its rule to this .keras file (serving_latency.py's --model)")
     parser.add_argument("--model", help="a .keras file written by --save before: the rule is not fitted again")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost figures (throughput, serving)")
     args = parser.parse_args()
     from kept_run import last_kept_run
 
@@ -95,7 +97,7 @@ def main() -> None:
     from bloodcell.evaluation import evaluate_model, external_sets, in_model_classes, trust_metrics
     from bloodcell.ingest import read_external
     from bloodcell.noncells import non_cell_images
-    from bloodcell.predict import model_classes, predict_probabilities, predict_table, unlike_share
+    from bloodcell.predict import MAX_UNLIKE_SHARE, load_model, model_classes, predict_table, unlike_share
     from bloodcell.referral import ReferralConfig, fit_referral, rule_layer, score
     from bloodcell.reliability import referral_summary, risk_coverage
 
@@ -103,8 +105,6 @@ def main() -> None:
                               load("split", "val"), load("split", "test"))
     started = time.perf_counter()
     if args.model:
-        from bloodcell.predict import load_model
-
         base = load_model(args.model)
     shipped, rule = (base, None) if rule_layer(base) is not None else fit_referral(base, train.originals(), val)
     rule = rule or rule_layer(shipped).rule
@@ -115,6 +115,8 @@ def main() -> None:
     out: dict = {"run": run.name, "rule": rule}
     if args.save:
         shipped.save(args.save)
+    if args.cost_only:
+        return cost(load("fine_tune", "tuned_model"), shipped, test, out)
 
     report = evaluate_model(shipped, test, corruption_samples=None)
     for name in ("plain", "noisy"):
@@ -156,7 +158,7 @@ def main() -> None:
         m = set_metrics(y, s.predicted, classes)
         ci = bootstrap_balanced_accuracy(y, s.predicted)
         table = predict_table(shipped, part.images, part.ids)
-        warns = unlike_share(table) > 0.5
+        warns = unlike_share(table) > MAX_UNLIKE_SHARE
         checks = table.check.value_counts().to_dict()
         out["external"][name] = {"n": len(part), "coverage": t["coverage"], "accuracy_accepted": t["accuracy_accepted"],
                                  "not_a_cell": t["not_a_cell"], "ece_before": t["ece_before"], "ece_after": t["ece_after"],
@@ -218,7 +220,18 @@ def main() -> None:
     curve = risk_coverage(st.confidence, st.predicted == yt)
     out["alternatives"]["oracle at test coverage"] = {"coverage_at_99_5": curve["coverage_at_99_5"]}
 
-    # cost: the rule's pass against the plain predict, on the same images
+    cost(base, shipped, test, out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+
+
+def cost(base, shipped, test, out: dict) -> None:
+    """``predict_table`` against the plain ``predict``, and the service's answer for one image with
+    and without the rule (``ServingModel.classify``, the model part of a request), on the same images."""
+    from bloodcell.predict import predict_probabilities, predict_table
+    from bloodcell.referral import without_rule
+    from bloodcell.serving import Limits, ServingModel
+
     images = np.asarray(test.images[:1024])
     for _ in range(2):
         t0 = time.perf_counter()
@@ -229,9 +242,17 @@ def main() -> None:
         rule_s = time.perf_counter() - t0
     out["throughput"] = {"predict_img_s": len(images) / plain_s, "predict_table_img_s": len(images) / rule_s}
     print(f"throughput on {len(images)} images: model.predict {len(images) / plain_s:.0f} img/s, predict_table with the "
-          f"rule {len(images) / rule_s:.0f} img/s ({plain_s / rule_s:.2f}x)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+          f"rule {len(images) / rule_s:.0f} img/s ({plain_s / rule_s:.2f}x)", flush=True)
+    for label, model in (("without the rule", without_rule(base)), ("with the rule", shipped)):
+        served = ServingModel.load(model, "bench", None, None, Limits())
+        times = []
+        for i in range(200):
+            t0 = time.perf_counter()
+            served.classify(images[i % len(images)][None], ["x"])
+            times.append(1000 * (time.perf_counter() - t0))
+        p50, p95 = np.percentile(times[20:], [50, 95])
+        out["throughput"][f"serving_ms_{label.split()[0]}"] = {"p50": p50, "p95": p95}
+        print(f"serving, one image, {label}: p50 {p50:.1f} ms, p95 {p95:.1f} ms (180 requests in process)", flush=True)
 
 
 if __name__ == "__main__":
