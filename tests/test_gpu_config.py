@@ -43,7 +43,9 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
         if "recalibrate_samples_per_epoch" in p["training"]:
             p["training"]["recalibrate_samples_per_epoch"] = 64
         p["min_val_accuracy"] = 0.0
-    steps["evaluate"]["parameters"].update(corruption_samples=8, min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
+    steps["evaluate"]["parameters"].update(corruption_samples=8, non_cell_images=2, min_plain_accuracy=0.0,
+                                           min_noisy_accuracy=0.0)
+    steps["fine_tune"]["parameters"]["referral"] = {"fit_samples": 128}  # the rule's features: 8 TTA views each
     (proj / "configs" / "gpu_tiny.yaml").write_text(yaml.safe_dump(cfg))
 
     zenml(proj, "step-operator", "flavor", "register", "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor", check=False)
