@@ -221,13 +221,11 @@ def external_sets(external: Dataset) -> dict[str, Dataset]:
     return {name: external.subset(np.arange(r["start"], r["stop"])) for name, r in external.info.get("sets", {}).items()}
 
 
-def trust_metrics(scores: Any, y: np.ndarray | None) -> dict[str, Any]:
+def trust_metrics(scores: Any, y: np.ndarray) -> dict[str, Any]:
     """Calibration (before and after), risk-coverage and the referral rule's shares of one set's
-    :class:`bloodcell.referral.Scores`; ``y``: its labels (None: unlabelled, shares only)."""
+    :class:`bloodcell.referral.Scores`; ``y``: its labels."""
     from bloodcell.reliability import referral_summary, reliability, risk_coverage
 
-    if y is None:
-        return referral_summary(scores.status)
     correct = scores.predicted == y
     before = reliability(scores.uncalibrated.max(axis=1), scores.uncalibrated.argmax(axis=1) == y)
     after = reliability(scores.confidence, correct)
