@@ -85,7 +85,7 @@ class EvaluationReport:
             out[f"external_{name}_balanced_accuracy"] = m.balanced_accuracy
         for name, t in self.trust.items():
             for key in ("ece_before", "ece_after", "coverage", "accuracy_accepted", "not_a_cell", "aurc"):
-                if key in t:
+                if key in t and np.isfinite(t[key]):  # none accepted: no accuracy among them (NaN is not JSON)
                     out[f"{name}_{key}"] = t[key]
         if self.non_cells:
             n = sum(v["n"] for v in self.non_cells.values())
