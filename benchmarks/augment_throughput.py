@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bloodcell.augment.rebalance import ENGINES, augment_images  # noqa: E402
-from bloodcell.ingest import read_source  # noqa: E402
+from bloodcell.data.ingest import read_source  # noqa: E402
 
 
 def main() -> None:

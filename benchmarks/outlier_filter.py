@@ -18,12 +18,30 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bloodcell.dataset import Dataset  # noqa: E402
-from bloodcell.ingest import read_source  # noqa: E402
-from bloodcell.outliers import OutlierConfig, filter_outliers  # noqa: E402
+from bloodcell.data.dataset import Dataset  # noqa: E402
+from bloodcell.data.ingest import read_source  # noqa: E402
+from bloodcell.data.outliers import OutlierConfig, filter_outliers  # noqa: E402
 
-PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "clock",
-          "horse", "immunohistochemistry", "hubble_deep_field", "brick", "grass", "gravel", "colorwheel", "logo")
+PHOTOS = (
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "horse",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "brick",
+    "grass",
+    "gravel",
+    "colorwheel",
+    "logo",
+)
 
 
 def to_96(img: np.ndarray) -> np.ndarray:
@@ -32,7 +50,9 @@ def to_96(img: np.ndarray) -> np.ndarray:
     pil = Image.fromarray(img).convert("RGB")
     side = min(pil.size)
     left, top = (pil.size[0] - side) // 2, (pil.size[1] - side) // 2
-    return np.asarray(pil.crop((left, top, left + side, top + side)).resize((96, 96), Image.Resampling.LANCZOS))
+    return np.asarray(
+        pil.crop((left, top, left + side, top + side)).resize((96, 96), Image.Resampling.LANCZOS)
+    )
 
 
 def injected(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -53,17 +73,25 @@ def injected(rng: np.random.Generator) -> dict[str, np.ndarray]:
     for axis in (0, 1):
         g = np.broadcast_to(ramp[:, None, None] if axis == 0 else ramp[None, :, None], (96, 96, 3))
         out[f"gradient/{axis}"] = g.astype(np.uint8)[None]
-    out["gradient/colour"] = np.stack([*np.meshgrid(ramp, ramp[::-1]), np.full((96, 96), 128.0)], -1).astype(np.uint8)[None]
+    out["gradient/colour"] = np.stack(
+        [*np.meshgrid(ramp, ramp[::-1]), np.full((96, 96), 128.0)], -1
+    ).astype(np.uint8)[None]
     for k in range(5):
         out[f"noise/uniform{k}"] = rng.integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
-        out[f"noise/gauss{k}"] = np.clip(rng.normal(128, 40, (1, 96, 96, 3)), 0, 255).astype(np.uint8)
+        out[f"noise/gauss{k}"] = np.clip(rng.normal(128, 40, (1, 96, 96, 3)), 0, 255).astype(
+            np.uint8
+        )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/pbc96"))
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs/train_cpu.yaml"))
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/pbc96")
+    )
+    parser.add_argument(
+        "--config", default=str(Path(__file__).resolve().parent.parent / "configs/train_cpu.yaml")
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     genuine = read_source(args.data)
@@ -72,9 +100,11 @@ def main() -> None:
     for name, imgs in extra.items():
         images.append(imgs)
         ids += [f"injected/{name}/{k}" for k in range(len(imgs))]
-    ds = Dataset(images=np.concatenate([genuine.images, *images]),
-                 labels=np.concatenate([genuine.labels, rng.integers(0, 8, len(ids))]),
-                 ids=genuine.ids + ids)
+    ds = Dataset(
+        images=np.concatenate([genuine.images, *images]),
+        labels=np.concatenate([genuine.labels, rng.integers(0, 8, len(ids))]),
+        ids=genuine.ids + ids,
+    )
     cfg = OutlierConfig.from_pipeline_config(args.config)
     start = time.perf_counter()
     result = filter_outliers(ds, cfg)
@@ -84,12 +114,18 @@ def main() -> None:
     gen_removed = sum(i in removed for i in genuine.ids)
     missed = [i for i in ids if i not in removed]
     print(f"dataset: {len(genuine)} genuine + {len(ids)} injected ({len(extra)} kinds)")
-    print(f"injected outliers removed: {inj_removed}/{len(ids)} = {100 * inj_removed / len(ids):.2f}%")
-    print(f"genuine cells removed:     {gen_removed}/{len(genuine)} = {100 * gen_removed / len(genuine):.3f}%")
+    print(
+        f"injected outliers removed: {inj_removed}/{len(ids)} = {100 * inj_removed / len(ids):.2f}%"
+    )
+    print(
+        f"genuine cells removed:     {gen_removed}/{len(genuine)} = {100 * gen_removed / len(genuine):.3f}%"
+    )
     print(f"filter wall time on {len(ds)} images: {wall:.1f} s")
     if missed:
         print("missed:", ", ".join(missed[:20]))
-    print(result.table[result.table.flagged].reason.str.split(">").str[0].value_counts().to_string())
+    print(
+        result.table[result.table.flagged].reason.str.split(">").str[0].value_counts().to_string()
+    )
 
 
 if __name__ == "__main__":

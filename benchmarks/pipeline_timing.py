@@ -36,7 +36,14 @@ print(json.dumps({"rc": rc.returncode, "wall_s": wall, "peak_rss_mb": rss, "err"
 
 
 def measure(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, *cmd],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result['err']}")
@@ -62,15 +69,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--save-report", help="also write the first run's evaluation report (JSON) here")
-    parser.add_argument("--keep", metavar="DIR", help="run in DIR (a new folder) and keep it: its ZenML store "
-                        "(ZENML_CONFIG_PATH=DIR/zenml) holds the runs' artifacts for a closer look")
+    parser.add_argument(
+        "--save-report", help="also write the first run's evaluation report (JSON) here"
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="run in DIR (a new folder) and keep it: its ZenML store "
+        "(ZENML_CONFIG_PATH=DIR/zenml) holds the runs' artifacts for a closer look",
+    )
     args = parser.parse_args()
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=False)
-    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="bloodcell-bench-")) as tmp:
-        env = {**os.environ, "ZENML_CONFIG_PATH": str(Path(tmp) / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with (
+        contextlib.nullcontext(args.keep)
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="bloodcell-bench-")
+    ) as tmp:
+        env = {
+            **os.environ,
+            "ZENML_CONFIG_PATH": str(Path(tmp) / "zenml"),
+            "ZENML_ANALYTICS_OPT_IN": "false",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
         os.environ.update(env)
         proj = make_sandbox(Path(tmp) / "proj")
         env["PYTHONPATH"] = str(proj)
@@ -86,32 +107,50 @@ def main() -> None:
         print(f"import tensorflow+keras : {tf_import['wall_s']:7.1f} s")
         for i, (r, pr) in enumerate(zip(runs, pipeline_runs), 1):
             cached = [n for n, s in pr.steps.items() if str(s.status) == "cached"]
-            print(f"run {i}: {r['wall_s']:7.1f} s wall, peak RSS {r['peak_rss_mb']:6.0f} MB, "
-                  f"{r['wall_s'] - tf_import['wall_s']:6.1f} s beyond TF import, cached steps: {', '.join(cached) or 'none'}")
+            print(
+                f"run {i}: {r['wall_s']:7.1f} s wall, peak RSS {r['peak_rss_mb']:6.0f} MB, "
+                f"{r['wall_s'] - tf_import['wall_s']:6.1f} s beyond TF import, cached steps: {', '.join(cached) or 'none'}"
+            )
         first = pipeline_runs[0]
         report = first.steps["evaluate"].outputs["evaluation"][0].load()
-        from bloodcell.evaluation import corruption_mean
+        from bloodcell.evaluation.report import corruption_mean
+
         train_info = first.steps["train"].outputs["training_history"][0].load()
-        print(f"train step: {train_info.epochs} epochs, {train_info.info.get('wall_seconds')} s, "
-              f"{train_info.info.get('images_per_second')} img/s")
+        print(
+            f"train step: {train_info.epochs} epochs, {train_info.info.get('wall_seconds')} s, "
+            f"{train_info.info.get('images_per_second')} img/s"
+        )
         tuned = first.steps["fine_tune"].run_metadata
         if "val_accuracy_uncorrected" in tuned:
-            print(f"fine_tune: prior correction, val accuracy {tuned['val_accuracy_uncorrected']:.4f} without, "
-                  f"{tuned['val_accuracy']:.4f} with")
-        print(f"test split (n={report.sets['plain'].n}): plain accuracy {report.sets['plain'].accuracy:.4f}, "
-              f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise sigma={report.params['noise_sigma']:g}: "
-              f"accuracy {report.sets['noisy'].accuracy:.4f}")
+            print(
+                f"fine_tune: prior correction, val accuracy {tuned['val_accuracy_uncorrected']:.4f} without, "
+                f"{tuned['val_accuracy']:.4f} with"
+            )
+        print(
+            f"test split (n={report.sets['plain'].n}): plain accuracy {report.sets['plain'].accuracy:.4f}, "
+            f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise sigma={report.params['noise_sigma']:g}: "
+            f"accuracy {report.sets['noisy'].accuracy:.4f}"
+        )
         for name, m in report.external.items():
-            recall = ", ".join(f"{c} {m.per_class[c]['recall']:.3f} (n={int(m.per_class[c]['support'])})" for c in m.present)
-            print(f"external set {name} (n={m.n}): accuracy {m.accuracy:.4f}, balanced accuracy {m.balanced_accuracy:.4f}; "
-                  f"recall {recall}")
+            recall = ", ".join(
+                f"{c} {m.per_class[c]['recall']:.3f} (n={int(m.per_class[c]['support'])})"
+                for c in m.present
+            )
+            print(
+                f"external set {name} (n={m.n}): accuracy {m.accuracy:.4f}, balanced accuracy {m.balanced_accuracy:.4f}; "
+                f"recall {recall}"
+            )
         if report.corruptions:
             settings = sum(1 for r in report.corruptions if r["severity"])
-            print(f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the {settings} "
-                  f"corrupted settings {corruption_mean(report.corruptions):.4f}):")
+            print(
+                f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the {settings} "
+                f"corrupted settings {corruption_mean(report.corruptions):.4f}):"
+            )
             for r in report.corruptions:
                 if r["severity"]:
-                    print(f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): {r['accuracy']:.4f}")
+                    print(
+                        f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): {r['accuracy']:.4f}"
+                    )
         if args.save_report:
             Path(args.save_report).write_text(json.dumps(report.to_dict(), indent=1))
 

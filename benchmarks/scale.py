@@ -52,7 +52,10 @@ from tests.sandbox import ZENML, make_sandbox  # noqa: E402
 SOURCE = ROOT.parent / "shared" / "data" / "pbc96"
 SIZE = 96
 BATCH = 64
-GAIN, OFFSET = 0.05, 5.0  # the synthetic cells' colour jitter: per-channel gain 1 +- GAIN, offset +- OFFSET
+GAIN, OFFSET = (
+    0.05,
+    5.0,
+)  # the synthetic cells' colour jitter: per-channel gain 1 +- GAIN, offset +- OFFSET
 RECIPE_VERSION = 2  # bump when the synthesis changes: a cache made by another version is remade
 _SOURCES: dict[str, np.ndarray] = {}
 
@@ -62,7 +65,9 @@ def _class_images(folder: Path) -> np.ndarray:
 
     if folder.name not in _SOURCES:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        _SOURCES[folder.name] = np.stack([np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE))) for f in files])
+        _SOURCES[folder.name] = np.stack(
+            [np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE))) for f in files]
+        )
     return _SOURCES[folder.name]
 
 
@@ -73,20 +78,30 @@ def _synthesize(task: tuple[str, str, int, int, int]) -> int:
     source, out, class_index, start, count = task
     src = _class_images(Path(source))
     # noise from a bank of 64 fields (drawing 27k normals an image would cost more than the rest)
-    bank = np.random.default_rng([RECIPE_VERSION, class_index, start, 1]).normal(0, 2.0, (64, SIZE, SIZE, 3)).astype(np.float32)
+    bank = (
+        np.random.default_rng([RECIPE_VERSION, class_index, start, 1])
+        .normal(0, 2.0, (64, SIZE, SIZE, 3))
+        .astype(np.float32)
+    )
     for k in range(start, start + count):
         rng = np.random.default_rng([RECIPE_VERSION, class_index, k])
         img = src[rng.integers(len(src))]
         side = int(SIZE * rng.uniform(0.7, 1.0))
         x, y = rng.integers(0, SIZE - side + 1, size=2)
-        cell = np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR, box=(x, y, x + side, y + side)))
+        cell = np.asarray(
+            Image.fromarray(img).resize(
+                (SIZE, SIZE), Image.BILINEAR, box=(x, y, x + side, y + side)
+            )
+        )
         cell = np.rot90(cell, int(rng.integers(4)))
         if rng.integers(2):
             cell = cell[:, ::-1]
         gain = rng.uniform(1 - GAIN, 1 + GAIN, size=3).astype(np.float32)
         cell = cell.astype(np.float32) * gain + np.float32(rng.uniform(-OFFSET, OFFSET))
         cell += bank[rng.integers(len(bank))]
-        Image.fromarray(np.clip(cell, 0, 255).astype(np.uint8)).save(Path(out) / f"{k:07d}.jpg", quality=92)
+        Image.fromarray(np.clip(cell, 0, 255).astype(np.uint8)).save(
+            Path(out) / f"{k:07d}.jpg", quality=92
+        )
     return count
 
 
@@ -99,20 +114,27 @@ def synthesize(n: int, cache: Path, source: Path = SOURCE, workers: int | None =
         print(f"synthetic cells: {n} reused from {folder}", flush=True)
         return folder
     if not source.is_dir():
-        raise SystemExit(f"{source} is missing: the synthetic cells are made from pbc96 (../shared/data/pbc96)")
+        raise SystemExit(
+            f"{source} is missing: the synthetic cells are made from pbc96 (../shared/data/pbc96)"
+        )
     classes = sorted(p.name for p in source.iterdir() if p.is_dir())
     tasks = []
     for c, name in enumerate(classes):
         per_class = n // len(classes) + (c < n % len(classes))
         (folder / name).mkdir(parents=True, exist_ok=True)
         for start in range(0, per_class, 2000):
-            tasks.append((str(source / name), str(folder / name), c, start, min(2000, per_class - start)))
+            tasks.append(
+                (str(source / name), str(folder / name), c, start, min(2000, per_class - start))
+            )
     t0, done = time.perf_counter(), 0
     with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
         for count in pool.map(_synthesize, tasks):
             done += count
             if done % 50000 < count or done == n:
-                print(f"synthetic cells: {done}/{n} ({done / (time.perf_counter() - t0):.0f} img/s)", flush=True)
+                print(
+                    f"synthetic cells: {done}/{n} ({done / (time.perf_counter() - t0):.0f} img/s)",
+                    flush=True,
+                )
     marker.write_text(json.dumps(recipe))
     return folder
 
@@ -120,23 +142,34 @@ def synthesize(n: int, cache: Path, source: Path = SOURCE, workers: int | None =
 def stain_ranges() -> dict[str, list[float]]:
     """PBC's stain ranges widened by the synthesis's colour jitter: the ingest check's ranges for
     these cells (a lab sets its own the same way, from ``bloodcell profile``)."""
-    from bloodcell.stain import PBC_STAIN_RANGES
+    from bloodcell.data.stain import PBC_STAIN_RANGES
 
-    return {c: [max(0.0, lo * (1 - GAIN) - OFFSET), min(255.0, hi * (1 + GAIN) + OFFSET)]
-            for c, (lo, hi) in PBC_STAIN_RANGES.items()}
+    return {
+        c: [max(0.0, lo * (1 - GAIN) - OFFSET), min(255.0, hi * (1 + GAIN) + OFFSET)]
+        for c, (lo, hi) in PBC_STAIN_RANGES.items()
+    }
 
 
 def pipeline_config(images: Path, n: int, epochs: int, steps: int, held_out: int) -> dict:
     fraction = min(0.1, held_out / n)  # val and test: 10% each, at most ``held_out`` images
-    return {"steps": {
-        "ingest": {"parameters": {"source": str(images), "stain_ranges": stain_ranges()}},
-        "split": {"parameters": {"val_fraction": fraction, "test_fraction": fraction}},
-        "train": {"parameters": {
-            "model": {"filters": [16, 32, 64, 128], "dense_units": 128},
-            "training": {"epochs": epochs, "steps_per_epoch": steps, "batch_size": BATCH, "swa_epochs": 0},
-        }},
-        "fine_tune": {"parameters": {"tta": False}},
-    }}
+    return {
+        "steps": {
+            "ingest": {"parameters": {"source": str(images), "stain_ranges": stain_ranges()}},
+            "split": {"parameters": {"val_fraction": fraction, "test_fraction": fraction}},
+            "train": {
+                "parameters": {
+                    "model": {"filters": [16, 32, 64, 128], "dense_units": 128},
+                    "training": {
+                        "epochs": epochs,
+                        "steps_per_epoch": steps,
+                        "batch_size": BATCH,
+                        "swa_epochs": 0,
+                    },
+                }
+            },
+            "fine_tune": {"parameters": {"tta": False}},
+        }
+    }
 
 
 class RssSampler(threading.Thread):
@@ -181,16 +214,29 @@ def step_images(run, epochs: int, steps: int) -> dict[str, int]:
         out["ingest"] = out["filter_outliers"] = int(meta["ingest"]["samples"])
     if "train" in meta.get("split", {}):
         sizes = {k: int(meta["split"][k]) for k in ("train", "val", "test")}
-        out.update(split=sum(sizes.values()), rebalance=sizes["train"], fine_tune=sizes["val"], evaluate=sizes["test"],
-                   promote=sizes["test"])
+        out.update(
+            split=sum(sizes.values()),
+            rebalance=sizes["train"],
+            fine_tune=sizes["val"],
+            evaluate=sizes["test"],
+            promote=sizes["test"],
+        )
     if "after" in meta.get("rebalance", {}):
-        out["train"] = epochs * min(steps, -(-int(sum(meta["rebalance"]["after"].values())) // BATCH)) * BATCH
+        out["train"] = (
+            epochs * min(steps, -(-int(sum(meta["rebalance"]["after"].values())) // BATCH)) * BATCH
+        )
     return out
 
 
-def run_pipeline(images: Path, n: int, workdir: Path, epochs: int, steps: int, held_out: int) -> dict:
-    env = {**os.environ, "ZENML_CONFIG_PATH": str(workdir / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run_pipeline(
+    images: Path, n: int, workdir: Path, epochs: int, steps: int, held_out: int
+) -> dict:
+    env = {
+        **os.environ,
+        "ZENML_CONFIG_PATH": str(workdir / "zenml"),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     os.environ.update(env)
     proj = make_sandbox(workdir / "proj")
     env["PYTHONPATH"] = str(proj)
@@ -200,8 +246,13 @@ def run_pipeline(images: Path, n: int, workdir: Path, epochs: int, steps: int, h
     print(f"pipeline: running (log: {log})", flush=True)
     t0 = time.time()
     with open(log, "w") as out:
-        proc = subprocess.Popen([ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
-                                cwd=proj, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
+            cwd=proj,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         sampler = RssSampler(proc.pid)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -216,48 +267,87 @@ def run_pipeline(images: Path, n: int, workdir: Path, epochs: int, steps: int, h
     run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
     counts = step_images(run, epochs, steps)
     steps_out = {}
-    for name, s in sorted(run.steps.items(), key=lambda kv: (kv[1].start_time is None, kv[1].start_time or 0)):
+    for name, s in sorted(
+        run.steps.items(), key=lambda kv: (kv[1].start_time is None, kv[1].start_time or 0)
+    ):
         if s.end_time is None or str(s.status) != "completed":
             steps_out[name] = {"status": str(s.status)}
             continue
         start, end = _epoch(s.start_time), _epoch(s.end_time)
-        if not t0 - 1 <= start <= end <= t0 + wall + 1:  # ZenML's times are naive UTC: check the reading
-            raise SystemExit(f"step {name}'s times {s.start_time}..{s.end_time} fall outside the run")
+        if (
+            not t0 - 1 <= start <= end <= t0 + wall + 1
+        ):  # ZenML's times are naive UTC: check the reading
+            raise SystemExit(
+                f"step {name}'s times {s.start_time}..{s.end_time} fall outside the run"
+            )
         handled = counts.get(name, 0)
-        steps_out[name] = {"wall_s": round(end - start, 1), "images": handled,
-                           "images_per_s": round(handled / max(end - start, 1e-9)) if handled else None,
-                           "peak_rss_mb": round(sampler.peak(start, end))}
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(max(usage.ru_maxrss / 1024, sampler.peak())),
-            "steps": steps_out, "run": str(run.id), "failed": failed, "log": str(log)}
+        steps_out[name] = {
+            "wall_s": round(end - start, 1),
+            "images": handled,
+            "images_per_s": round(handled / max(end - start, 1e-9)) if handled else None,
+            "peak_rss_mb": round(sampler.peak(start, end)),
+        }
+    return {
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(max(usage.ru_maxrss / 1024, sampler.peak())),
+        "steps": steps_out,
+        "run": str(run.id),
+        "failed": failed,
+        "log": str(log),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, required=True, help="how many synthetic cells")
     parser.add_argument("--json", metavar="OUT", help="also write the figures here")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bloodcell" / "scale",
-                        help="where the synthetic cells are kept between runs")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "bloodcell" / "scale",
+        help="where the synthetic cells are kept between runs",
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=50, help="training batches (of 64) an epoch")
-    parser.add_argument("--held-out", type=int, default=10000,
-                        help="the val and test splits each hold 10%% of the images, at most this many")
-    parser.add_argument("--keep", metavar="DIR", help="run in DIR (a new folder) and keep its ZenML store")
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=10000,
+        help="the val and test splits each hold 10%% of the images, at most this many",
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="run in DIR (a new folder) and keep its ZenML store"
+    )
     args = parser.parse_args()
     if args.images < 800:
-        raise SystemExit(f"--images {args.images}: at least 800 (100 a class), so that every split has each class")
+        raise SystemExit(
+            f"--images {args.images}: at least 800 (100 a class), so that every split has each class"
+        )
     t0 = time.perf_counter()
     images = synthesize(args.images, args.cache)
     made = time.perf_counter() - t0
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=False)
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="bloodcell-scale-", dir=os.environ.get("TMPDIR")))
+    workdir = Path(
+        args.keep or tempfile.mkdtemp(prefix="bloodcell-scale-", dir=os.environ.get("TMPDIR"))
+    )
     result = run_pipeline(images, args.images, workdir, args.epochs, args.steps, args.held_out)
     if not (args.keep or result["failed"]):
         shutil.rmtree(workdir)
-    result = {"images": args.images, "cpus": os.cpu_count(), "epochs": args.epochs, "steps_per_epoch": args.steps,
-              "batch_size": BATCH, "held_out": args.held_out, "synthesis_s": round(made, 1), **result}
-    print(f"\n{args.images} images, {os.cpu_count()} CPUs: whole run {result['wall_s']:.0f} s, "
-          f"peak RSS {result['peak_rss_mb']} MB")
+    result = {
+        "images": args.images,
+        "cpus": os.cpu_count(),
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps,
+        "batch_size": BATCH,
+        "held_out": args.held_out,
+        "synthesis_s": round(made, 1),
+        **result,
+    }
+    print(
+        f"\n{args.images} images, {os.cpu_count()} CPUs: whole run {result['wall_s']:.0f} s, "
+        f"peak RSS {result['peak_rss_mb']} MB"
+    )
     print(f"{'step':16s} {'wall s':>8s} {'images':>9s} {'img/s':>8s} {'peak RSS MB':>12s}")
     for name, s in result["steps"].items():
         if "wall_s" not in s:
@@ -268,8 +358,10 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if result["failed"]:
-        raise SystemExit(f"the pipeline failed: its log is {result['log']}, its ZenML store {workdir / 'zenml'} "
-                         f"(ZENML_CONFIG_PATH), kept for a look")
+        raise SystemExit(
+            f"the pipeline failed: its log is {result['log']}, its ZenML store {workdir / 'zenml'} "
+            f"(ZENML_CONFIG_PATH), kept for a look"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ BATCH = 128
 
 
 def _images(n: int, size: int) -> np.ndarray:
-    from bloodcell.ingest import read_source
+    from bloodcell.data.ingest import read_source
 
     source = ROOT.parent / "shared" / "data" / "pbc96"
     data = read_source(source if source.exists() else ROOT / "data" / "sample", image_size=size)
@@ -41,7 +41,7 @@ def _npy(images: np.ndarray, folder: Path, per: int) -> dict:
     t = time.perf_counter()
     for s in range(0, len(images), per):
         with open(folder / f"{s // per:05d}.npy", "wb") as f:
-            np.save(f, images[s:s + per], allow_pickle=False)
+            np.save(f, images[s : s + per], allow_pickle=False)
     write = time.perf_counter() - t
     files = sorted(folder.glob("*.npy"))
     t = time.perf_counter()
@@ -49,7 +49,7 @@ def _npy(images: np.ndarray, folder: Path, per: int) -> dict:
     for path in files:
         shard = np.load(path, allow_pickle=False)
         for b in range(0, len(shard), BATCH):
-            n += len(shard[b:b + BATCH])
+            n += len(shard[b : b + BATCH])
     read = time.perf_counter() - t
     index = np.sort(np.random.default_rng(0).choice(len(images), 1000, replace=False))
     t = time.perf_counter()
@@ -65,25 +65,34 @@ def _tfrecord(images: np.ndarray, folder: Path, per: int, png: bool) -> dict:
 
     def feature(img: np.ndarray) -> bytes:
         data = tf.io.encode_png(img).numpy() if png else img.tobytes()
-        return tf.train.Example(features=tf.train.Features(feature={
-            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))})).SerializeToString()
+        return tf.train.Example(
+            features=tf.train.Features(
+                feature={"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))}
+            )
+        ).SerializeToString()
 
     t = time.perf_counter()
     for s in range(0, len(images), per):
         with tf.io.TFRecordWriter(str(folder / f"{s // per:05d}.tfrecord")) as w:
-            for img in images[s:s + per]:
+            for img in images[s : s + per]:
                 w.write(feature(img))
     write = time.perf_counter() - t
     files = sorted(folder.glob("*.tfrecord"))
     shape = images.shape[1:]
 
     def parse(rec):
-        raw = tf.io.parse_single_example(rec, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+        raw = tf.io.parse_single_example(rec, {"image": tf.io.FixedLenFeature([], tf.string)})[
+            "image"
+        ]
         img = tf.io.decode_png(raw, channels=3) if png else tf.io.decode_raw(raw, tf.uint8)
         return tf.reshape(img, shape)
 
     t = time.perf_counter()
-    ds = tf.data.TFRecordDataset([str(f) for f in files]).map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH)
+    ds = (
+        tf.data.TFRecordDataset([str(f) for f in files])
+        .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+    )
     n = sum(len(b) for b in ds.as_numpy_iterator())
     read = time.perf_counter() - t
     assert n == len(images)
@@ -98,7 +107,7 @@ def _array_record(images: np.ndarray, folder: Path, per: int) -> dict | None:
     t = time.perf_counter()
     for s in range(0, len(images), per):
         w = ArrayRecordWriter(str(folder / f"{s // per:05d}.array_record"), "group_size:1")
-        for img in images[s:s + per]:
+        for img in images[s : s + per]:
             w.write(img.tobytes())
         w.close()
     write = time.perf_counter() - t
@@ -116,7 +125,12 @@ def _array_record(images: np.ndarray, folder: Path, per: int) -> dict | None:
     index = np.sort(np.random.default_rng(0).choice(len(images), 1000, replace=False))
     t = time.perf_counter()
     readers = [ArrayRecordReader(str(p)) for p in files]
-    picked = np.stack([np.frombuffer(readers[i // per].read([int(i % per)])[0], np.uint8).reshape(shape) for i in index])
+    picked = np.stack(
+        [
+            np.frombuffer(readers[i // per].read([int(i % per)])[0], np.uint8).reshape(shape)
+            for i in index
+        ]
+    )
     rand = time.perf_counter() - t
     assert n == len(images) and np.array_equal(picked, images[index])
     return {"write": write, "read": read, "random": rand, "files": files}
@@ -131,8 +145,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     images = _images(args.images, args.size)
     n, per = len(images), args.shard_images
-    print(f"{n} images of {args.size}x{args.size} px ({images[0].nbytes / 1024:.1f} KiB raw each), "
-          f"shards of {per}, {os.cpu_count()} cores")
+    print(
+        f"{n} images of {args.size}x{args.size} px ({images[0].nbytes / 1024:.1f} KiB raw each), "
+        f"shards of {per}, {os.cpu_count()} cores"
+    )
     print("| format | write img/s | sequential read img/s | random read img/s | KiB per image |")
     print("|---|---|---|---|---|")
     formats = {
@@ -149,7 +165,10 @@ def main() -> None:
                 continue
             size = sum(f.stat().st_size for f in r["files"]) / n / 1024
             rand = f"{1000 / r['random']:,.0f}" if r["random"] else "no index"
-            print(f"| {name} | {n / r['write']:,.0f} | {n / r['read']:,.0f} | {rand} | {size:.1f} |", flush=True)
+            print(
+                f"| {name} | {n / r['write']:,.0f} | {n / r['read']:,.0f} | {rand} | {size:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ phase (top stages unfrozen, batch norm frozen) and TTA inference, for the GPU re
     .venv/bin/python benchmarks/transfer_throughput.py [--architecture efficientnetv2s] [--images 4096]
         [--epochs 2] [--batch-size 64] [--mixed-precision]
 
-Uses only `bloodcell.models` and Keras, so it runs on any Keras 3 backend (KERAS_BACKEND=jax on a
+Uses only `bloodcell.model.build` and Keras, so it runs on any Keras 3 backend (KERAS_BACKEND=jax on a
 machine without TensorFlow). Weights are random (`weights: null`): throughput does not depend on
 them. Images: the shipped sample, repeated to --images. Each phase fits --epochs epochs and is
 timed on the last (the first includes compilation).
@@ -45,9 +45,10 @@ def main() -> None:
     parser.add_argument("--unfreeze-blocks", type=int, default=2)
     args = parser.parse_args()
 
-    from bloodcell.ingest import read_source
-    from bloodcell.models import build_model, with_tta
-    from bloodcell.transfer import unfreeze_top
+    from bloodcell.data.ingest import read_source
+    from bloodcell.model.build import build_model
+    from bloodcell.model.packaging import with_tta
+    from bloodcell.model.transfer import unfreeze_top
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -57,24 +58,36 @@ def main() -> None:
     y = keras.utils.to_categorical(np.concatenate([sample.labels] * reps)[: args.images], 8)
 
     def fit_rate(model, lr: float) -> tuple[float, float]:
-        model.compile(optimizer=keras.optimizers.AdamW(lr), loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.AdamW(lr),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
         timer = EpochTimer()
-        hist = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, callbacks=[timer], verbose=0)
+        hist = model.fit(
+            x, y, batch_size=args.batch_size, epochs=args.epochs, callbacks=[timer], verbose=0
+        )
         return len(x) / timer.times[-1], float(hist.history["loss"][-1])
 
-    print(f"backend {keras.backend.backend()}, policy {keras.mixed_precision.global_policy().name}, "
-          f"{args.architecture}, {len(x)} images 96x96, batch {args.batch_size}, {args.epochs} epochs per phase")
+    print(
+        f"backend {keras.backend.backend()}, policy {keras.mixed_precision.global_policy().name}, "
+        f"{args.architecture}, {len(x)} images 96x96, batch {args.batch_size}, {args.epochs} epochs per phase"
+    )
     model = build_model(args.architecture, 8, 96, weights=None)
     rate, loss = fit_rate(model, 4e-4)
     print(f"head phase (backbone frozen)      : {rate:8.1f} img/s  (last loss {loss:.3f})")
     unfrozen = unfreeze_top(model, args.unfreeze_blocks, 1e-4)
     rate, loss = fit_rate(model, 1e-5)
-    print(f"fine-tune phase ({len(unfrozen)} layers open) : {rate:8.1f} img/s  (last loss {loss:.3f})")
+    print(
+        f"fine-tune phase ({len(unfrozen)} layers open) : {rate:8.1f} img/s  (last loss {loss:.3f})"
+    )
     tta = with_tta(model)
     tta.predict(x[:512], batch_size=256, verbose=0)
     start = time.perf_counter()
     tta.predict(x, batch_size=256, verbose=0)
-    print(f"TTA inference (8 views)           : {len(x) / (time.perf_counter() - start):8.1f} img/s")
+    print(
+        f"TTA inference (8 views)           : {len(x) / (time.perf_counter() - start):8.1f} img/s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Plain, tested functions behind the blood-cell ZenML pipeline (no ZenML in here, except in
-``bloodcell.mlops``: the CLI, model registry, lineage, scheduler and GPU step operator).
+"""Plain, tested functions behind the blood-cell ZenML pipeline, in subpackages that follow it:
 
-The ZenML steps in ``steps/`` are thin wrappers around these functions; ``pipelines/`` composes
-the steps.
+- ``data``: reading sources, shards, the dataset type, stain, outliers, split, GX suites;
+- ``augment``: rebalancing (RandAugment + AugMix) and online augmentation;
+- ``model``: networks, training, packaging (calibration, the referral rule), prediction;
+- ``evaluation``: test sets, corruptions, other labs, reliability, plots, promotion;
+- ``mlops``: ZenML's model registry, lineage, run log, schedules, the GPU step operator;
+- ``serving``: the served model, its HTTP app and deployment;
+- ``cli``: the ``bloodcell`` command, on top of all of them.
+
+Each imports only those above it in this list (``tests/test_layers.py``). The ZenML steps in
+``steps/`` are thin wrappers around these functions; ``pipelines/`` composes the steps.
 """
 
 CLASS_NAMES: tuple[str, ...] = (

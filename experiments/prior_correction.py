@@ -27,7 +27,7 @@ import numpy as np
 
 def views(images: np.ndarray) -> list[np.ndarray]:
     """The 8 rotations/reflections of each image, as the shipped model's TTA takes them."""
-    from bloodcell import dihedral
+    from bloodcell.data import dihedral
 
     return [np.ascontiguousarray(dihedral.transform(images, k)) for k in range(dihedral.COUNT)]
 
@@ -40,23 +40,37 @@ def one_run(kept: Path) -> dict:
     run, load = last_kept_run(kept)
     import keras
 
-    from bloodcell import calibration, evaluation
+    from bloodcell.evaluation import report as evaluation
+    from bloodcell.model import packaging
 
-    train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
+    train, val, test = (
+        load("rebalance", "balanced_train"),
+        load("split", "val"),
+        load("split", "test"),
+    )
     shipped = load("fine_tune", "tuned_model")
     inner = next((layer for layer in shipped.layers if isinstance(layer, keras.Model)), shipped)
-    sets = {"val": (val.images, val.labels), "test": (test.images, test.labels),
-            "noisy": (evaluation.add_white_noise(test.images, 25.0, seed=0), test.labels)}
+    sets = {
+        "val": (val.images, val.labels),
+        "test": (test.images, test.labels),
+        "noisy": (evaluation.add_white_noise(test.images, 25.0, seed=0), test.labels),
+    }
     return {
         "name": run.name,
-        "ratio": calibration.prior_log_ratio(train).tolist(),
+        "ratio": packaging.prior_log_ratio(train).tolist(),
         "shipped": float(run.steps["fine_tune"].config.parameters.get("prior_correction", 0.0)),
         "tta": inner is not shipped,
         "test_ids": list(test.ids),
-        "sets": {k: {"labels": y.tolist(),
-                     "views": [inner.predict(v, batch_size=256, verbose=0).tolist()
-                               for v in (views(x) if inner is not shipped else [x])]}
-                 for k, (x, y) in sets.items()},
+        "sets": {
+            k: {
+                "labels": y.tolist(),
+                "views": [
+                    inner.predict(v, batch_size=256, verbose=0).tolist()
+                    for v in (views(x) if inner is not shipped else [x])
+                ],
+            }
+            for k, (x, y) in sets.items()
+        },
     }
 
 
@@ -86,17 +100,25 @@ def main() -> None:
     totals = {g: {"val": 0, "test": 0, "noisy": 0} for g in grid}
     results = []
     for kept in args.kept:
-        out = subprocess.run([sys.executable, __file__, "--child", kept], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", kept], check=True, capture_output=True, text=True
+        ).stdout
         result = json.loads(out)
         results.append(result)
         n = {k: len(s["labels"]) for k, s in result["sets"].items()}
-        print(f"{kept} (run {result['name']}, shipped with {result['shipped']:g}, TTA {result['tta']}; "
-              f"n = {n['val']} val, {n['test']} test)")
+        print(
+            f"{kept} (run {result['name']}, shipped with {result['shipped']:g}, TTA {result['tta']}; "
+            f"n = {n['val']} val, {n['test']} test)"
+        )
         for g in grid:
             e = {k: int(v.sum()) for k, v in wrong(result, g).items()}
             for k in e:
                 totals[g][k] += e[k]
-            print(f"  {g:4.2f}: " + ", ".join(f"{k} {e[k]} errors ({100 * (1 - e[k] / n[k]):.2f}%)" for k in e), flush=True)
+            print(
+                f"  {g:4.2f}: "
+                + ", ".join(f"{k} {e[k]} errors ({100 * (1 - e[k] / n[k]):.2f}%)" for k in e),
+                flush=True,
+            )
     if len(args.kept) > 1:
         print(f"summed over {len(args.kept)} runs (errors):")
         for g in grid:
@@ -110,8 +132,10 @@ def main() -> None:
             return
         missed = sum(wrong(r, best)["test"].astype(int) for r in results)
         counts = np.bincount(missed, minlength=len(results) + 1)
-        print(f"test images missed by k of the {len(results)} runs at {best:g}: "
-              + ", ".join(f"k={k}: {c}" for k, c in enumerate(counts) if k))
+        print(
+            f"test images missed by k of the {len(results)} runs at {best:g}: "
+            + ", ".join(f"k={k}: {c}" for k, c in enumerate(counts) if k)
+        )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,17 @@ def main() -> None:
     run, load = last_kept_run(Path(args.kept))
     import keras
 
-    from bloodcell import calibration, evaluation, packaging, training
     from bloodcell.augment.online import OnlineAugment
+    from bloodcell.evaluation import report as evaluation
+    from bloodcell.model import batchnorm as calibration
+    from bloodcell.model import packaging, training
+    from bloodcell.model.predict import accuracy
 
-    train, val, test = load("rebalance", "balanced_train"), load("split", "val"), load("split", "test")
+    train, val, test = (
+        load("rebalance", "balanced_train"),
+        load("split", "val"),
+        load("split", "test"),
+    )
     trained = load("train", "model")
     noisy = evaluation.add_white_noise(test.images, 25.0, seed=0)
     cfg = training.TrainConfig.from_dict(run.steps["train"].config.parameters.get("training"))
@@ -37,20 +44,32 @@ def main() -> None:
     variants = {
         "as trained (the training augmentation)": None,
         "clean (flips only)": OnlineAugment(dihedral=True, noise_sigma_max=0.0),
-        "noise only": OnlineAugment(dihedral=True, noise_sigma_max=cfg.augment.noise_sigma_max,
-                                    noise_probability=cfg.augment.noise_probability),
+        "noise only": OnlineAugment(
+            dihedral=True,
+            noise_sigma_max=cfg.augment.noise_sigma_max,
+            noise_probability=cfg.augment.noise_probability,
+        ),
     }
-    print(f"run {run.name}: the train step's final recalibration sample for each "
-          f"({cfg.recalibrate_final_samples or len(originals)} of {len(originals)} originals)")
+    print(
+        f"run {run.name}: the train step's final recalibration sample for each "
+        f"({cfg.recalibrate_final_samples or len(originals)} of {len(originals)} originals)"
+    )
     for name, aug in variants.items():
         model = keras.models.clone_model(trained)
         model.set_weights(trained.get_weights())
         if aug is not None:
-            calibration.recalibrate_on(model, originals, cfg.recalibrate_final_samples, aug, cfg.seed + 1)
-        tta, _ = packaging.package_model(model, train, val, tta=True, prior_correction=strength)  # as fine_tune ships it
-        print(f"{name}: val {evaluation.accuracy(tta, val.images, val.labels):.4f}, "
-              f"test {evaluation.accuracy(tta, test.images, test.labels):.4f}, "
-              f"noisy test {evaluation.accuracy(tta, noisy, test.labels):.4f}", flush=True)
+            calibration.recalibrate_on(
+                model, originals, cfg.recalibrate_final_samples, aug, cfg.seed + 1
+            )
+        tta, _ = packaging.package_model(
+            model, train, val, tta=True, prior_correction=strength
+        )  # as fine_tune ships it
+        print(
+            f"{name}: val {accuracy(tta, val.images, val.labels):.4f}, "
+            f"test {accuracy(tta, test.images, test.labels):.4f}, "
+            f"noisy test {accuracy(tta, noisy, test.labels):.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Materializer for :class:`bloodcell.dataset.Dataset`: images as .npy shards (``bloodcell.shards``),
+"""Materializer for :class:`bloodcell.data.dataset.Dataset`: images as .npy shards (``bloodcell.data.shards``),
 labels, row index and row hashes as .npy, the rest as JSON.
 
 A dataset whose images are already in shards (a loaded artifact, or a subset of one) is saved as
@@ -15,9 +15,10 @@ import numpy as np
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell import plots, shards
-from bloodcell.dataset import Dataset
-from bloodcell.sharded_images import ShardedImages
+from bloodcell.data import shards
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.sharded_images import ShardedImages
+from bloodcell.evaluation import plots
 from materializers._io import read_json, read_npy, write_bytes, write_json, write_npy
 
 
@@ -42,20 +43,28 @@ class DatasetMaterializer(BaseMaterializer):
         write_npy(self, "labels.npy", data.labels)
         write_npy(self, "index.npy", index)
         write_npy(self, "hashes.npy", data.row_hashes())
-        write_json(self, "meta.json", {
-            "image_shape": list(data.images.shape[1:]),
-            "shards": entries,
-            "ids": data.ids,
-            "class_names": data.class_names,
-            "info": data.info,
-            "fingerprint": data.fingerprint,
-        })
+        write_json(
+            self,
+            "meta.json",
+            {
+                "image_shape": list(data.images.shape[1:]),
+                "shards": entries,
+                "ids": data.ids,
+                "class_names": data.class_names,
+                "info": data.info,
+                "fingerprint": data.fingerprint,
+            },
+        )
 
-    def _write_images(self, images: np.ndarray | ShardedImages) -> tuple[list[dict[str, Any]], np.ndarray]:
+    def _write_images(
+        self, images: np.ndarray | ShardedImages
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """The shard entries (``folder`` set where a shard belongs to another artifact) and the rows
         into them. Only the parts the rows use are kept."""
         if not isinstance(images, ShardedImages):
-            return [s.to_dict() for s in shards.write_shards(self.uri, images)], np.arange(len(images), dtype=np.int64)
+            return [s.to_dict() for s in shards.write_shards(self.uri, images)], np.arange(
+                len(images), dtype=np.int64
+            )
         starts = images.part_offsets()
         part_of = images.part_of_rows()
         entries: list[dict[str, Any]] = []
@@ -69,23 +78,40 @@ class DatasetMaterializer(BaseMaterializer):
                 new = shards.write_shards(self.uri, part, first=written)
                 written += len(new)
                 entries += [s.to_dict() for s in new]
-            elif part[0].rstrip("/") == self.uri.rstrip("/"):  # written here as the step ran (ingest)
+            elif part[0].rstrip("/") == self.uri.rstrip(
+                "/"
+            ):  # written here as the step ran (ingest)
                 entries.append(part[1].to_dict())
             else:
                 entries.append({"folder": part[0], **part[1].to_dict()})
-        index = np.array([new_start[k] for k in part_of], dtype=np.int64) + images.index - starts[part_of]
+        index = (
+            np.array([new_start[k] for k in part_of], dtype=np.int64)
+            + images.index
+            - starts[part_of]
+        )
         return entries, index
 
     def load(self, data_type: type[Any]) -> Dataset:
         meta = read_json(self, "meta.json")
-        if "shards" not in meta:  # written before shards: one images.npy, and the fingerprint of then
-            ds = Dataset(read_npy(self, "images.npy"), read_npy(self, "labels.npy"), meta["ids"], meta["class_names"],
-                         meta["info"])
+        if (
+            "shards" not in meta
+        ):  # written before shards: one images.npy, and the fingerprint of then
+            ds = Dataset(
+                read_npy(self, "images.npy"),
+                read_npy(self, "labels.npy"),
+                meta["ids"],
+                meta["class_names"],
+                meta["info"],
+            )
             if _pixel_fingerprint(ds) != meta["fingerprint"]:
-                raise ValueError(f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint")
+                raise ValueError(
+                    f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint"
+                )
             return ds
         parts = [(e.pop("folder", None) or self.uri, shards.Shard(**e)) for e in meta["shards"]]
-        images = ShardedImages(parts, meta["image_shape"], read_npy(self, "index.npy"), read_npy(self, "hashes.npy"))
+        images = ShardedImages(
+            parts, meta["image_shape"], read_npy(self, "index.npy"), read_npy(self, "hashes.npy")
+        )
         ds = Dataset(
             images=images,
             labels=read_npy(self, "labels.npy"),
@@ -94,7 +120,9 @@ class DatasetMaterializer(BaseMaterializer):
             info=meta["info"],
         )
         if ds.fingerprint != meta["fingerprint"]:
-            raise ValueError(f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint")
+            raise ValueError(
+                f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint"
+            )
         return ds
 
     def compute_content_hash(self, data: Dataset) -> str:
@@ -112,8 +140,19 @@ class DatasetMaterializer(BaseMaterializer):
             "source": str(data.info.get("source", "")),
             "conversions": {k: int(v) for k, v in conversions.items()},
             "conversions_total": int(sum(conversions.values())),
-            **{k: v for k, v in data.info.items() if k in ("split", "generated", "outliers_removed", "augmentation_engine",
-                                                        "class_map", "sets")},
+            **{
+                k: v
+                for k, v in data.info.items()
+                if k
+                in (
+                    "split",
+                    "generated",
+                    "outliers_removed",
+                    "augmentation_engine",
+                    "class_map",
+                    "sets",
+                )
+            },
         }
 
     def save_visualizations(self, data: Dataset) -> dict[str, VisualizationType]:
@@ -121,9 +160,21 @@ class DatasetMaterializer(BaseMaterializer):
             return {}
         if not data.labelled:
             first = data.subset(np.arange(min(len(data), 48)))
-            strip = plots.image_strip(np.asarray(first.images), [i[-18:] for i in first.ids], max_images=48)
+            strip = plots.image_strip(
+                np.asarray(first.images), [i[-18:] for i in first.ids], max_images=48
+            )
             return {write_bytes(self, "samples.png", strip): VisualizationType.IMAGE}
-        counts = write_bytes(self, "class_counts.png", plots.class_count_bars(data.class_counts(), f"{len(data)} samples per class"))
-        view = data.preview(VIEW_SAMPLE, seed=0)  # the grid needs a few images a class: a shard a class at most
-        grid = write_bytes(self, "samples.png", plots.sample_grid(np.asarray(view.images), np.asarray(view.labels), data.class_names))
+        counts = write_bytes(
+            self,
+            "class_counts.png",
+            plots.class_count_bars(data.class_counts(), f"{len(data)} samples per class"),
+        )
+        view = data.preview(
+            VIEW_SAMPLE, seed=0
+        )  # the grid needs a few images a class: a shard a class at most
+        grid = write_bytes(
+            self,
+            "samples.png",
+            plots.sample_grid(np.asarray(view.images), np.asarray(view.labels), data.class_names),
+        )
         return {counts: VisualizationType.IMAGE, grid: VisualizationType.IMAGE}

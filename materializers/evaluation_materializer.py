@@ -1,4 +1,4 @@
-"""Materializer for :class:`bloodcell.evaluation.EvaluationReport`: JSON, confusion matrices,
+"""Materializer for :class:`bloodcell.evaluation.report.EvaluationReport`: JSON, confusion matrices,
 reliability diagrams, risk-coverage curves, a table."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell import plots
-from bloodcell.evaluation import EvaluationReport
+from bloodcell.evaluation import plots
+from bloodcell.evaluation.report import EvaluationReport
 from materializers._io import read_json, write_bytes, write_json, write_text
 
 
@@ -44,16 +44,29 @@ class EvaluationReportMaterializer(BaseMaterializer):
     def save_visualizations(self, data: EvaluationReport) -> dict[str, VisualizationType]:
         out = {write_text(self, "metrics.md", data.markdown()): VisualizationType.MARKDOWN}
         for name, m in data.sets.items():
-            png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name}: accuracy {m.accuracy:.4f}")
+            png = plots.confusion_matrix_png(
+                m.confusion, data.class_names, f"{name}: accuracy {m.accuracy:.4f}"
+            )
             out[write_bytes(self, f"confusion_{name}.png", png)] = VisualizationType.IMAGE
         for name, m in data.external.items():
-            png = plots.confusion_matrix_png(m.confusion, data.class_names, f"{name} (another lab): accuracy {m.accuracy:.4f}, "
-                                             f"balanced {m.balanced_accuracy:.4f}", rows=m.present)
+            png = plots.confusion_matrix_png(
+                m.confusion,
+                data.class_names,
+                f"{name} (another lab): accuracy {m.accuracy:.4f}, "
+                f"balanced {m.balanced_accuracy:.4f}",
+                rows=m.present,
+            )
             out[write_bytes(self, f"confusion_external_{name}.png", png)] = VisualizationType.IMAGE
         if data.trust:
-            out[write_bytes(self, "reliability.png", plots.reliability_diagrams(data.trust))] = VisualizationType.IMAGE
-            out[write_bytes(self, "risk_coverage.png", plots.risk_coverage_curves(data.trust))] = VisualizationType.IMAGE
+            out[write_bytes(self, "reliability.png", plots.reliability_diagrams(data.trust))] = (
+                VisualizationType.IMAGE
+            )
+            out[write_bytes(self, "risk_coverage.png", plots.risk_coverage_curves(data.trust))] = (
+                VisualizationType.IMAGE
+            )
         if data.corruptions:
-            png = plots.corruption_curves(data.corruptions, f"accuracy under corruption (n={data.corruptions[0]['n']})")
+            png = plots.corruption_curves(
+                data.corruptions, f"accuracy under corruption (n={data.corruptions[0]['n']})"
+            )
             out[write_bytes(self, "corruptions.png", png)] = VisualizationType.IMAGE
         return out

@@ -1,4 +1,4 @@
-"""Materializer for :class:`bloodcell.training.TrainingHistory`: JSON plus a learning-curve plot."""
+"""Materializer for :class:`bloodcell.model.training.TrainingHistory`: JSON plus a learning-curve plot."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell import plots
-from bloodcell.history import TrainingHistory
+from bloodcell.evaluation import plots
+from bloodcell.model.history import TrainingHistory
 from materializers._io import read_json, write_bytes, write_json
 
 
@@ -26,7 +26,9 @@ class TrainingHistoryMaterializer(BaseMaterializer):
         return TrainingHistory(history=d["history"], info=d["info"])
 
     def compute_content_hash(self, data: Any) -> str:
-        return hashlib.sha256(json.dumps({"history": data.history, "info": data.info}, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps({"history": data.history, "info": data.info}, sort_keys=True).encode()
+        ).hexdigest()
 
     def extract_metadata(self, data: TrainingHistory) -> dict[str, Any]:
         meta: dict[str, Any] = {"epochs": data.epochs}
@@ -41,4 +43,8 @@ class TrainingHistoryMaterializer(BaseMaterializer):
     def save_visualizations(self, data: TrainingHistory) -> dict[str, VisualizationType]:
         if not data.history:
             return {}
-        return {write_bytes(self, "curves.png", plots.training_curves(data.history)): VisualizationType.IMAGE}
+        return {
+            write_bytes(
+                self, "curves.png", plots.training_curves(data.history)
+            ): VisualizationType.IMAGE
+        }

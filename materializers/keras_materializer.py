@@ -10,9 +10,9 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell.calibration import batchnorm_layers
-from bloodcell.models import model_fingerprint
-from bloodcell.referral import PREDATES, describe
+from bloodcell.model.batchnorm import batchnorm_layers
+from bloodcell.model.build import model_fingerprint
+from bloodcell.model.referral import PREDATES, describe
 from materializers._io import write_text
 
 
@@ -45,8 +45,10 @@ class KerasModelMaterializer(BaseMaterializer):
             "trainable_parameters": int(sum(int(w.numpy().size) for w in model.trainable_weights)),
             "input_shape": [d if d is not None else -1 for d in model.input_shape],
             "output_shape": [d if d is not None else -1 for d in model.output_shape],
-            "batch_norm_layers": len(batchnorm_layers(model)),  # 0: nothing for unlabelled cells to recalibrate
-            # temperature, thresholds and stain ranges of the rule inside the model (bloodcell.referral)
+            "batch_norm_layers": len(
+                batchnorm_layers(model)
+            ),  # 0: nothing for unlabelled cells to recalibrate
+            # temperature, thresholds and stain ranges of the rule inside the model (bloodcell.model.referral)
             "referral": describe(model) or PREDATES,
         }
 

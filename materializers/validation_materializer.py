@@ -1,4 +1,4 @@
-"""Materializer for :class:`bloodcell.validation.ValidationReport`: JSON plus an HTML results table."""
+"""Materializer for :class:`bloodcell.data.validation.ValidationReport`: JSON plus an HTML results table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell.validation import ValidationReport
+from bloodcell.data.validation import ValidationReport
 from materializers._io import read_json, write_json, write_text
 
 
@@ -24,7 +24,9 @@ class ValidationReportMaterializer(BaseMaterializer):
         return ValidationReport.from_dict(read_json(self, "validation.json"))
 
     def compute_content_hash(self, data: ValidationReport) -> str:
-        return hashlib.sha256(json.dumps(data.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(data.to_dict(), sort_keys=True, default=str).encode()
+        ).hexdigest()
 
     def extract_metadata(self, data: ValidationReport) -> dict[str, Any]:
         return {

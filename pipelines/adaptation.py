@@ -31,14 +31,24 @@ def adaptation_pipeline(base_version: str = "production", base_model: str = MODE
     lab = ingest()
     test = base.get_artifact("test")
     checks = ingest_external(test)
-    model = adapt(base.get_artifact(MODEL_ARTIFACT), lab, base.get_artifact("balanced_train"), base.get_artifact("val"), checks)
+    model = adapt(
+        base.get_artifact(MODEL_ARTIFACT),
+        lab,
+        base.get_artifact("balanced_train"),
+        base.get_artifact("val"),
+        checks,
+    )
     evaluate(model, test, checks)
 
 
 @pipeline(enable_cache=True, model=MODEL)
 def recalibration_pipeline(base_version: str = "production", base_model: str = MODEL_NAME) -> None:
     base = Model(name=base_model, version=base_version)
-    model = recalibrate(base.get_artifact(MODEL_ARTIFACT), ingest_unlabeled(), base.get_artifact("balanced_train"),
-                        base.get_artifact("val"))
+    model = recalibrate(
+        base.get_artifact(MODEL_ARTIFACT),
+        ingest_unlabeled(),
+        base.get_artifact("balanced_train"),
+        base.get_artifact("val"),
+    )
     test = base.get_artifact("test")
     evaluate(model, test, ingest_external(test))

@@ -6,23 +6,36 @@ a local deployer), or with ZenML directly on a stack that has a deployer:
 
 ``POST <url>/invoke`` with ``{"parameters": {"images": ["<base64 of an image file>", ...]}}`` and
 ``Authorization: Bearer <key>``; the page at ``<url>/`` does the same from a browser. The app's
-pieces (start-up hook, ``/invoke``, limits, error format) are in ``bloodcell.mlops.serve_app``.
+pieces (start-up hook, ``/invoke``, limits, error format) are in ``bloodcell.serving.app``.
 """
 
 from typing import Annotated, Any
 
 from zenml import pipeline
-from zenml.config import AppExtensionSpec, DeploymentSettings, EndpointMethod, EndpointSpec, MiddlewareSpec
+from zenml.config import (
+    AppExtensionSpec,
+    DeploymentSettings,
+    EndpointMethod,
+    EndpointSpec,
+    MiddlewareSpec,
+)
 from zenml.config.deployment_settings import DeploymentDefaultEndpoints, SecureHeadersConfig
 
-from bloodcell.mlops.serve_app import BodySizeLimit, build_invoke, install_error_format, load_served_model
+from bloodcell.serving.app import (
+    BodySizeLimit,
+    build_invoke,
+    install_error_format,
+    load_served_model,
+)
 from steps.classify import classify
 
 PAGE = "pipelines/serving_page"  # relative to the source root (where `zenml init` ran), as ZenML requires
 
 # ZenML's default policy, plus blob: images: the page shows the files it sends without uploading them twice
-CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' blob:; "
-       "style-src 'self' 'unsafe-inline'; base-uri 'self'; form-action 'self'; font-src 'self'; frame-src 'self'")
+CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' blob:; "
+    "style-src 'self' 'unsafe-inline'; base-uri 'self'; form-action 'self'; font-src 'self'; frame-src 'self'"
+)
 
 DEPLOYMENT = DeploymentSettings(
     app_title="bloodcell classifier",
@@ -31,7 +44,9 @@ DEPLOYMENT = DeploymentSettings(
     secure_headers=SecureHeadersConfig(csp=CSP),
     # /submit would run a request in the background without our checks, storing its images: off
     include_default_endpoints=DeploymentDefaultEndpoints.ALL & ~DeploymentDefaultEndpoints.SUBMIT,
-    custom_endpoints=[EndpointSpec(path="/invoke", method=EndpointMethod.POST, handler=build_invoke)],
+    custom_endpoints=[
+        EndpointSpec(path="/invoke", method=EndpointMethod.POST, handler=build_invoke)
+    ],
     custom_middlewares=[MiddlewareSpec(middleware=BodySizeLimit)],
     app_extensions=[AppExtensionSpec(extension=install_error_format)],
 )
@@ -46,8 +61,12 @@ DEPLOYMENT = DeploymentSettings(
     on_init=load_served_model,
     settings={"deployment": DEPLOYMENT, "deployer": {"generate_auth_key": True}},
 )
-def serving_pipeline(images: tuple[str, ...] = (), explain: int | None = None) -> Annotated[dict[str, Any], "classification"]:
+def serving_pipeline(
+    images: tuple[str, ...] = (), explain: int | None = None
+) -> Annotated[dict[str, Any], "classification"]:
     return classify(images=images, explain=explain)
 
 
-serving_pipeline.configure(enable_artifact_visualization=False)  # not a decorator argument in ZenML 0.98
+serving_pipeline.configure(
+    enable_artifact_visualization=False
+)  # not a decorator argument in ZenML 0.98

@@ -57,7 +57,9 @@ def _imported_names(path: Path, module: str) -> set[str]:
     return names
 
 
-def import_closure(module: str, root: str | Path, packages: tuple[str, ...] = PROJECT_PACKAGES) -> list[str]:
+def import_closure(
+    module: str, root: str | Path, packages: tuple[str, ...] = PROJECT_PACKAGES
+) -> list[str]:
     """The project modules ``module`` (itself included) needs, with every parent package, sorted:
     its imports, theirs, and so on, as long as they are modules of ``packages`` under ``root``."""
     root = Path(root)
@@ -98,5 +100,8 @@ def content_cache_policy(step_module: str) -> CachePolicy:
     for name in closure:
         if name not in sys.modules:
             importlib.import_module(name)
-    return CachePolicy(include_artifact_ids=False, file_dependencies=[SUITES],
-                       source_dependencies=[Source(module=name, type=SourceType.USER) for name in closure])
+    return CachePolicy(
+        include_artifact_ids=False,
+        file_dependencies=[SUITES],
+        source_dependencies=[Source(module=name, type=SourceType.USER) for name in closure],
+    )

@@ -48,7 +48,9 @@ def backups_root(step: str, *keys: Any) -> tuple[str, str | None]:
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
     tail = ("checkpoints", step, digest)
     if "://" in store:
-        return os.path.join(GlobalConfiguration().config_directory, *tail), "/".join((store.rstrip("/"), *tail))
+        return os.path.join(GlobalConfiguration().config_directory, *tail), "/".join(
+            (store.rstrip("/"), *tail)
+        )
     return os.path.join(store, *tail), None
 
 
@@ -100,7 +102,12 @@ def slot_in(base: str, step: str = "fit") -> Iterator[str]:
     os.makedirs(base, exist_ok=True)
     slot, lock = _claim(base)
     resumed = any(os.scandir(slot))
-    logger.info("%s backups in %s (%s)", step, slot, "resuming an interrupted run" if resumed else "a new fit")
+    logger.info(
+        "%s backups in %s (%s)",
+        step,
+        slot,
+        "resuming an interrupted run" if resumed else "a new fit",
+    )
     try:
         yield slot
         _remove(slot)  # done: nothing to resume (removed while still locked)
@@ -114,7 +121,9 @@ METADATA = "training_metadata.json"
 
 
 def _files(local: str) -> list[str]:
-    rel = [os.path.relpath(os.path.join(d, f), local) for d, _, files in os.walk(local) for f in files]
+    rel = [
+        os.path.relpath(os.path.join(d, f), local) for d, _, files in os.walk(local) for f in files
+    ]
     return sorted(rel, key=lambda r: (os.path.basename(r) == METADATA, r))
 
 
@@ -139,9 +148,13 @@ def pull(remote: str, local: str) -> int:
     """Copy every file under ``remote`` into ``local``. Returns how many."""
     copied = 0
     for directory, _, files in fileio.walk(remote):
-        rel = str(directory)[len(remote):].strip("/")
+        rel = str(directory)[len(remote) :].strip("/")
         for name in files:
-            dst = os.path.join(local, *rel.split("/"), str(name)) if rel else os.path.join(local, str(name))
+            dst = (
+                os.path.join(local, *rel.split("/"), str(name))
+                if rel
+                else os.path.join(local, str(name))
+            )
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             fileio.copy(f"{str(directory).rstrip('/')}/{name}", dst, overwrite=True)
             copied += 1
@@ -182,7 +195,9 @@ def mirrored(slot: str, remote_base: str | None, step: str) -> Iterator[Slot]:
         mirrors = sorted(str(d) for d in fileio.listdir(remote_base))
         if mirrors:
             remote = f"{remote_base}/{mirrors[-1].rstrip('/').rsplit('/', 1)[-1]}"
-            logger.info("%s: resuming from %d files of the backup in %s", step, pull(remote, slot), remote)
+            logger.info(
+                "%s: resuming from %d files of the backup in %s", step, pull(remote, slot), remote
+            )
     logger.info("%s backups mirrored to %s", step, remote)
     yield Slot(slot, [MirrorBackup(slot, remote)])
     with contextlib.suppress(FileNotFoundError):

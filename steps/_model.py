@@ -28,10 +28,19 @@ def code_version(root: str) -> str:
                 h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     parts = []
     try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if commit.returncode == 0:
-            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", *SOURCE_DIRS],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", root, "status", "--porcelain", "--", *SOURCE_DIRS],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             parts.append(f"git {commit.stdout.strip()}{'+dirty' if dirty else ''}")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -44,5 +53,7 @@ def log_code_version() -> str:
     from zenml.utils import source_utils
 
     version = code_version(source_utils.get_source_root())
-    log_metadata({"code_version": version}, run_id_name_or_prefix=get_step_context().pipeline_run.id)
+    log_metadata(
+        {"code_version": version}, run_id_name_or_prefix=get_step_context().pipeline_run.id
+    )
     return version

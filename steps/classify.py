@@ -8,11 +8,13 @@ from typing import Annotated, Any
 
 from zenml import get_step_context, step
 
-from bloodcell.serving import ServingModel, images_for
+from bloodcell.serving.model import ServingModel, images_for
 
 
 @step(enable_cache=False)
-def classify(images: list[str] | None = None, explain: int | None = None) -> Annotated[dict[str, Any], "classification"]:
+def classify(
+    images: list[str] | None = None, explain: int | None = None
+) -> Annotated[dict[str, Any], "classification"]:
     """``images``: in the service, each image's ``sha256:<hex>`` (the service's ``/invoke`` has
     decoded them and hands the batch over in memory); in a plain run, base64 image files.
     ``explain``: the index of an image to compute an occlusion map for."""

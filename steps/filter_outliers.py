@@ -7,10 +7,10 @@ from typing import Annotated
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-import bloodcell.outliers
-from bloodcell.dataset import Dataset
-from bloodcell.outliers import OutlierConfig, OutlierReport
-from bloodcell.tables import filter_tables
+import bloodcell.data.outliers
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.outliers import OutlierConfig, OutlierReport
+from bloodcell.data.tables import filter_tables
 from materializers.dataset_materializer import DatasetMaterializer
 from materializers.outlier_materializer import OutlierReportMaterializer
 from steps._cache import content_cache_policy
@@ -23,7 +23,10 @@ _DEFAULT = OutlierConfig()  # the step's defaults are the filter's own
 
 @step(
     cache_policy=content_cache_policy(__name__),
-    output_materializers={"filtered_dataset": DatasetMaterializer, "outlier_report": OutlierReportMaterializer},
+    output_materializers={
+        "filtered_dataset": DatasetMaterializer,
+        "outlier_report": OutlierReportMaterializer,
+    },
 )
 def filter_outliers(
     dataset: Dataset,
@@ -39,14 +42,25 @@ def filter_outliers(
 ) -> tuple[Annotated[Dataset, "filtered_dataset"], Annotated[OutlierReport, "outlier_report"]]:
     """Remove what is not a stained blood-cell image; report every sample's scores and why."""
     cfg = OutlierConfig(
-        n_components=n_components, thumb=thumb, z_threshold=z_threshold, borderline_z=borderline_z,
-        duplicate_group_size=duplicate_group_size, max_fraction=max_fraction,
-        always_keep=list(always_keep or []), always_drop=list(always_drop or []), seed=seed,
+        n_components=n_components,
+        thumb=thumb,
+        z_threshold=z_threshold,
+        borderline_z=borderline_z,
+        duplicate_group_size=duplicate_group_size,
+        max_fraction=max_fraction,
+        always_keep=list(always_keep or []),
+        always_drop=list(always_drop or []),
+        seed=seed,
     )
-    result = bloodcell.outliers.filter_outliers(dataset, cfg)
+    result = bloodcell.data.outliers.filter_outliers(dataset, cfg)
     removed = result.report.removed
-    logger.info("Removed %d of %d samples as outliers (%d borderline kept for review): %s",
-                len(removed), len(dataset), int(result.table.borderline.sum()), list(removed.id[:20]))
+    logger.info(
+        "Removed %d of %d samples as outliers (%d borderline kept for review): %s",
+        len(removed),
+        len(dataset),
+        int(result.table.borderline.sum()),
+        list(removed.id[:20]),
+    )
     log_metadata({"removed": len(removed), "removed_fraction": len(removed) / max(len(dataset), 1)})
     guard("filter_outliers", filter_tables(dataset, result.kept), max_fraction=max_fraction)
     return result.kept, result.report

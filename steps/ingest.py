@@ -7,10 +7,10 @@ from typing import Annotated
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
-from bloodcell.dataset import Dataset
-from bloodcell.ingest import read_source
-from bloodcell.stain import stain_params
-from bloodcell.tables import ingest_tables, shape_params
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.ingest import read_source
+from bloodcell.data.stain import stain_params
+from bloodcell.data.tables import ingest_tables, shape_params
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
 from steps._model import log_code_version
@@ -38,10 +38,23 @@ def ingest(
     conversions = ds.info.get("conversions", {})
     logger.info(
         "Ingested %d images of %d classes %s from %s (%s), fingerprint %s, conversions %s",
-        len(ds), len(ds.class_names), ds.class_names, source, ds.info["format"], ds.fingerprint[:12], conversions or "none",
+        len(ds),
+        len(ds.class_names),
+        ds.class_names,
+        source,
+        ds.info["format"],
+        ds.fingerprint[:12],
+        conversions or "none",
     )
     log_code_version()
     guard("ingest", ingest_tables(ds), **shape_params(ds), **params)
-    log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "class_counts": ds.class_counts(),
-                  "class_names": ds.class_names, "image_size": image_size})
+    log_metadata(
+        {
+            "samples": len(ds),
+            "fingerprint": ds.fingerprint,
+            "class_counts": ds.class_counts(),
+            "class_names": ds.class_names,
+            "image_size": image_size,
+        }
+    )
     return ds

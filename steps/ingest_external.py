@@ -11,9 +11,9 @@ from typing import Annotated, Any
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from bloodcell.dataset import Dataset
-from bloodcell.ingest import read_external
-from bloodcell.tables import external_tables, shape_params
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.ingest import read_external
+from bloodcell.data.tables import external_tables, shape_params
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
 
@@ -21,12 +21,23 @@ logger = get_logger(__name__)
 
 
 @step(enable_cache=False, output_materializers={"external": DatasetMaterializer})
-def ingest_external(like: Dataset, external: list[dict[str, Any]] | None = None) -> Annotated[Dataset, "external"]:
+def ingest_external(
+    like: Dataset, external: list[dict[str, Any]] | None = None
+) -> Annotated[Dataset, "external"]:
     """The ``external`` sets (each ``{name, path, class_map}``: a folder of class folders) at the
     image size of ``like`` (the test split), as one dataset; empty when none are configured."""
     ds = read_external(external, image_size=int(like.images.shape[1]))
     for name, part in ds.info["sets"].items():
-        logger.info("External set %s: %d images from %s", name, part["stop"] - part["start"], part["path"])
+        logger.info(
+            "External set %s: %d images from %s", name, part["stop"] - part["start"], part["path"]
+        )
     guard("ingest_external", external_tables(ds), **shape_params(ds))
-    log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "sets": ds.info["sets"], "class_names": ds.class_names})
+    log_metadata(
+        {
+            "samples": len(ds),
+            "fingerprint": ds.fingerprint,
+            "sets": ds.info["sets"],
+            "class_names": ds.class_names,
+        }
+    )
     return ds

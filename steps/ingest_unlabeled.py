@@ -8,10 +8,10 @@ from typing import Annotated
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
-from bloodcell.dataset import Dataset
-from bloodcell.ingest import read_unlabeled
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.ingest import read_unlabeled
+from bloodcell.data.tables import unlabeled_tables
 from bloodcell.mlops.registry import image_size_of
-from bloodcell.tables import unlabeled_tables
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
 from steps._model import log_code_version
@@ -28,9 +28,18 @@ def ingest_unlabeled(source: str, image_size: int | None = None) -> Annotated[Da
     if image_size is None:
         image_size = image_size_of(get_step_context().model)
     # the images go straight into the output artifact's folder as shards, as they are decoded
-    ds = read_unlabeled(source, image_size=image_size, sink=get_step_context().get_output_artifact_uri("images"))
-    logger.info("Read %d images to classify from %s at %dx%d, fingerprint %s, conversions %s", len(ds), source,
-                image_size, image_size, ds.fingerprint[:12], ds.info["conversions"] or "none")
+    ds = read_unlabeled(
+        source, image_size=image_size, sink=get_step_context().get_output_artifact_uri("images")
+    )
+    logger.info(
+        "Read %d images to classify from %s at %dx%d, fingerprint %s, conversions %s",
+        len(ds),
+        source,
+        image_size,
+        image_size,
+        ds.fingerprint[:12],
+        ds.info["conversions"] or "none",
+    )
     log_code_version()
     guard("predict_input", unlabeled_tables(ds), image_size=image_size)
     log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "source": str(source)})

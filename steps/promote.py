@@ -11,19 +11,22 @@ from zenml.client import Client
 from zenml.enums import ModelStages
 from zenml.logger import get_logger
 
-import bloodcell.evaluation
+import bloodcell.evaluation.report
 from bloodcell import MODEL_ARTIFACT
-from bloodcell.dataset import Dataset
-from bloodcell.evaluation import EvaluationReport
-from bloodcell.predict import model_classes
-from bloodcell.promotion import decide
+from bloodcell.data.dataset import Dataset
+from bloodcell.evaluation.promotion import decide
+from bloodcell.evaluation.report import EvaluationReport
+from bloodcell.model.predict import model_classes
 
 logger = get_logger(__name__)
 
 
 @step(enable_cache=False)
 def promote(
-    evaluation: EvaluationReport, test: Dataset, metric: str = "plain_accuracy", min_improvement: float = 0.0,
+    evaluation: EvaluationReport,
+    test: Dataset,
+    metric: str = "plain_accuracy",
+    min_improvement: float = 0.0,
 ) -> Annotated[dict[str, Any], "promotion"]:
     """Compare with production on the same test images; set the stage; record the decision and
     both figures on the step and on the model version."""
@@ -40,22 +43,44 @@ def promote(
         prod_version = str(production.number)
         artifact = production.get_artifact(MODEL_ARTIFACT)
         if artifact is None:
-            logger.warning("production version %s has no %s artifact; treating it as absent", prod_version, MODEL_ARTIFACT)
+            logger.warning(
+                "production version %s has no %s artifact; treating it as absent",
+                prod_version,
+                MODEL_ARTIFACT,
+            )
         else:
             prod_model = artifact.load()
             prod_classes = model_classes(prod_model)
             if prod_classes != evaluation.class_names:
                 other_classes = prod_classes
             else:
-                report = bloodcell.evaluation.evaluate_model(prod_model, test, noise_sigma=evaluation.params.get("noise_sigma", 25.0),
-                                                             seed=evaluation.params.get("noise_seed", 0), corruption_samples=None)
+                report = bloodcell.evaluation.report.evaluate_model(
+                    prod_model,
+                    test,
+                    noise_sigma=evaluation.params.get("noise_sigma", 25.0),
+                    seed=evaluation.params.get("noise_seed", 0),
+                    corruption_samples=None,
+                )
                 prod_value = report.summary()[metric]
-    decision = decide(new_value, evaluation.params.get("quality_gate", "passed") == "passed", prod_value, prod_version,
-                      metric, min_improvement, production_classes=other_classes, classes=evaluation.class_names)
+    decision = decide(
+        new_value,
+        evaluation.params.get("quality_gate", "passed") == "passed",
+        prod_value,
+        prod_version,
+        metric,
+        min_improvement,
+        production_classes=other_classes,
+        classes=evaluation.class_names,
+    )
     if decision.promoted:
         current.set_stage(ModelStages.PRODUCTION, force=True)
-    logger.info("%s version %s %s: %s", current.name, current.number,
-                "promoted to production" if decision.promoted else "not promoted", decision.reason)
+    logger.info(
+        "%s version %s %s: %s",
+        current.name,
+        current.number,
+        "promoted to production" if decision.promoted else "not promoted",
+        decision.reason,
+    )
     record = {f"promotion_{k}": ("" if v is None else v) for k, v in decision.to_dict().items()}
     log_metadata(record)
     log_metadata(record, infer_model=True)

@@ -8,10 +8,9 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 import bloodcell.augment.rebalance
-import bloodcell.dihedral
 from bloodcell.augment.rebalance import RebalanceConfig
-from bloodcell.dataset import Dataset
-from bloodcell.tables import rebalance_tables
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.tables import rebalance_tables
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
@@ -41,12 +40,30 @@ def rebalance(
     """Originals kept; minority classes topped up with RandAugment / AugMix variants.
 
     ``val`` and ``test`` are only read to check that nothing from them leaks into training."""
-    cfg = RebalanceConfig(engine=engine, multiplier=multiplier, seed=seed, group=group, randaugment=randaugment or {},
-                          augmix=augmix or {}, shift=shift, zoom=zoom)
-    sink = get_step_context().get_output_artifact_uri("balanced_train")  # large generated sets go there as shards
+    cfg = RebalanceConfig(
+        engine=engine,
+        multiplier=multiplier,
+        seed=seed,
+        group=group,
+        randaugment=randaugment or {},
+        augmix=augmix or {},
+        shift=shift,
+        zoom=zoom,
+    )
+    sink = get_step_context().get_output_artifact_uri(
+        "balanced_train"
+    )  # large generated sets go there as shards
     balanced = bloodcell.augment.rebalance.rebalance(train, cfg, sink=sink)
     generated = int(balanced.info.get("generated", 0))
-    logger.info("Rebalanced %d -> %d samples (%d generated with %s)", len(train), len(balanced), generated, engine)
-    log_metadata({"before": train.class_counts(), "after": balanced.class_counts(), "generated": generated})
+    logger.info(
+        "Rebalanced %d -> %d samples (%d generated with %s)",
+        len(train),
+        len(balanced),
+        generated,
+        engine,
+    )
+    log_metadata(
+        {"before": train.class_counts(), "after": balanced.class_counts(), "generated": generated}
+    )
     guard("rebalance", rebalance_tables(train, balanced, set(val.ids) | set(test.ids)))
     return balanced

@@ -1,5 +1,5 @@
 """Adaptation without labels: a model version's shipped model with its batch-norm statistics
-recomputed on a new lab's unlabelled cells (``bloodcell.adaptation.recalibrated_on``); the result
+recomputed on a new lab's unlabelled cells (``bloodcell.model.adaptation.recalibrated_on``); the result
 is the new version's shipped model."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from bloodcell import MODEL_ARTIFACT
-from bloodcell.adaptation import recalibrated_on
-from bloodcell.dataset import Dataset
-from bloodcell.predict import model_classes
-from bloodcell.referral import fit_referral, options_of
+from bloodcell.data.dataset import Dataset
+from bloodcell.model.adaptation import recalibrated_on
+from bloodcell.model.predict import model_classes
+from bloodcell.model.referral import fit_referral, options_of
 from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
 from steps._model import log_to_model
@@ -26,7 +26,9 @@ logger = get_logger(__name__)
     cache_policy=content_cache_policy(__name__),
     output_materializers={MODEL_ARTIFACT: KerasModelMaterializer},
 )
-def recalibrate(base: keras.Model, images: Dataset, replay: Dataset, val: Dataset) -> Annotated[keras.Model, MODEL_ARTIFACT]:
+def recalibrate(
+    base: keras.Model, images: Dataset, replay: Dataset, val: Dataset
+) -> Annotated[keras.Model, MODEL_ARTIFACT]:
     """``base`` (a shipped model) with batch norm from ``images`` (the new lab's cells, no labels);
     its calibration and referral rule refitted (the base rule's options) on ``replay``'s originals
     and ``val`` (the base version's training data and val split: the only labelled cells here)."""
@@ -34,9 +36,21 @@ def recalibrate(base: keras.Model, images: Dataset, replay: Dataset, val: Datase
     options = options_of(base)
     model, rule = fit_referral(model, replay.originals(), val, options)
     log_metadata({"referral": rule})
-    logger.info("Batch norm recomputed on %d unlabelled cells of %s", len(images), images.info.get("source", "the lab"))
+    logger.info(
+        "Batch norm recomputed on %d unlabelled cells of %s",
+        len(images),
+        images.info.get("source", "the lab"),
+    )
     log_metadata({"lab_cells": len(images), "adaptation": "batch norm from unlabelled cells"})
-    log_to_model({"adapted": True, "adaptation": "batch norm from unlabelled cells", "class_names": model_classes(model),
-                  "image_size": int(model.input_shape[1]), "lab_fingerprint": images.fingerprint,
-                  "lab_samples": len(images), "lab_source": str(images.info.get("source", ""))})
+    log_to_model(
+        {
+            "adapted": True,
+            "adaptation": "batch norm from unlabelled cells",
+            "class_names": model_classes(model),
+            "image_size": int(model.input_shape[1]),
+            "lab_fingerprint": images.fingerprint,
+            "lab_samples": len(images),
+            "lab_source": str(images.info.get("source", "")),
+        }
+    )
     return model

@@ -11,18 +11,13 @@ import numpy as np
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-import bloodcell.augment.online
-import bloodcell.calibration
-import bloodcell.compute
-import bloodcell.dihedral
-import bloodcell.input_pipeline
-import bloodcell.models
-import bloodcell.training
-import bloodcell.weight_averaging
-from bloodcell.dataset import Dataset
-from bloodcell.history import TrainingHistory
-from bloodcell.tables import history_tables
-from bloodcell.training import TrainConfig
+import bloodcell.model.build
+import bloodcell.model.compute
+import bloodcell.model.training
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.tables import history_tables
+from bloodcell.model.history import TrainingHistory
+from bloodcell.model.training import TrainConfig
 from materializers.history_materializer import TrainingHistoryMaterializer
 from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
@@ -35,7 +30,10 @@ logger = get_logger(__name__)
 
 @step(
     cache_policy=content_cache_policy(__name__),
-    output_materializers={"model": KerasModelMaterializer, "training_history": TrainingHistoryMaterializer},
+    output_materializers={
+        "model": KerasModelMaterializer,
+        "training_history": TrainingHistoryMaterializer,
+    },
 )
 def train(
     train: Dataset,
@@ -45,33 +43,59 @@ def train(
     training: dict[str, Any] | None = None,
     min_val_accuracy: float = 0.0,
 ) -> tuple[Annotated[keras.Model, "model"], Annotated[TrainingHistory, "training_history"]]:
-    """Build ``architecture`` with the ``model`` options (``bloodcell.models``) and fit it with the
-    ``training`` options (``bloodcell.training.TrainConfig``; unset options keep the CPU recipe)."""
+    """Build ``architecture`` with the ``model`` options (``bloodcell.model.build``) and fit it with the
+    ``training`` options (``bloodcell.model.training.TrainConfig``; unset options keep the CPU recipe)."""
     cfg = TrainConfig.from_dict(training)
     keys = (train.fingerprint, val.fingerprint, architecture, model, training)
-    with backup_slot("train", *keys, folder=cfg.backup_dir) as slot, \
-            bloodcell.compute.compute_scope(cfg.compute_policy, cfg.distribute):
+    with (
+        backup_slot("train", *keys, folder=cfg.backup_dir) as slot,
+        bloodcell.model.compute.compute_scope(cfg.compute_policy, cfg.distribute),
+    ):
         cfg.backup_dir = slot.path
-        net = bloodcell.models.build_model(
+        net = bloodcell.model.build.build_model(
             architecture, train.class_names, image_size=train.images.shape[1], **(model or {})
         )
-        logger.info("Training %s (%d parameters, %d trainable) on %d images, validating on %d; backups in %s",
-                    net.name, net.count_params(), sum(int(np.prod(w.shape)) for w in net.trainable_weights),
-                    len(train), len(val), cfg.backup_dir)
+        logger.info(
+            "Training %s (%d parameters, %d trainable) on %d images, validating on %d; backups in %s",
+            net.name,
+            net.count_params(),
+            sum(int(np.prod(w.shape)) for w in net.trainable_weights),
+            len(train),
+            len(val),
+            cfg.backup_dir,
+        )
         start = time.perf_counter()
-        history = bloodcell.training.train_model(net, train, val, cfg, slot.callbacks)
+        history = bloodcell.model.training.train_model(net, train, val, cfg, slot.callbacks)
         wall = time.perf_counter() - start
     epochs = len(history.get("loss", []))
-    result = TrainingHistory(history=history, info={
-        "architecture": architecture, "wall_seconds": round(wall, 1),
-        "images_per_second": round(len(train) * epochs / wall, 1) if epochs else 0.0,
-        "compute_policy": cfg.compute_policy, "distribute": cfg.distribute or "none",
-    })
+    result = TrainingHistory(
+        history=history,
+        info={
+            "architecture": architecture,
+            "wall_seconds": round(wall, 1),
+            "images_per_second": round(len(train) * epochs / wall, 1) if epochs else 0.0,
+            "compute_policy": cfg.compute_policy,
+            "distribute": cfg.distribute or "none",
+        },
+    )
     guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
-    log_metadata({"epochs": result.epochs, "wall_seconds": round(wall, 1),
-                  "best_val_accuracy": max(history.get("val_accuracy", [0.0]))})
-    log_to_model({"architecture": architecture, "class_names": list(train.class_names),
-                  "image_size": int(train.images.shape[1]), "train_fingerprint": train.fingerprint, "train_samples": len(train),
-                  "val_fingerprint": val.fingerprint, "val_samples": len(val),
-                  "data_source": str(train.info.get("source", ""))})
+    log_metadata(
+        {
+            "epochs": result.epochs,
+            "wall_seconds": round(wall, 1),
+            "best_val_accuracy": max(history.get("val_accuracy", [0.0])),
+        }
+    )
+    log_to_model(
+        {
+            "architecture": architecture,
+            "class_names": list(train.class_names),
+            "image_size": int(train.images.shape[1]),
+            "train_fingerprint": train.fingerprint,
+            "train_samples": len(train),
+            "val_fingerprint": val.fingerprint,
+            "val_samples": len(val),
+            "data_source": str(train.info.get("source", "")),
+        }
+    )
     return net, result

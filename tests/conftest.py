@@ -32,7 +32,7 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_dataset():
-    from bloodcell.ingest import read_source
+    from bloodcell.data.ingest import read_source
 
     return read_source(SAMPLE)
 

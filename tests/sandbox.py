@@ -29,10 +29,21 @@ def make_sandbox(dst: Path) -> Path:
     return dst
 
 
-def zenml(proj: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def zenml(
+    proj: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the ``zenml`` CLI in ``proj``, importing the project's code from there."""
-    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(proj), "ZENML_LOGGING_COLORS_DISABLED": "true"}
-    res = subprocess.run([ZENML, *args], cwd=proj, env=full_env, capture_output=True, text=True, timeout=1800)
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": str(proj),
+        "ZENML_LOGGING_COLORS_DISABLED": "true",
+    }
+    res = subprocess.run(
+        [ZENML, *args], cwd=proj, env=full_env, capture_output=True, text=True, timeout=1800
+    )
     if check and res.returncode != 0:
-        raise RuntimeError(f"zenml {' '.join(args)} failed ({res.returncode}):\n{failure_lines(res.stdout + res.stderr)}")
+        raise RuntimeError(
+            f"zenml {' '.join(args)} failed ({res.returncode}):\n{failure_lines(res.stdout + res.stderr)}"
+        )
     return res

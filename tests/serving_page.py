@@ -9,8 +9,14 @@ import re
 from pathlib import Path
 
 CHROMIUM = os.environ.get("BLOODCELL_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def browser_missing() -> str | None:
@@ -24,8 +30,14 @@ def browser_missing() -> str | None:
     return None
 
 
-def classify_on_page(url: str, key: str, files: list[Path], screenshot: Path | None = None,
-                     explain: int | None = 0, timeout_ms: int = 60_000) -> dict:
+def classify_on_page(
+    url: str,
+    key: str,
+    files: list[Path],
+    screenshot: Path | None = None,
+    explain: int | None = 0,
+    timeout_ms: int = 60_000,
+) -> dict:
     """Open ``url``/, type the key, choose ``files``, wait for the answers and read them off the
     page: the status line, each card's class, confidence and bars; click "Where did it look?"
     on card ``explain``; optionally save a screenshot. Console errors are returned too."""
@@ -42,7 +54,9 @@ def classify_on_page(url: str, key: str, files: list[Path], screenshot: Path | N
             page.fill("#key", key)
             page.set_input_files("#files", [str(f) for f in files])
             # wait_for_function would need 'unsafe-eval', which the page's policy (rightly) forbids
-            expect(page.locator("#status")).to_have_text(re.compile(r"^(HTTP|No answer)"), timeout=timeout_ms)
+            expect(page.locator("#status")).to_have_text(
+                re.compile(r"^(HTTP|No answer)"), timeout=timeout_ms
+            )
             cards = page.locator(".card")
             result = {
                 "status": page.inner_text("#status"),
@@ -50,15 +64,23 @@ def classify_on_page(url: str, key: str, files: list[Path], screenshot: Path | N
                 "classes": [cards.nth(i).get_attribute("data-cls") for i in range(cards.count())],
                 "confidences": page.locator(".card .conf").all_inner_texts(),
                 "bars": [cards.nth(i).locator(".bar").count() for i in range(cards.count())],
-                "statuses": [cards.nth(i).get_attribute("data-status") for i in range(cards.count())],
+                "statuses": [
+                    cards.nth(i).get_attribute("data-status") for i in range(cards.count())
+                ],
                 "badges": page.locator(".card .badge").all_inner_texts(),
                 "reasons": page.locator(".card .reason").all_inner_texts(),
                 "rules": page.locator(".rule").all_inner_texts(),
                 "errors": errors,
             }
-            if explain is not None and cards.count() > explain and result["status"].startswith("HTTP 200"):
+            if (
+                explain is not None
+                and cards.count() > explain
+                and result["status"].startswith("HTTP 200")
+            ):
                 cards.nth(explain).locator("button.explain").click()
-                expect(cards.nth(explain)).to_have_attribute("data-explained", "1", timeout=timeout_ms)
+                expect(cards.nth(explain)).to_have_attribute(
+                    "data-explained", "1", timeout=timeout_ms
+                )
                 result["explanation"] = cards.nth(explain).locator(".why").inner_text()
             if screenshot:
                 page.screenshot(path=str(screenshot), full_page=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bloodcell.augment.rebalance import geometric, rebalance
-from bloodcell.dataset import is_generated, source_id
+from bloodcell.data.dataset import is_generated, source_id
 
 
 def test_rebalance_brings_every_class_to_the_largest(sample_dataset):
@@ -18,15 +18,22 @@ def test_rebalance_brings_every_class_to_the_largest(sample_dataset):
     train = sample_dataset.subset(sorted(keep))
     out = rebalance(train, seed=3)
     assert set(out.class_counts().values()) == {40}
-    assert out.ids[: len(train)] == train.ids and np.array_equal(out.images[: len(train)], train.images)
-    generated = out.ids[len(train):]
+    assert out.ids[: len(train)] == train.ids and np.array_equal(
+        out.images[: len(train)], train.images
+    )
+    generated = out.ids[len(train) :]
     assert len(generated) == 7 * 20 and len(set(generated)) == len(generated)
-    for gid, label in zip(generated, out.labels[len(train):]):
+    for gid, label in zip(generated, out.labels[len(train) :]):
         assert is_generated(gid) and gid.startswith(source_id(gid))
-        assert train.labels[train.ids.index(source_id(gid))] == label  # the source is an original of the same class
-    gen = out.images[len(train):]
+        assert (
+            train.labels[train.ids.index(source_id(gid))] == label
+        )  # the source is an original of the same class
+    gen = out.images[len(train) :]
     assert gen.dtype == np.uint8 and gen.shape[1:] == (96, 96, 3)
-    assert not any(np.array_equal(g, train.images[train.ids.index(source_id(i))]) for g, i in zip(gen, generated))
+    assert not any(
+        np.array_equal(g, train.images[train.ids.index(source_id(i))])
+        for g, i in zip(gen, generated)
+    )
     assert out.originals().ids == train.ids
     assert out.info["generated"] == 140
 
@@ -35,7 +42,9 @@ def test_multiplier(sample_dataset):
     train = sample_dataset.subset(np.flatnonzero(sample_dataset.labels < 2)[:60])
     out = rebalance(train, multiplier=1.5, seed=0)
     largest = max(train.class_counts()[c] for c in ("basophil", "eosinophil"))
-    assert out.class_counts()["basophil"] == out.class_counts()["eosinophil"] == round(1.5 * largest)
+    assert (
+        out.class_counts()["basophil"] == out.class_counts()["eosinophil"] == round(1.5 * largest)
+    )
 
 
 def test_geometric_is_a_dihedral_copy(sample_dataset):
@@ -70,13 +79,15 @@ def test_rebalance_is_bitwise_deterministic(sample_dataset):
     c = rebalance(train, seed=8)
     assert a.ids == b.ids and a.fingerprint == b.fingerprint
     assert np.array_equal(a.images, b.images)
-    assert not np.array_equal(a.images[len(train):], c.images[len(train):])
+    assert not np.array_equal(a.images[len(train) :], c.images[len(train) :])
 
 
 def test_small_cells_stay_small(sample_dataset):
     from bloodcell.augment.rebalance import augment_images
 
-    platelets = sample_dataset.images[sample_dataset.labels == sample_dataset.class_names.index("platelet")][:32]
+    platelets = sample_dataset.images[
+        sample_dataset.labels == sample_dataset.class_names.index("platelet")
+    ][:32]
     out = augment_images(platelets, seed=0)
 
     def dark_fraction(imgs):  # stained cell pixels are darker than the pale background
@@ -99,8 +110,12 @@ def test_colour_jitter_scales_each_image_within_its_range(sample_dataset):
     ratio = np.where(ok & (x > 20), y / np.maximum(x, 1), np.nan).reshape(32, -1)
     per_image = np.nanmedian(ratio, axis=1)
     assert np.all((per_image >= 0.7 - 1e-4) & (per_image <= 1.3 + 1e-4)) and per_image.std() > 0.05
-    np.testing.assert_allclose(np.nanmax(ratio, axis=1), np.nanmin(ratio, axis=1), rtol=1e-4)  # one factor an image
-    np.testing.assert_array_equal(y, np.asarray(bright(x, seed)))  # the same seed gives the same batch
+    np.testing.assert_allclose(
+        np.nanmax(ratio, axis=1), np.nanmin(ratio, axis=1), rtol=1e-4
+    )  # one factor an image
+    np.testing.assert_array_equal(
+        y, np.asarray(bright(x, seed))
+    )  # the same seed gives the same batch
     # saturation keeps every pixel's grey level (where nothing is clipped)
     sat = np.asarray(OnlineAugment(dihedral=False, noise_sigma_max=0.0, saturation=0.5)(x, seed))
     grey = lambda im: im @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
@@ -127,16 +142,28 @@ def test_online_augmentation_rotates_or_reflects_each_image_and_noises_a_fractio
     seed = tf.constant([5, 1], tf.int64)
     flipped = np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed))
     assert flipped.dtype == np.float32
-    which = [next((k for k, c in enumerate(_dihedral_copies(im)) if np.array_equal(c, out)), None)
-             for im, out in zip(x.astype(np.float32), flipped)]
+    which = [
+        next((k for k, c in enumerate(_dihedral_copies(im)) if np.array_equal(c, out)), None)
+        for im, out in zip(x.astype(np.float32), flipped)
+    ]
     assert None not in which  # every image is exactly one of its 8 rotations/reflections
-    assert np.bincount(which, minlength=8).min() >= 16  # each of the 8 for some (256 images: 32 expected)
-    np.testing.assert_array_equal(flipped, np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed)))  # same seed, same batch
-    assert not np.array_equal(flipped, np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed + 1)))
+    assert (
+        np.bincount(which, minlength=8).min() >= 16
+    )  # each of the 8 for some (256 images: 32 expected)
+    np.testing.assert_array_equal(
+        flipped, np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed))
+    )  # same seed, same batch
+    assert not np.array_equal(
+        flipped, np.asarray(OnlineAugment(dihedral=True, noise_sigma_max=0.0)(x, seed + 1))
+    )
 
-    noisy = np.asarray(OnlineAugment(dihedral=False, noise_sigma_max=40.0, noise_probability=0.25)(x, seed))
+    noisy = np.asarray(
+        OnlineAugment(dihedral=False, noise_sigma_max=40.0, noise_probability=0.25)(x, seed)
+    )
     untouched = (noisy == x).reshape(len(x), -1).all(axis=1)
-    assert 0.15 < 1 - untouched.mean() < 0.35  # about a quarter of the images get noise, the others none
+    assert (
+        0.15 < 1 - untouched.mean() < 0.35
+    )  # about a quarter of the images get noise, the others none
     inside = (x > 60) & (x < 195)  # away from clipping
     sd = np.array([(noisy[i] - x[i])[inside[i]].std() for i in np.flatnonzero(~untouched)])
     assert sd.min() > 0 and sd.max() < 41 and 15 < sd.mean() < 25  # sigma ~ U(0, 40): mean 20
@@ -185,39 +212,63 @@ def test_lab_shift_transforms_each_do_what_they_say(sample_dataset):
     blurred = _augmented(x, blur_sigma_max=2.0, blur_probability=1.0)
     energy = lambda im: np.abs(np.diff(im, axis=1)).mean()  # noqa: E731
     assert energy(blurred) < 0.8 * energy(x)
-    np.testing.assert_array_equal(_augmented(x, blur_sigma_max=2.0, blur_probability=0.0), x)  # none drawn: a no-op
+    np.testing.assert_array_equal(
+        _augmented(x, blur_sigma_max=2.0, blur_probability=0.0), x
+    )  # none drawn: a no-op
     np.testing.assert_array_equal(_augmented(x, jpeg_quality_min=10, jpeg_probability=0.0), x)
     jpeg = _augmented(x, jpeg_quality_min=10, jpeg_probability=1.0)
     assert 0.5 < np.abs(jpeg - x).mean() < 20
-    for bad in (dict(stain=1.5), dict(zoom_in=0.5), dict(jpeg_quality_min=2), dict(blur_probability=2.0)):
+    for bad in (
+        dict(stain=1.5),
+        dict(zoom_in=0.5),
+        dict(jpeg_quality_min=2),
+        dict(blur_probability=2.0),
+    ):
         with pytest.raises(ValueError, match="augment."):
             _augmented(x, **bad)
 
 
 def test_training_options_merge_augment_over_the_recipe():
-    from bloodcell.training import TrainConfig
+    from bloodcell.model.training import TrainConfig
 
     cfg = TrainConfig.from_dict({"augment": {"stain": 0.2, "zoom_in": 2.0}})
-    assert cfg.augment.noise_sigma_max == 40.0 and cfg.augment.stain == 0.2 and cfg.augment.lab_shift
+    assert (
+        cfg.augment.noise_sigma_max == 40.0 and cfg.augment.stain == 0.2 and cfg.augment.lab_shift
+    )
     with pytest.raises(ValueError, match=r"unknown augment option\(s\) \['stains'\]"):
         TrainConfig.from_dict({"augment": {"stains": 0.2}})
 
 
-def test_a_large_generated_set_is_made_a_shard_at_a_time_into_the_sink(sample_dataset, tmp_path, monkeypatch):
+def test_a_large_generated_set_is_made_a_shard_at_a_time_into_the_sink(
+    sample_dataset, tmp_path, monkeypatch
+):
     """Above IN_MEMORY_BYTES (lowered to 0 here) the generated images go to the step's output
     folder as shards, a shard's worth (151 at 384 px) at a time, and come back lazily."""
     from bloodcell.augment import rebalance as module
-    from bloodcell.dataset import Dataset
-    from bloodcell.sharded_images import ShardedImages
+    from bloodcell.data.dataset import Dataset
+    from bloodcell.data.sharded_images import ShardedImages
 
-    keep = np.concatenate([np.flatnonzero(sample_dataset.labels == c)[:50 if c == 6 else 5] for c in range(8)])
-    small = sample_dataset.subset(np.sort(keep))  # 50 neutrophils, 5 of each other class: 315 to generate
-    big = Dataset(np.repeat(np.repeat(small.images, 4, axis=1), 4, axis=2), small.labels, small.ids, small.class_names)
+    keep = np.concatenate(
+        [np.flatnonzero(sample_dataset.labels == c)[: 50 if c == 6 else 5] for c in range(8)]
+    )
+    small = sample_dataset.subset(
+        np.sort(keep)
+    )  # 50 neutrophils, 5 of each other class: 315 to generate
+    big = Dataset(
+        np.repeat(np.repeat(small.images, 4, axis=1), 4, axis=2),
+        small.labels,
+        small.ids,
+        small.class_names,
+    )
     monkeypatch.setattr(module, "IN_MEMORY_BYTES", 0)
     out = rebalance(big, sink=str(tmp_path))
     assert isinstance(out.images, ShardedImages) and out.info["generated"] == 315
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"generated-0000{k}.npy" for k in range(3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"generated-0000{k}.npy" for k in range(3)
+    ]
     assert set(out.class_counts().values()) == {50}
-    assert np.array_equal(np.asarray(out.images[:len(big)]), big.images)  # the originals, unchanged
-    generated = np.asarray(out.images[len(big):])
+    assert np.array_equal(
+        np.asarray(out.images[: len(big)]), big.images
+    )  # the originals, unchanged
+    generated = np.asarray(out.images[len(big) :])
     assert generated.shape == (315, 384, 384, 3) and len({p.tobytes() for p in generated}) == 315

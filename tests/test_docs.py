@@ -32,8 +32,20 @@ def _steps():
     from steps.split import split
     from steps.train import train
 
-    return (ingest, filter_outliers, split, rebalance, train, fine_tune, ingest_external, evaluate, promote,
-            ingest_unlabeled, predict, adapt)
+    return (
+        ingest,
+        filter_outliers,
+        split,
+        rebalance,
+        train,
+        fine_tune,
+        ingest_external,
+        evaluate,
+        promote,
+        ingest_unlabeled,
+        predict,
+        adapt,
+    )
 
 
 def _step_parameters():
@@ -44,12 +56,12 @@ def _step_parameters():
 
 
 def _options():
-    from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
-    from bloodcell.cnn import build_custom_cnn
-    from bloodcell.referral import ReferralConfig
-    from bloodcell.training import TrainConfig
-    from bloodcell.transfer import build_transfer
+    from bloodcell.model.adaptation import AdaptConfig
+    from bloodcell.model.cnn import build_custom_cnn
+    from bloodcell.model.referral import ReferralConfig
+    from bloodcell.model.training import TrainConfig
+    from bloodcell.model.transfer import build_transfer
 
     yield from ((f"training.{f.name}", f.name) for f in fields(TrainConfig))
     yield from ((f"augment.{f.name}", f.name) for f in fields(OnlineAugment))
@@ -68,7 +80,12 @@ def test_every_parameter_and_option_is_in_the_configuration_reference(where, nam
 
 def test_files_the_readme_points_to_exist():
     readme = (ROOT / "README.md").read_text()
-    paths = set(re.findall(r"\b((?:benchmarks|experiments|configs|docs|pipelines|data)/[\w./-]+\.(?:py|yaml|md))", readme))
+    paths = set(
+        re.findall(
+            r"\b((?:benchmarks|experiments|configs|docs|pipelines|data)/[\w./-]+\.(?:py|yaml|md))",
+            readme,
+        )
+    )
     assert paths, "README names no files?"
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"README.md points to missing files: {missing}"
@@ -76,12 +93,18 @@ def test_files_the_readme_points_to_exist():
 
 # --- documented defaults -------------------------------------------------------------------------
 
+
 def _tables() -> dict[str, dict[str, str]]:
     """docs/configuration.md's tables, keyed by what they document: a step name (the table under
     its heading), or the options class / builder its caption names; each maps an option to the
     text of its default column."""
-    captions = {"`model` for `custom_cnn`": "build_custom_cnn", "`model` for `efficientnet_lite0`": "build_transfer",
-                "`training` (": "TrainConfig", "`augment` (": "OnlineAugment", "| option | default | meaning |": None}
+    captions = {
+        "`model` for `custom_cnn`": "build_custom_cnn",
+        "`model` for `efficientnet_lite0`": "build_transfer",
+        "`training` (": "TrainConfig",
+        "`augment` (": "OnlineAugment",
+        "| option | default | meaning |": None,
+    }
     tables: dict[str, dict[str, str]] = {}
     key = None
     for line in CONFIGURATION.splitlines():
@@ -96,7 +119,9 @@ def _tables() -> dict[str, dict[str, str]]:
             if line.startswith(caption) and name:
                 key = name
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        if len(cells) == 4 and re.fullmatch(r"`\w+`", cells[0]):  # Batch inference: | step | parameter | default | ...
+        if len(cells) == 4 and re.fullmatch(
+            r"`\w+`", cells[0]
+        ):  # Batch inference: | step | parameter | default | ...
             tables.setdefault(cells[0].strip("`"), {})[cells[1].strip("`")] = cells[2]
         elif key and len(cells) == 3 and cells[0].startswith("`"):
             names = re.findall(r"`(\w+)`", cells[0])
@@ -140,12 +165,12 @@ def _same(documented, default) -> bool:
 
 def _defaults():
     """(table, option, the code's default) for every parameter and option with a default."""
-    from bloodcell.adaptation import AdaptConfig
     from bloodcell.augment.online import OnlineAugment
-    from bloodcell.cnn import build_custom_cnn
-    from bloodcell.referral import ReferralConfig
-    from bloodcell.training import TrainConfig
-    from bloodcell.transfer import build_transfer
+    from bloodcell.model.adaptation import AdaptConfig
+    from bloodcell.model.cnn import build_custom_cnn
+    from bloodcell.model.referral import ReferralConfig
+    from bloodcell.model.training import TrainConfig
+    from bloodcell.model.transfer import build_transfer
 
     for step in _steps():
         for name, p in inspect.signature(step.entrypoint).parameters.items():
@@ -166,7 +191,9 @@ def test_every_documented_default_is_the_codes():
     compared, wrong = 0, []
     for table, name, default in _defaults():
         text = tables.get(table, {}).get(name)
-        if text is None:  # a parameter documented in another table (Batch inference): named by the test above
+        if (
+            text is None
+        ):  # a parameter documented in another table (Batch inference): named by the test above
             continue
         documented = _literal(text)
         if documented is ...:
@@ -174,8 +201,12 @@ def test_every_documented_default_is_the_codes():
         compared += 1
         if not _same(documented, default):
             wrong.append(f"{table}.{name}: documented {text}, the code's default is {default!r}")
-    assert not wrong, "docs/configuration.md states defaults the code does not have:\n" + "\n".join(wrong)
-    assert compared >= 80, f"only {compared} documented defaults compared: has the table format changed?"
+    assert not wrong, "docs/configuration.md states defaults the code does not have:\n" + "\n".join(
+        wrong
+    )
+    assert compared >= 80, (
+        f"only {compared} documented defaults compared: has the table format changed?"
+    )
 
 
 def test_the_documented_config_snippets_are_valid():
@@ -183,8 +214,8 @@ def test_the_documented_config_snippets_are_valid():
     parameters, and its model and training options build and validate."""
     import yaml
 
-    from bloodcell.models import build_model
-    from bloodcell.training import TrainConfig, fine_tune_config
+    from bloodcell.model.build import build_model
+    from bloodcell.model.training import TrainConfig, fine_tune_config
     from steps.fine_tune import fine_tune
     from steps.train import train
 
@@ -195,11 +226,18 @@ def test_the_documented_config_snippets_are_valid():
             params = spec.get("parameters", {})
             if step not in ("train", "fine_tune"):
                 continue
-            accepted = inspect.signature((train if step == "train" else fine_tune).entrypoint).parameters
-            assert set(params) <= set(accepted), f"{step}: unknown parameters {set(params) - set(accepted)}"
+            accepted = inspect.signature(
+                (train if step == "train" else fine_tune).entrypoint
+            ).parameters
+            assert set(params) <= set(accepted), (
+                f"{step}: unknown parameters {set(params) - set(accepted)}"
+            )
             if step == "train":
                 TrainConfig.from_dict(params.get("training"))
-                model = {**params.get("model", {}), "weights": None}  # the weights themselves: tests/test_models.py
+                model = {
+                    **params.get("model", {}),
+                    "weights": None,
+                }  # the weights themselves: tests/test_models.py
                 build_model(params.get("architecture", "custom_cnn"), 8, 96, **model)
             else:
                 fine_tune_config(params.get("training"))

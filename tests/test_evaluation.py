@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bloodcell.evaluation import EvaluationReport, add_white_noise, set_metrics
+from bloodcell.evaluation.report import EvaluationReport, add_white_noise, set_metrics
 
 
 def test_white_noise_has_the_requested_sigma():
@@ -29,7 +29,7 @@ def test_metrics_and_report_round_trip():
 
 
 def test_corruptions_keep_shape_and_grow_with_severity(sample_dataset):
-    from bloodcell.corruptions import SEVERITIES, corrupt
+    from bloodcell.evaluation.corruptions import SEVERITIES, corrupt
 
     x = sample_dataset.images[:8]
     for name in SEVERITIES:
@@ -50,7 +50,7 @@ def test_corruptions_keep_shape_and_grow_with_severity(sample_dataset):
 def test_corruption_table_in_the_report(sample_dataset):
     import keras
 
-    from bloodcell.evaluation import EvaluationReport, evaluate_model
+    from bloodcell.evaluation.report import EvaluationReport, evaluate_model
 
     inputs = keras.Input((96, 96, 3))
     brightness = keras.layers.GlobalAveragePooling2D()(inputs)
@@ -62,7 +62,10 @@ def test_corruption_table_in_the_report(sample_dataset):
     assert "| blur |" in report.markdown()
     again = EvaluationReport.from_dict(report.to_dict())
     assert again.corruptions == report.corruptions
-    assert evaluate_model(model, sample_dataset, noise_sigma=0, corruption_samples=None).corruptions == []
+    assert (
+        evaluate_model(model, sample_dataset, noise_sigma=0, corruption_samples=None).corruptions
+        == []
+    )
 
 
 def test_corruption_table_read_in_chunks_is_the_table_read_whole(sample_dataset):
@@ -70,14 +73,22 @@ def test_corruption_table_read_in_chunks_is_the_table_read_whole(sample_dataset)
     are those of the whole sample at once, with a chunk that splits the classes unevenly."""
     import keras
 
-    from bloodcell.evaluation import corruption_table
+    from bloodcell.evaluation.report import corruption_table
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((96, 96, 3))
     pooled = keras.layers.AveragePooling2D(24)(keras.layers.Rescaling(1 / 255)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(8, activation="softmax")(keras.layers.Flatten()(pooled)))
+    model = keras.Model(
+        inputs, keras.layers.Dense(8, activation="softmax")(keras.layers.Flatten()(pooled))
+    )
     model.compile("adam", "sparse_categorical_crossentropy")  # colour and layout at 4x4: some right
-    model.fit(sample_dataset.images.astype("float32"), sample_dataset.labels, epochs=30, batch_size=50, verbose=0)
+    model.fit(
+        sample_dataset.images.astype("float32"),
+        sample_dataset.labels,
+        epochs=30,
+        batch_size=50,
+        verbose=0,
+    )
     x, y = sample_dataset.images[::6], sample_dataset.labels[::6]
     whole = corruption_table(model, x, y, ["blur", "saturation"])
     assert corruption_table(model, x, y, ["blur", "saturation"], chunk=7) == whole
@@ -102,34 +113,72 @@ def test_other_labs_sets_are_scored_by_class_name(tmp_path, sample_dir, sample_d
     folder names through its class_map); a class the model lacks is a clear error naming it."""
     import keras
 
-    from bloodcell.evaluation import EvaluationReport, evaluate_model
-    from bloodcell.ingest import read_external
-    from bloodcell.models import build_model
+    from bloodcell.data.ingest import read_external
+    from bloodcell.evaluation.report import EvaluationReport, evaluate_model
+    from bloodcell.model.build import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("custom_cnn", sample_dataset.class_names, 96, filters=[8], dense_units=8)
-    lab_a = _lab(tmp_path, "lab_a", {"Neutrophils": "neutrophil", "lymphocyte": "lymphocyte"}, sample_dir)
-    lab_b = _lab(tmp_path, "lab_b", {"monocyte": "monocyte", "basophil": "basophil", "eosinophil": "eosinophil"}, sample_dir, 2)
-    external = read_external([{"name": "a", "path": str(lab_a), "class_map": {"Neutrophils": "neutrophil"}},
-                              {"name": "b", "path": str(lab_b)}], image_size=96)
-    assert len(external) == 14 and external.class_names == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-    report = evaluate_model(model, sample_dataset.subset(np.arange(0, 400, 20)), corruption_samples=None, external=external)
+    lab_a = _lab(
+        tmp_path, "lab_a", {"Neutrophils": "neutrophil", "lymphocyte": "lymphocyte"}, sample_dir
+    )
+    lab_b = _lab(
+        tmp_path,
+        "lab_b",
+        {"monocyte": "monocyte", "basophil": "basophil", "eosinophil": "eosinophil"},
+        sample_dir,
+        2,
+    )
+    external = read_external(
+        [
+            {"name": "a", "path": str(lab_a), "class_map": {"Neutrophils": "neutrophil"}},
+            {"name": "b", "path": str(lab_b)},
+        ],
+        image_size=96,
+    )
+    assert len(external) == 14 and external.class_names == [
+        "basophil",
+        "eosinophil",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+    ]
+    report = evaluate_model(
+        model,
+        sample_dataset.subset(np.arange(0, 400, 20)),
+        corruption_samples=None,
+        external=external,
+    )
     a, b = report.external["a"], report.external["b"]
     assert a.n == 8 and b.n == 6 and a.present == ["lymphocyte", "neutrophil"]
     predicted = model.predict(external.images[:8].astype("float32"), verbose=0).argmax(1)
-    truth = np.array([sample_dataset.class_names.index(external.class_names[y]) for y in external.labels[:8]])
+    truth = np.array(
+        [sample_dataset.class_names.index(external.class_names[y]) for y in external.labels[:8]]
+    )
     assert sorted(set(truth)) == [4, 6]  # lymphocyte, neutrophil
     assert a.accuracy == pytest.approx(np.mean(predicted == truth))
     recalls = [np.mean(predicted[truth == c] == c) for c in (4, 6)]
-    assert a.balanced_accuracy == pytest.approx(np.mean(recalls))  # over the 2 classes present, not all 8
+    assert a.balanced_accuracy == pytest.approx(
+        np.mean(recalls)
+    )  # over the 2 classes present, not all 8
     assert sum(map(sum, a.confusion)) == 8 and a.per_class["platelet"]["support"] == 0
     assert report.summary()["external_b_balanced_accuracy"] == b.balanced_accuracy
-    assert "| a | 8 |" in report.markdown() and EvaluationReport.from_dict(report.to_dict()) == report
+    assert (
+        "| a | 8 |" in report.markdown() and EvaluationReport.from_dict(report.to_dict()) == report
+    )
 
-    five = build_model("custom_cnn", ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"][:4], 96,
-                       filters=[8], dense_units=8)
+    five = build_model(
+        "custom_cnn",
+        ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"][:4],
+        96,
+        filters=[8],
+        dense_units=8,
+    )
     test = sample_dataset.subset(np.flatnonzero(sample_dataset.labels == 0))
-    with pytest.raises(ValueError, match=r"external set 'a': class\(es\) \['neutrophil'\] are not among the model's classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"external set 'a': class\(es\) \['neutrophil'\] are not among the model's classes",
+    ):
         evaluate_model(five, test, corruption_samples=None, external=external)
 
 
@@ -138,5 +187,7 @@ def test_noise_drawn_chunk_by_chunk_is_the_noise_drawn_at_once(sample_dataset):
     as adding it to all of them at once, so the noisy figures do not depend on the chunking."""
     images = sample_dataset.images[:50]
     rng = np.random.default_rng(7)
-    chunked = np.concatenate([add_white_noise(images[a:a + 16], 25.0, rng) for a in range(0, 50, 16)])
+    chunked = np.concatenate(
+        [add_white_noise(images[a : a + 16], 25.0, rng) for a in range(0, 50, 16)]
+    )
     assert np.array_equal(chunked, add_white_noise(images, 25.0, 7))

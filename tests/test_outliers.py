@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bloodcell.dataset import Dataset
-from bloodcell.mlops.cli import main as cli
-from bloodcell.outliers import OutlierConfig, duplicate_groups, filter_outliers
+from bloodcell.cli import main as cli
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.outliers import OutlierConfig, duplicate_groups, filter_outliers
 
 
 def synthetic_outliers(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -28,7 +28,9 @@ def natural_photos() -> dict[str, np.ndarray]:
         img = getattr(skimage_data, name)()
         pil = Image.fromarray(img).convert("RGB")
         side = min(pil.size)
-        out[name] = np.asarray(pil.crop((0, 0, side, side)).resize((96, 96), Image.Resampling.LANCZOS))
+        out[name] = np.asarray(
+            pil.crop((0, 0, side, side)).resize((96, 96), Image.Resampling.LANCZOS)
+        )
     return out
 
 
@@ -50,7 +52,9 @@ def removed_ids(result) -> set[str]:
 
 
 def test_injected_outliers_are_removed_and_cells_kept(sample_dataset):
-    ds, bad = inject(sample_dataset, {**synthetic_outliers(np.random.default_rng(0)), **natural_photos()})
+    ds, bad = inject(
+        sample_dataset, {**synthetic_outliers(np.random.default_rng(0)), **natural_photos()}
+    )
     result = filter_outliers(ds, n_components=16)
     assert set(bad) <= removed_ids(result)
     assert len(removed_ids(result) - set(bad)) <= 0.01 * len(sample_dataset)
@@ -69,14 +73,18 @@ def test_copies_of_one_picture_are_caught_as_a_duplicate_group(sample_dataset):
     ds, bad = inject(sample_dataset.subset(np.arange(1, 400)), {"copy": cell_like}, copies=20)
     result = filter_outliers(ds, n_components=16)
     assert set(bad) <= removed_ids(result)
-    assert (result.table.set_index("id").loc[bad, "reason"].str.contains("duplicate_group>=5")).all()
+    assert (
+        result.table.set_index("id").loc[bad, "reason"].str.contains("duplicate_group>=5")
+    ).all()
     assert duplicate_groups(sample_dataset.images).max() < 5  # real cells do not share hashes
 
 
 def test_reviewed_lists_override_the_filter(sample_dataset):
     ds, bad = inject(sample_dataset, synthetic_outliers(np.random.default_rng(1)))
     genuine = sample_dataset.ids[10]
-    result = filter_outliers(ds, OutlierConfig(n_components=16, always_keep=[bad[0]], always_drop=[genuine]))
+    result = filter_outliers(
+        ds, OutlierConfig(n_components=16, always_keep=[bad[0]], always_drop=[genuine])
+    )
     assert bad[0] in result.kept.ids and genuine not in result.kept.ids
     assert result.table.set_index("id").reason[genuine] == "reviewed: always_drop"
     with pytest.raises(ValueError, match="reviewed list names ids that are not in the dataset"):
@@ -109,13 +117,15 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
 
 
 def test_pca_fit_on_a_sample_scores_like_the_fit_on_all(sample_dataset):
-    """Large datasets fit the PCA on a bounded sample (bloodcell.outliers.PCA_FIT_SAMPLES) and
+    """Large datasets fit the PCA on a bounded sample (bloodcell.data.outliers.PCA_FIT_SAMPLES) and
     score every image chunk by chunk: here 250 of 407 images, against the fit on all of them."""
     from scipy.stats import spearmanr
 
-    from bloodcell.outliers import pca_scores
+    from bloodcell.data.outliers import pca_scores
 
-    ds, ids = inject(sample_dataset, natural_photos() | synthetic_outliers(np.random.default_rng(0)))
+    ds, ids = inject(
+        sample_dataset, natural_photos() | synthetic_outliers(np.random.default_rng(0))
+    )
     injected = np.isin(ds.ids, ids)
     full = pca_scores(ds.images, n_components=16)
     sampled = pca_scores(ds.images, n_components=16, fit_samples=250)
@@ -123,4 +133,6 @@ def test_pca_fit_on_a_sample_scores_like_the_fit_on_all(sample_dataset):
         assert spearmanr(full[col][~injected], sampled[col][~injected])[0] > 0.8, col
     # and every injected image stands out from the cells, whether it was in the fit sample or not
     cells_95 = np.percentile(sampled.distance_z[~injected], 95)
-    assert (sampled.distance_z[injected] > 2 * cells_95).all(), sampled.distance_z[injected].tolist()
+    assert (sampled.distance_z[injected] > 2 * cells_95).all(), sampled.distance_z[
+        injected
+    ].tolist()

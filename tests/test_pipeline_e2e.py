@@ -19,7 +19,17 @@ from sandbox import make_sandbox, zenml
 
 pytestmark = pytest.mark.pipeline
 
-STEPS = ["ingest", "filter_outliers", "split", "rebalance", "train", "fine_tune", "ingest_external", "evaluate", "promote"]
+STEPS = [
+    "ingest",
+    "filter_outliers",
+    "split",
+    "rebalance",
+    "train",
+    "fine_tune",
+    "ingest_external",
+    "evaluate",
+    "promote",
+]
 # ingest and ingest_external read the disk and promote asks the registry: they always run
 CACHEABLE = ["filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate"]
 MODEL = "bloodcell-e2e"  # its own registered model: other tests' runs share this ZenML store
@@ -28,7 +38,9 @@ MODEL = "bloodcell-e2e"  # its own registered model: other tests' runs share thi
 def _run(proj: Path, config: str = "configs/tiny.yaml", check: bool = True):
     from zenml.client import Client
 
-    res = zenml(proj, "pipeline", "run", "pipelines.training.training_pipeline", "-c", config, check=check)
+    res = zenml(
+        proj, "pipeline", "run", "pipelines.training.training_pipeline", "-c", config, check=check
+    )
     run = Client().get_pipeline("training_pipeline").last_run
     return run, res
 
@@ -41,7 +53,9 @@ def _status(run) -> dict[str, str]:
 def project(tmp_path_factory) -> Path:
     proj = make_sandbox(tmp_path_factory.mktemp("proj"))
     cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64)
+    cfg["steps"]["train"]["parameters"]["training"].update(
+        epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64
+    )
     # two epochs make no usable model: floors at zero keep the gates from flaking (they are tested
     # with real floors in test_validation.py and test_failed_expectation_stops_the_run...)
     cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
@@ -59,8 +73,8 @@ def first_run(project):
 
 
 def test_first_run_produces_every_artifact(first_run):
-    from bloodcell.dataset import Dataset
-    from bloodcell.evaluation import EvaluationReport
+    from bloodcell.data.dataset import Dataset
+    from bloodcell.evaluation.report import EvaluationReport
 
     run = first_run
     assert str(run.status) == "completed"
@@ -68,7 +82,10 @@ def test_first_run_produces_every_artifact(first_run):
     status = _status(run)
     # the cache is keyed on content: filter_outliers/split/rebalance may come from another test's
     # run on the same sample with the same parameters (test_gpu_config's); training is this run's own
-    assert all(status[s] == "completed" for s in ("ingest", "train", "ingest_external", "evaluate", "promote")), status
+    assert all(
+        status[s] == "completed"
+        for s in ("ingest", "train", "ingest_external", "evaluate", "promote")
+    ), status
     assert set(status.values()) <= {"completed", "cached"}, status
 
     dataset_art = run.steps["ingest"].outputs["dataset"][0]
@@ -97,17 +114,32 @@ def test_first_run_produces_every_artifact(first_run):
     assert set(report.sets) == {"plain", "noisy"}
     # corruption table: 6 corruptions x (clean + 3 severities) on all 40 test images, plotted
     assert len(report.corruptions) == 24 and {r["n"] for r in report.corruptions} == {40}
-    assert {r["corruption"] for r in report.corruptions} == {"jpeg", "blur", "brightness", "contrast", "saturation", "pixelate"}
+    assert {r["corruption"] for r in report.corruptions} == {
+        "jpeg",
+        "blur",
+        "brightness",
+        "contrast",
+        "saturation",
+        "pixelate",
+    }
     # table, 2 confusions, reliability diagrams, risk-coverage curves, corruption curves
     assert "corruptions" in report.markdown() and len(report_art.visualizations) == 6
     # the shipped model is calibrated and carries its rule; evaluate measured both
     rule = model.get_layer("referral_rule").rule
-    assert rule["temperature"] > 0 and run.steps["fine_tune"].outputs["tuned_model"][0].run_metadata["referral"] == rule
+    assert (
+        rule["temperature"] > 0
+        and run.steps["fine_tune"].outputs["tuned_model"][0].run_metadata["referral"] == rule
+    )
     assert set(report.trust) == {"plain", "noisy"} and 0 <= report.trust["plain"]["ece_after"] <= 1
-    assert report.non_cells["blank"]["accepted"] == 0 and report.summary()["non_cells_accepted"] < 0.05
+    assert (
+        report.non_cells["blank"]["accepted"] == 0 and report.summary()["non_cells_accepted"] < 0.05
+    )
     assert sum(map(sum, report.sets["plain"].confusion)) == 40
     # the report's accuracy is the model's accuracy on the test split, in inference mode
-    acc = (model.predict(parts["test"].images.astype("float32"), verbose=0).argmax(1) == parts["test"].labels).mean()
+    acc = (
+        model.predict(parts["test"].images.astype("float32"), verbose=0).argmax(1)
+        == parts["test"].labels
+    ).mean()
     assert report.sets["plain"].accuracy == pytest.approx(acc)
     assert run.steps["fine_tune"].run_metadata["skipped"] is True
     assert model.name == "custom_cnn_tta"  # tta: true wraps the shipped model
@@ -133,7 +165,7 @@ def test_first_version_is_promoted_and_exports_from_the_registry(project, first_
     writes it from the registry; its predictions (and those of `predict production`) are evaluate's."""
     from zenml.client import Client
 
-    from bloodcell.mlops.cli import main as cli
+    from bloodcell.cli import main as cli
 
     decision = first_run.steps["promote"].outputs["promotion"][0].load()
     assert decision["promoted"] is True and decision["reason"] == "no production version yet"
@@ -147,7 +179,9 @@ def test_first_version_is_promoted_and_exports_from_the_registry(project, first_
     assert meta["plain_accuracy"] == pytest.approx(report.sets["plain"].accuracy)
 
     out = tmp_path / "exported.keras"
-    assert cli(["export", "--version", "production", "--model-name", MODEL, "--output", str(out)]) == 0
+    assert (
+        cli(["export", "--version", "production", "--model-name", MODEL, "--output", str(out)]) == 0
+    )
     np.savez(tmp_path / "test.npz", images=test.images)
     import keras
     import pandas as pd
@@ -156,7 +190,20 @@ def test_first_version_is_promoted_and_exports_from_the_registry(project, first_
     assert exported.input_shape == (None, 96, 96, 3) and exported.output_shape == (None, 8)
     for model_arg in (str(out), "production"):
         csv = tmp_path / "p.csv"
-        assert cli(["predict", model_arg, str(tmp_path / "test.npz"), "--model-name", MODEL, "--output", str(csv)]) == 0
+        assert (
+            cli(
+                [
+                    "predict",
+                    model_arg,
+                    str(tmp_path / "test.npz"),
+                    "--model-name",
+                    MODEL,
+                    "--output",
+                    str(csv),
+                ]
+            )
+            == 0
+        )
         predicted = pd.read_csv(csv).predicted_class.tolist()
         accuracy = np.mean([p == test.class_names[y] for p, y in zip(predicted, test.labels)])
         assert accuracy == pytest.approx(report.sets["plain"].accuracy), model_arg
@@ -173,15 +220,22 @@ def test_worse_model_is_not_promoted(project, first_run):
     from zenml.client import Client
 
     cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, swa_epochs=0, learning_rate=1e-12, min_learning_rate=1e-12)
+    cfg["steps"]["train"]["parameters"]["training"].update(
+        epochs=1, swa_epochs=0, learning_rate=1e-12, min_learning_rate=1e-12
+    )
     cfg["steps"].setdefault("promote", {}).setdefault("parameters", {})["min_improvement"] = 0.5
     (project / "configs" / "worse.yaml").write_text(yaml.safe_dump(cfg))
     run, _ = _run(project, "configs/worse.yaml")
     decision = run.steps["promote"].outputs["promotion"][0].load()
     first = first_run.steps["evaluate"].outputs["evaluation"][0].load().sets["plain"].accuracy
     assert decision["promoted"] is False, decision
-    assert "does not beat production (version 1)" in decision["reason"] and "by more than 0.5" in decision["reason"]
-    assert decision["production_value"] == pytest.approx(first)  # production re-scored on this split
+    assert (
+        "does not beat production (version 1)" in decision["reason"]
+        and "by more than 0.5" in decision["reason"]
+    )
+    assert decision["production_value"] == pytest.approx(
+        first
+    )  # production re-scored on this split
     assert Client().get_model_version(MODEL, "production").id == _version(first_run).id
     assert _version(run).run_metadata["promotion_promoted"] is False
 
@@ -190,7 +244,7 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     import pandas as pd
     from zenml.client import Client
 
-    from bloodcell.predict import predict_table
+    from bloodcell.model.predict import predict_table
 
     # the sample plus one odd image (a blank field): the run finishes, that image is flagged
     batch = project / "out" / "batch"
@@ -201,7 +255,14 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     cfg["steps"]["ingest_unlabeled"]["parameters"]["source"] = "out/batch"
     cfg["steps"]["predict"]["parameters"]["output"] = "out/predictions.csv"
     (project / "configs" / "predict_e2e.yaml").write_text(yaml.safe_dump(cfg))
-    zenml(project, "pipeline", "run", "pipelines.inference.inference_pipeline", "-c", "configs/predict_e2e.yaml")
+    zenml(
+        project,
+        "pipeline",
+        "run",
+        "pipelines.inference.inference_pipeline",
+        "-c",
+        "configs/predict_e2e.yaml",
+    )
     run = Client().get_pipeline("inference_pipeline").last_run
     assert str(run.status) == "completed"
     production = Client().get_model_version(MODEL, "production")
@@ -209,7 +270,14 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     table = run.steps["predict"].outputs["predictions"][0].load()
     csv = pd.read_csv(project / "out" / "predictions.csv", keep_default_na=False)
     assert len(table) == len(csv) == 401
-    assert list(csv.columns[:6]) == ["id", "predicted_class", "confidence", "status", "reason", "check"]
+    assert list(csv.columns[:6]) == [
+        "id",
+        "predicted_class",
+        "confidence",
+        "status",
+        "reason",
+        "check",
+    ]
     blank = table.set_index("id").loc["blank.png"]
     assert blank.status == "not_a_cell" and blank.reason.startswith("a blank image"), blank
     # (how many a two-epoch model accepts is luck: its most confident val cell decides)
@@ -218,7 +286,10 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     images = run.steps["ingest_unlabeled"].outputs["images"][0].load()
     model = first_run.steps["fine_tune"].outputs["tuned_model"][0].load()
     expected = predict_table(model, images.images, images.ids)
-    assert table.status.tolist() == expected.status.tolist() and table.reason.tolist() == expected.reason.tolist()
+    assert (
+        table.status.tolist() == expected.status.tolist()
+        and table.reason.tolist() == expected.reason.tolist()
+    )
     probs = model.predict(images.images[:16].astype("float32"), verbose=0)
     np.testing.assert_allclose(table.confidence[:16], probs.max(axis=1), atol=1e-5)
     assert run.steps["ingest_unlabeled"].outputs["predict_input_expectations"][0].load().success
@@ -246,7 +317,7 @@ def test_caching(project, first_run):
     assert fingerprint(run3) != fingerprint(run2)
     assert all(status[s] == "completed" for s in STEPS), status
 
-    # 3. a module train reaches only through bloodcell.models (the cell framing layer) changed:
+    # 3. a module train reaches only through bloodcell.model.build (the cell framing layer) changed:
     # train reruns, and the steps after it; the steps before it come from the cache
     normalize_py = project / "bloodcell" / "normalize.py"
     normalize_py.write_text(normalize_py.read_text() + "\n# edited by test_caching\n")
@@ -295,14 +366,16 @@ def test_latest_is_the_newest_version_that_holds_a_model(project, first_run, tmp
     from zenml.client import Client
 
     from bloodcell import MODEL_ARTIFACT
-    from bloodcell.mlops.cli import main as cli
+    from bloodcell.cli import main as cli
     from bloodcell.mlops.registry import get_version
 
     cfg = yaml.safe_load((project / "configs" / "tiny.yaml").read_text())
     cfg["steps"]["ingest"]["parameters"]["source"] = str(tmp_path / "no_such_folder")
     (project / "configs" / "missing.yaml").write_text(yaml.safe_dump(cfg))
     _, res = _run(project, "configs/missing.yaml", check=False)
-    assert res.returncode != 0 and "no_such_folder: no such file or folder" in res.stdout + res.stderr
+    assert (
+        res.returncode != 0 and "no_such_folder: no such file or folder" in res.stdout + res.stderr
+    )
     newest = Client().list_model_versions(model=MODEL, sort_by="desc:number", size=1).items[0]
     assert newest.get_artifact(MODEL_ARTIFACT) is None
     latest = get_version("latest", MODEL)
@@ -310,5 +383,10 @@ def test_latest_is_the_newest_version_that_holds_a_model(project, first_run, tmp
     out = tmp_path / "latest.keras"
     assert cli(["export", "--version", "latest", "--model-name", MODEL, "--output", str(out)]) == 0
     assert f"version {latest.number} " in capsys.readouterr().out and out.is_file()
-    assert cli(["export", "--version", str(newest.number), "--model-name", MODEL, "--output", str(out)]) == 2
+    assert (
+        cli(
+            ["export", "--version", str(newest.number), "--model-name", MODEL, "--output", str(out)]
+        )
+        == 2
+    )
     assert f"version {newest.number} holds no model" in capsys.readouterr().err

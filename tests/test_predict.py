@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from bloodcell import CLASS_NAMES
-from bloodcell.ingest import IngestError, read_source, read_unlabeled
-from bloodcell.mlops.cli import main as cli
-from bloodcell.models import build_model
+from bloodcell.cli import main as cli
+from bloodcell.data.ingest import IngestError, read_source, read_unlabeled
+from bloodcell.model.build import build_model
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,25 @@ def test_folder_prediction_equals_the_model(tmp_path, small_tree, saved_model):
     out = tmp_path / "pred.csv"
     assert cli(["predict", str(path), str(small_tree), "--output", str(out)]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["id", "predicted_class", "confidence", "status", "reason", "check", "distance",
-                                   *[f"p_{c}" for c in CLASS_NAMES]]
-    assert set(table.status) == {"accept"} and set(table.reason) == {"model predates referral"}  # no rule in it
+    assert list(table.columns) == [
+        "id",
+        "predicted_class",
+        "confidence",
+        "status",
+        "reason",
+        "check",
+        "distance",
+        *[f"p_{c}" for c in CLASS_NAMES],
+    ]
+    assert set(table.status) == {"accept"} and set(table.reason) == {
+        "model predates referral"
+    }  # no rule in it
     ds = read_source(small_tree)
     assert table.id.tolist() == ds.ids
     expected = model.predict(ds.images.astype("float32"), verbose=0)
-    np.testing.assert_allclose(table[[f"p_{c}" for c in CLASS_NAMES]].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        table[[f"p_{c}" for c in CLASS_NAMES]].to_numpy(), expected, rtol=1e-4, atol=1e-6
+    )
     assert table.predicted_class.tolist() == [CLASS_NAMES[i] for i in expected.argmax(1)]
 
 
@@ -58,7 +70,18 @@ def test_documentation_files_are_skipped_anything_else_must_be_an_image(small_tr
 
 
 def test_bad_model_and_bad_input_are_clear_errors(tmp_path, small_tree, saved_model, capsys):
-    assert cli(["predict", str(tmp_path / "none.keras"), str(small_tree), "--output", str(tmp_path / "p.csv")]) == 2
+    assert (
+        cli(
+            [
+                "predict",
+                str(tmp_path / "none.keras"),
+                str(small_tree),
+                "--output",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 2
+    )
     assert "not a .keras model file" in capsys.readouterr().err
     f = next((small_tree / "ig").iterdir())
     f.write_bytes(f.read_bytes()[:200])

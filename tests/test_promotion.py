@@ -1,6 +1,6 @@
 """The promotion rule (the registry side is tested end to end in test_pipeline_e2e.py)."""
 
-from bloodcell.promotion import decide
+from bloodcell.evaluation.promotion import decide
 
 
 def test_first_version_is_promoted_when_it_passes_the_gate():
@@ -26,4 +26,7 @@ def test_only_a_better_version_is_promoted():
 def test_a_version_of_other_classes_than_production_is_not_promoted_automatically():
     d = decide(0.99, True, None, "4", production_classes=["a", "b", "c"], classes=["a", "b"])
     assert not d.promoted
-    assert "production (version 4) classifies ['a', 'b', 'c'], this version ['a', 'b']: not comparable" in d.reason
+    assert (
+        "production (version 4) classifies ['a', 'b', 'c'], this version ['a', 'b']: not comparable"
+        in d.reason
+    )

@@ -1,12 +1,12 @@
 """The referral rule: calibrated probabilities, a status and reason for every image, the rule
-inside the exported model; and the measurements behind it (bloodcell.reliability)."""
+inside the exported model; and the measurements behind it (bloodcell.evaluation.reliability)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bloodcell.reliability import bootstrap_balanced_accuracy, reliability, risk_coverage
+from bloodcell.evaluation.reliability import bootstrap_balanced_accuracy, reliability, risk_coverage
 
 
 @pytest.fixture(scope="module")
@@ -14,30 +14,38 @@ def trained(sample_dataset):
     """A small CNN trained on 320 sample cells (8 classes) and the 80 held back, as (model, train, val)."""
     import keras
 
-    from bloodcell.models import build_model
-    from bloodcell.split import stratified_split
+    from bloodcell.data.split import stratified_split
+    from bloodcell.model.build import build_model
 
     keras.utils.set_random_seed(0)
     train, val, _ = stratified_split(sample_dataset, 0.2, 0.05, seed=0)
     model = build_model("custom_cnn", train.class_names, 96, filters=[16, 32, 64], dense_units=64)
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
     x = np.asarray(train.images, np.float32)
-    model.fit(np.concatenate([x, x[:, ::-1]]), np.concatenate([train.labels] * 2), epochs=12, batch_size=32, verbose=0)
+    model.fit(
+        np.concatenate([x, x[:, ::-1]]),
+        np.concatenate([train.labels] * 2),
+        epochs=12,
+        batch_size=32,
+        verbose=0,
+    )
     return model, train, val
 
 
 @pytest.fixture(scope="module")
 def shipped(trained):
-    from bloodcell.models import with_tta
-    from bloodcell.referral import ReferralConfig, fit_referral
+    from bloodcell.model.packaging import with_tta
+    from bloodcell.model.referral import ReferralConfig, fit_referral
 
     model, train, val = trained
     return fit_referral(with_tta(model), train, val, ReferralConfig(target_accuracy=0.9))
 
 
-def test_generated_non_cells_are_flagged_and_cells_are_not_called_non_cells(shipped, sample_dataset):
-    from bloodcell.noncells import non_cell_images
-    from bloodcell.referral import score
+def test_generated_non_cells_are_flagged_and_cells_are_not_called_non_cells(
+    shipped, sample_dataset
+):
+    from bloodcell.evaluation.noncells import non_cell_images
+    from bloodcell.model.referral import score
 
     model, rule = shipped
     # tiles of several cells are left to benchmarks/referral.py: they need a model that knows cells well,
@@ -53,14 +61,37 @@ def test_generated_non_cells_are_flagged_and_cells_are_not_called_non_cells(ship
 
 
 def test_status_reason_and_check_follow_the_first_rule_that_applies():
-    from bloodcell.referral import decide
+    from bloodcell.model.referral import decide
 
-    rule = {"confidence_threshold": 0.9, "review_distance": 10.0, "far_distance": 30.0, "pixel_residual": 0.05}
-    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01]])
+    rule = {
+        "confidence_threshold": 0.9,
+        "review_distance": 10.0,
+        "far_distance": 30.0,
+        "pixel_residual": 0.05,
+    }
+    probs = np.array(
+        [
+            [0.95, 0.05],
+            [0.6, 0.4],
+            [0.99, 0.01],
+            [0.99, 0.01],
+            [0.99, 0.01],
+            [0.99, 0.01],
+            [0.99, 0.01],
+        ]
+    )
     dist = np.array([5.0, 5.0, 12.0, 40.0, 5.0, 5.0, 5.0])
     pixels = np.array([0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.08])
     blank = [None, None, None, None, "a blank image (pixel std 0.0 < 2)", None, None]
-    stain = [None, None, None, None, None, "stain unlike the training cells (mean_b 90 outside 160-230)", None]
+    stain = [
+        None,
+        None,
+        None,
+        None,
+        None,
+        "stain unlike the training cells (mean_b 90 outside 160-230)",
+        None,
+    ]
     status, reason, check = decide(probs, dist, pixels, blank, stain, rule)
     assert status == ["accept", "review", "review", "not_a_cell", "not_a_cell", "review", "review"]
     assert check == ["", "confidence", "distance", "far", "blank", "stain", "pixels"]
@@ -71,8 +102,8 @@ def test_status_reason_and_check_follow_the_first_rule_that_applies():
 
 
 def test_the_rule_travels_in_the_exported_model(shipped, sample_dataset, tmp_path):
-    from bloodcell.predict import load_model, predict_table
-    from bloodcell.referral import describe, score
+    from bloodcell.model.predict import load_model, predict_table
+    from bloodcell.model.referral import describe, score
 
     model, rule = shipped
     path = tmp_path / "m.keras"
@@ -84,7 +115,9 @@ def test_the_rule_travels_in_the_exported_model(shipped, sample_dataset, tmp_pat
     assert a.status == b.status and a.reason == b.reason
     np.testing.assert_allclose(a.distance, b.distance, rtol=1e-5)
     # the model's own output is the calibrated probabilities that the rule reads
-    np.testing.assert_allclose(loaded.predict(np.asarray(images, np.float32), verbose=0), b.probabilities, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(np.asarray(images, np.float32), verbose=0), b.probabilities, atol=1e-5
+    )
     table = predict_table(loaded, images, [str(i) for i in range(40)])
     assert table.status.tolist() == b.status and table.reason.tolist() == b.reason
 
@@ -92,8 +125,8 @@ def test_the_rule_travels_in_the_exported_model(shipped, sample_dataset, tmp_pat
 def test_calibration_lowers_the_error_of_an_overconfident_model(trained, sample_dataset):
     """Logits x4 make the model over-confident; a temperature fitted on one half of held-out cells
     brings the calibration error on the other half back down."""
-    from bloodcell.models import with_tta
-    from bloodcell.referral import Scorer, fit_temperature, view_probabilities
+    from bloodcell.model.packaging import with_tta
+    from bloodcell.model.referral import Scorer, fit_temperature, view_probabilities
 
     model, train, val = trained
     scorer = Scorer(with_tta(model))
@@ -112,10 +145,12 @@ def test_calibration_lowers_the_error_of_an_overconfident_model(trained, sample_
     assert ece(t) < 0.75 * ece(1.0), (ece(t), ece(1.0))
 
 
-def test_a_model_from_before_the_rule_is_accepted_with_the_reason(trained, sample_dataset, small_tree, tmp_path):
-    from bloodcell.mlops.cli import main as cli
-    from bloodcell.predict import predict_table
-    from bloodcell.referral import PREDATES
+def test_a_model_from_before_the_rule_is_accepted_with_the_reason(
+    trained, sample_dataset, small_tree, tmp_path
+):
+    from bloodcell.cli import main as cli
+    from bloodcell.model.predict import predict_table
+    from bloodcell.model.referral import PREDATES
 
     model, _, _ = trained
     table = predict_table(model, sample_dataset.images[:5], list("abcde"))
@@ -135,8 +170,8 @@ def test_a_model_from_before_the_rule_is_accepted_with_the_reason(trained, sampl
 def test_predict_warns_when_most_of_a_batch_is_unlike_the_training_cells(shipped, tmp_path):
     from PIL import Image
 
-    from bloodcell.mlops.cli import main as cli
-    from bloodcell.noncells import non_cell_images
+    from bloodcell.cli import main as cli
+    from bloodcell.evaluation.noncells import non_cell_images
 
     model, _ = shipped
     path = tmp_path / "m.keras"
@@ -153,11 +188,14 @@ def test_predict_warns_when_most_of_a_batch_is_unlike_the_training_cells(shipped
     with contextlib.redirect_stdout(printed):
         assert cli(["predict", str(path), str(folder), "--output", str(tmp_path / "p.csv")]) == 0
     last = printed.getvalue().strip().splitlines()[-1]
-    assert last.startswith("warning: this batch looks unlike the training lab") and "bloodcell adapt" in last
+    assert (
+        last.startswith("warning: this batch looks unlike the training lab")
+        and "bloodcell adapt" in last
+    )
 
 
 def test_the_threshold_is_the_lowest_that_keeps_the_target_accuracy():
-    from bloodcell.referral import NOTHING, confidence_threshold
+    from bloodcell.model.referral import NOTHING, confidence_threshold
 
     conf = np.array([0.99, 0.98, 0.97, 0.96, 0.9, 0.8, 0.7])
     correct = np.array([1, 1, 1, 1, 0, 1, 0], bool)
@@ -171,9 +209,13 @@ def test_reliability_and_risk_coverage_on_known_values():
     # ten cells at confidence 0.9, of which 6 right: calibration error 0.3
     r = reliability(np.full(10, 0.9), np.arange(10) < 6)
     assert r["ece"] == pytest.approx(0.3) and r["count"] == [10]
-    assert reliability(np.array([0.55, 0.95]), np.array([False, True]))["ece"] == pytest.approx((0.55 + 0.05) / 2)
+    assert reliability(np.array([0.55, 0.95]), np.array([False, True]))["ece"] == pytest.approx(
+        (0.55 + 0.05) / 2
+    )
     curve = risk_coverage(np.array([0.9, 0.8, 0.7, 0.6]), np.array([True, True, False, True]))
-    assert curve["coverage_at_99"] == 0.5 and curve["aurc"] == pytest.approx(np.mean([0, 0, 1 / 3, 1 / 4]))
+    assert curve["coverage_at_99"] == 0.5 and curve["aurc"] == pytest.approx(
+        np.mean([0, 0, 1 / 3, 1 / 4])
+    )
 
 
 def test_bootstrap_interval_holds_the_point_and_widens_for_few_cells():

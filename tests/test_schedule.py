@@ -15,7 +15,7 @@ from bloodcell.mlops.schedule import cron_trigger
 
 from sandbox import make_sandbox
 
-PROBE = '''
+PROBE = """
 import os
 from zenml import pipeline, step
 
@@ -31,7 +31,7 @@ def tick() -> int:
 @pipeline(enable_cache=False)
 def sched_probe() -> None:
     tick()
-'''
+"""
 
 
 def test_cron_expressions():
@@ -46,14 +46,32 @@ def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path)
     proj = make_sandbox(tmp_path / "proj")
     (proj / "sched_probe.py").write_text(PROBE)
     # the cron comes from the config's ZenML `schedule:` section, which is stripped for the local stack
-    (proj / "sched.yaml").write_text("enable_cache: false\nschedule:\n  cron_expression: '*/2 * * * * *'\n")
+    (proj / "sched.yaml").write_text(
+        "enable_cache: false\nschedule:\n  cron_expression: '*/2 * * * * *'\n"
+    )
     (proj / "fail_next").write_text("")
     log = tmp_path / "runs.jsonl"
     env = {**os.environ, "PYTHONPATH": str(proj)}
     res = subprocess.run(
-        [sys.executable, "-m", "bloodcell.mlops.cli", "schedule", "-c", "sched.yaml",
-         "--source", "sched_probe.sched_probe", "--log", str(log), "--max-runs", "3"],
-        cwd=proj, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "bloodcell.cli",
+            "schedule",
+            "-c",
+            "sched.yaml",
+            "--source",
+            "sched_probe.sched_probe",
+            "--log",
+            str(log),
+            "--max-runs",
+            "3",
+        ],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "3 runs, 1 failed" in res.stdout
@@ -68,7 +86,7 @@ def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path)
 
 
 def test_retrain_weekly_is_the_cpu_recipe_on_a_schedule(tmp_path, capsys):
-    from bloodcell.mlops.cli import main as cli
+    from bloodcell.cli import main as cli
     from bloodcell.mlops.schedule import load_schedule
 
     from conftest import ROOT
@@ -85,7 +103,10 @@ def test_retrain_weekly_is_the_cpu_recipe_on_a_schedule(tmp_path, capsys):
         load_schedule(str(bad))
     # the local orchestrator cannot run ZenML schedules: --register says so and registers nothing
     assert cli(["schedule", str(ROOT / "configs" / "retrain_weekly.yaml"), "--register"]) == 2
-    assert "cannot run ZenML schedules: run `bloodcell schedule` without --register" in capsys.readouterr().err
+    assert (
+        "cannot run ZenML schedules: run `bloodcell schedule` without --register"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.pipeline
@@ -109,30 +130,58 @@ def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(t
             f.unlink()
     cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
     cfg["steps"]["ingest"]["parameters"]["source"] = str(source)
-    cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, swa_epochs=0, recalibrate_samples_per_epoch=32)
+    cfg["steps"]["train"]["parameters"]["training"].update(
+        epochs=1, swa_epochs=0, recalibrate_samples_per_epoch=32
+    )
     cfg["steps"]["evaluate"]["parameters"]["corruption_samples"] = None
-    for step, key in (("train", "min_val_accuracy"), ("fine_tune", "min_val_accuracy"),
-                      ("evaluate", "min_plain_accuracy"), ("evaluate", "min_noisy_accuracy")):
+    for step, key in (
+        ("train", "min_val_accuracy"),
+        ("fine_tune", "min_val_accuracy"),
+        ("evaluate", "min_plain_accuracy"),
+        ("evaluate", "min_noisy_accuracy"),
+    ):
         cfg["steps"][step]["parameters"][key] = 0.0
     cfg["model"] = {"name": "bloodcell-schedule-test"}
     (proj / "configs" / "fast.yaml").write_text(yaml.safe_dump(cfg))
     # a schedule file like retrain_weekly.yaml, on a schedule of seconds
     weekly = yaml.safe_load((proj / "configs" / "retrain_weekly.yaml").read_text())
-    weekly.update(pipeline_config="fast.yaml", schedule={**weekly["schedule"], "cron_expression": "*/2 * * * * *"})
+    weekly.update(
+        pipeline_config="fast.yaml",
+        schedule={**weekly["schedule"], "cron_expression": "*/2 * * * * *"},
+    )
     (proj / "configs" / "weekly_fast.yaml").write_text(yaml.safe_dump(weekly))
     env = {**os.environ, "PYTHONPATH": str(proj)}
 
     def schedule(runs: int) -> list[dict]:
         log = tmp_path / f"runs{runs}.jsonl"
-        res = subprocess.run([sys.executable, "-m", "bloodcell.mlops.cli", "schedule", "configs/weekly_fast.yaml",
-                              "--log", str(log), "--max-runs", str(runs)],
-                             cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bloodcell.cli",
+                "schedule",
+                "configs/weekly_fast.yaml",
+                "--log",
+                str(log),
+                "--max-runs",
+                str(runs),
+            ],
+            cwd=proj,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         return [json.loads(line) for line in log.read_text().splitlines()]
 
     first, second = schedule(2)
     assert first["status"] == second["status"] == "completed"
-    runs = Client().list_pipeline_runs(sort_by="desc:created", size=2, pipeline_name="training_pipeline").items
+    runs = (
+        Client()
+        .list_pipeline_runs(sort_by="desc:created", size=2, pipeline_name="training_pipeline")
+        .items
+    )
     statuses = {name: str(s.status) for name, s in runs[0].steps.items()}
     cacheable = ("filter_outliers", "split", "rebalance", "train", "fine_tune", "evaluate")
     assert all(statuses[s] == "cached" for s in cacheable), statuses
@@ -142,6 +191,10 @@ def test_scheduled_runs_are_cached_on_unchanged_data_and_retrain_on_new_images(t
         f.write_bytes(data)
     (third,) = schedule(1)
     assert third["status"] == "completed"
-    latest = Client().list_pipeline_runs(sort_by="desc:created", size=1, pipeline_name="training_pipeline").items[0]
+    latest = (
+        Client()
+        .list_pipeline_runs(sort_by="desc:created", size=1, pipeline_name="training_pipeline")
+        .items[0]
+    )
     assert str(latest.steps["train"].status) == "completed"  # retrained on the new images
     assert len(latest.steps["ingest"].outputs["dataset"][0].load()) == 400

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcell.images import IngestError, decode_image, load_image
-from bloodcell.serving import (
+from bloodcell.data.images import IngestError, decode_image, load_image
+from bloodcell.serving.model import (
     Limits,
     RequestError,
     ServingModel,
@@ -46,15 +46,20 @@ def files(tmp_path_factory):
     """Real sample cells in several formats and modes: JPEG as shipped, RGBA PNG, BMP, 16-bit
     grayscale TIFF, and a larger non-square JPEG (cropped and resized)."""
     d = tmp_path_factory.mktemp("formats")
-    cells = [sorted((SAMPLE / c).iterdir())[0] for c in ("neutrophil", "platelet", "eosinophil", "lymphocyte")]
+    cells = [
+        sorted((SAMPLE / c).iterdir())[0]
+        for c in ("neutrophil", "platelet", "eosinophil", "lymphocyte")
+    ]
     out = [cells[0]]
     rgba = Image.open(cells[1]).convert("RGBA")
     rgba.putalpha(200)
     rgba.save(d / "rgba.png")
     Image.open(cells[2]).save(d / "cell.bmp")
-    gray16 = (np.asarray(Image.open(cells[3]).convert("L"), dtype=np.uint16) * 257)
+    gray16 = np.asarray(Image.open(cells[3]).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(gray16).save(d / "gray16.tif")
-    Image.open(cells[0]).resize((200, 150), Image.Resampling.BICUBIC).save(d / "wide.jpg", quality=92)
+    Image.open(cells[0]).resize((200, 150), Image.Resampling.BICUBIC).save(
+        d / "wide.jpg", quality=92
+    )
     return out + [d / "rgba.png", d / "cell.bmp", d / "gray16.tif", d / "wide.jpg"]
 
 
@@ -71,26 +76,41 @@ def test_bytes_decode_exactly_as_files_load(files):
 
 def test_every_bad_image_is_named_with_its_rule_and_nothing_is_decoded(files):
     good = _b64(files[0].read_bytes())
-    big = _encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)), "PNG")
+    big = _encoded(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)),
+        "PNG",
+    )
     huge = _encoded(Image.new("RGB", (1200, 1000), (200, 100, 100)), "PNG")
     gif = _encoded(Image.open(files[0]), "GIF")
-    images = [good, "not*base64", _b64(b"hello, not an image"), _b64(files[0].read_bytes()[:400]), "", _b64(big),
-              _b64(huge), _b64(gif), good]
+    images = [
+        good,
+        "not*base64",
+        _b64(b"hello, not an image"),
+        _b64(files[0].read_bytes()[:400]),
+        "",
+        _b64(big),
+        _b64(huge),
+        _b64(gif),
+        good,
+    ]
     limits = Limits(max_images=10, max_image_bytes=100_000, max_pixels=1_000_000)
     with pytest.raises(RequestError) as err:
         decode_request(images, 96, limits)
     e = err.value
     assert e.status == 400 and e.error.startswith("7 of 9 image(s) break a rule")
     rules = {d["index"]: d["rule"] for d in e.details}
-    assert rules == {
-        1: "an image is base64 (standard alphabet, with padding)",
-        2: "an image is a PNG/JPEG/BMP/TIFF file",
-        3: "every image decodes completely",
-        4: "an image has at least one byte",
-        5: "an image has at most 100000 bytes",
-        6: "an image has at most 1000000 pixels",
-        7: "an image is a PNG/JPEG/BMP/TIFF file",  # GIF is a format PIL reads, but not one a request may hold
-    }
+    assert (
+        rules
+        == {
+            1: "an image is base64 (standard alphabet, with padding)",
+            2: "an image is a PNG/JPEG/BMP/TIFF file",
+            3: "every image decodes completely",
+            4: "an image has at least one byte",
+            5: "an image has at most 100000 bytes",
+            6: "an image has at most 1000000 pixels",
+            7: "an image is a PNG/JPEG/BMP/TIFF file",  # GIF is a format PIL reads, but not one a request may hold
+        }
+    )
     assert all(d["message"].startswith(f"image {d['index']}: ") for d in e.details)
     assert json.loads(json.dumps(e.body()))["details"][0]["index"] == 1
 
@@ -100,7 +120,13 @@ def test_request_level_rules():
         decode_request([], 96, Limits())
     with pytest.raises(RequestError) as err:
         decode_request(["x"] * 3, 96, Limits(max_images=2))
-    assert err.value.details == [{"index": None, "rule": "a request has at most 2 images", "message": "the request has 3 images"}]
+    assert err.value.details == [
+        {
+            "index": None,
+            "rule": "a request has at most 2 images",
+            "message": "the request has 3 images",
+        }
+    ]
     with pytest.raises(RequestError, match="explain"):
         check_explain(2, 2)
     check_explain(None, 2)
@@ -120,15 +146,26 @@ def test_a_data_url_prefix_and_line_breaks_are_accepted(files):
 
 def test_decode_image_refuses_large_images_from_the_header():
     data = _encoded(Image.new("L", (3000, 3000)), "PNG")
-    with pytest.raises(IngestError, match=r"3000x3000 = 9000000 pixels \(rule: an image has at most 1000000 pixels\)"):
+    with pytest.raises(
+        IngestError,
+        match=r"3000x3000 = 9000000 pixels \(rule: an image has at most 1000000 pixels\)",
+    ):
         decode_image(data, 96, Counter(), "image 0", max_pixels=1_000_000)
 
 
 def test_answer_rows():
     probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]], dtype=np.float32)
-    rows = answer_rows(probs, ["a", "b", "c"], ["d0", "d1"], ["accept", "review"], ["confidence 0.60", "confidence 0.50 below 0.55"])
+    rows = answer_rows(
+        probs,
+        ["a", "b", "c"],
+        ["d0", "d1"],
+        ["accept", "review"],
+        ["confidence 0.60", "confidence 0.50 below 0.55"],
+    )
     assert [r["class"] for r in rows] == ["b", "a"] and rows[0]["confidence"] == pytest.approx(0.6)
-    assert [r["status"] for r in rows] == ["accept", "review"] and rows[1]["reason"] == "confidence 0.50 below 0.55"
+    assert [r["status"] for r in rows] == ["accept", "review"] and rows[1][
+        "reason"
+    ] == "confidence 0.50 below 0.55"
     assert [t["class"] for t in rows[1]["top3"]] == ["a", "c", "b"]
     assert rows[0]["probabilities"] == pytest.approx({"a": 0.1, "b": 0.6, "c": 0.3})
     assert rows[1]["sha256"] == "d1" and json.dumps(rows)
@@ -137,6 +174,7 @@ def test_answer_rows():
 def test_occlusion_shows_the_part_of_the_image_the_model_uses():
     """A 'model' whose class-0 probability is the brightness of the image's top-left quarter:
     covering that quarter lowers it; covering anywhere else does not."""
+
     def predict(batch):
         p = batch[:, :16, :16].mean(axis=(1, 2, 3)) / 255.0
         return np.stack([p, 1 - p], axis=1)
@@ -145,9 +183,18 @@ def test_occlusion_shows_the_part_of_the_image_the_model_uses():
     image[:16, :16] = 255
     occ = occlusion_map(predict, image, 0)
     grid = np.array(occ["map"])
-    assert occ["patch"] == 16 and occ["cell"] == 8 and grid.shape == (8, 8) and occ["evaluations"] == 49
+    assert (
+        occ["patch"] == 16
+        and occ["cell"] == 8
+        and grid.shape == (8, 8)
+        and occ["evaluations"] == 49
+    )
     assert occ["probability"] == pytest.approx(1.0)
-    assert grid[:2, :2].min() > 0.2 and np.abs(grid[4:, :]).max() == 0 and np.abs(grid[:, 4:]).max() == 0
+    assert (
+        grid[:2, :2].min() > 0.2
+        and np.abs(grid[4:, :]).max() == 0
+        and np.abs(grid[:, 4:]).max() == 0
+    )
 
 
 def test_the_step_takes_the_handed_over_batch_or_decodes(files):
@@ -158,7 +205,9 @@ def test_the_step_takes_the_handed_over_batch_or_decodes(files):
     with handed_over(refs, batch):
         got, got_digests = images_for(refs, 96, limits)
         assert got is batch and got_digests == digests
-        assert images_for(b64, 96, limits)[1] == digests  # other images: decoded, not the handed-over batch
+        assert (
+            images_for(b64, 96, limits)[1] == digests
+        )  # other images: decoded, not the handed-over batch
     with pytest.raises(RequestError, match="not base64"):
         images_for(refs, 96, limits)  # outside the request, a reference is no image
 
@@ -166,8 +215,8 @@ def test_the_step_takes_the_handed_over_batch_or_decodes(files):
 def test_serving_model_answers_like_predict(files):
     import keras
 
-    from bloodcell.models import build_model
-    from bloodcell.predict import predict_table
+    from bloodcell.model.build import build_model
+    from bloodcell.model.predict import predict_table
 
     model = build_model("custom_cnn", ["x", "y", "z"], 64, filters=[8], dense_units=8)
     served = ServingModel.load(model, "m", "3", "production", Limits())
@@ -176,8 +225,16 @@ def test_serving_model_answers_like_predict(files):
     table = predict_table(model, batch, [p.name for p in files])
     assert [r["class"] for r in out["predictions"]] == table.predicted_class.tolist()
     for row, (_, expected) in zip(out["predictions"], table.iterrows()):
-        assert row["probabilities"] == pytest.approx({c: expected[f"p_{c}"] for c in "xyz"}, abs=1e-6)
-    assert out["model"] == {"name": "m", "version": "3", "stage": "production", "image_size": 64, "classes": ["x", "y", "z"]}
+        assert row["probabilities"] == pytest.approx(
+            {c: expected[f"p_{c}"] for c in "xyz"}, abs=1e-6
+        )
+    assert out["model"] == {
+        "name": "m",
+        "version": "3",
+        "stage": "production",
+        "image_size": 64,
+        "classes": ["x", "y", "z"],
+    }
     assert "occlusion" in out["predictions"][1] and "occlusion" not in out["predictions"][0]
     assert np.array(out["predictions"][1]["occlusion"]["map"]).shape == (8, 8)
     keras.backend.clear_session()
@@ -185,7 +242,7 @@ def test_serving_model_answers_like_predict(files):
 
 def _asgi(app, body: bytes, headers: list[tuple[bytes, bytes]], chunk: int = 1000):
     """Run an ASGI app on one POST; returns (status, response body, body the app received)."""
-    sent, parts = [], [body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    sent, parts = [], [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
 
     async def receive():
         part = parts.pop(0)
@@ -194,15 +251,21 @@ def _asgi(app, body: bytes, headers: list[tuple[bytes, bytes]], chunk: int = 100
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "method": "POST", "path": "/invoke", "headers": headers}, receive, send))
+    asyncio.run(
+        app(
+            {"type": "http", "method": "POST", "path": "/invoke", "headers": headers}, receive, send
+        )
+    )
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 def test_body_size_limit_with_and_without_content_length(monkeypatch):
-    from bloodcell.mlops import serve_app
+    from bloodcell.serving import app as serve_app
 
-    monkeypatch.setattr(serve_app, "_SERVED", type("S", (), {"limits": Limits(max_body_bytes=5000)})())
+    monkeypatch.setattr(
+        serve_app, "_SERVED", type("S", (), {"limits": Limits(max_body_bytes=5000)})()
+    )
     received = []
 
     async def app(scope, receive, send):
@@ -218,20 +281,27 @@ def test_body_size_limit_with_and_without_content_length(monkeypatch):
     limited = serve_app.BodySizeLimit(app)
     for size, length in ((4000, True), (4000, False), (6000, True), (6000, False)):
         body = b"x" * size
-        headers = [(b"content-length", str(size).encode())] if length else [(b"transfer-encoding", b"chunked")]
+        headers = (
+            [(b"content-length", str(size).encode())]
+            if length
+            else [(b"transfer-encoding", b"chunked")]
+        )
         status, answer = _asgi(limited, body, headers)
         if size <= 5000:
             assert status == 200 and received[-1] == body, (size, length)
         else:
             err = json.loads(answer)
-            assert status == 413 and err["details"][0]["rule"] == "a request body has at most 5000 bytes", (size, length)
+            assert (
+                status == 413
+                and err["details"][0]["rule"] == "a request body has at most 5000 bytes"
+            ), (size, length)
     assert len(received) == 2
 
 
 def test_package_list_cache_is_guarded(monkeypatch):
     from zenml.environment import Environment
 
-    from bloodcell.mlops import serve_app
+    from bloodcell.serving import app as serve_app
 
     original = Environment.get_python_packages
     monkeypatch.setattr(Environment, "get_python_packages", staticmethod(lambda: ["a==1", "b==2"]))
@@ -246,12 +316,14 @@ def test_package_list_cache_is_guarded(monkeypatch):
     assert serve_app.cache_package_list() is False
     assert Environment.get_python_packages is failing  # left as it was
     monkeypatch.delattr(Environment, "get_python_packages")
-    assert serve_app.cache_package_list() is False  # an internal ZenML no longer has: nothing replaced
+    assert (
+        serve_app.cache_package_list() is False
+    )  # an internal ZenML no longer has: nothing replaced
     assert callable(original)
 
 
 def test_serve_options_come_from_arguments_then_the_environment_then_defaults(monkeypatch):
-    from bloodcell.mlops.serve_app import OPTIONS, serve_options
+    from bloodcell.serving.app import OPTIONS, serve_options
 
     assert serve_options() == OPTIONS
     monkeypatch.setenv("BLOODCELL_SERVE_VERSION", "3")
@@ -259,5 +331,10 @@ def test_serve_options_come_from_arguments_then_the_environment_then_defaults(mo
     monkeypatch.setenv("BLOODCELL_SERVE_SQLITE_WAL", "false")
     monkeypatch.setenv("BLOODCELL_SERVE_MODEL_PATH", "")
     o = serve_options(max_images=7)
-    assert o["version"] == "3" and o["max_images"] == 7 and o["sqlite_wal"] is False and o["model_path"] is None
+    assert (
+        o["version"] == "3"
+        and o["max_images"] == 7
+        and o["sqlite_wal"] is False
+        and o["model_path"] is None
+    )
     assert o["cache_python_packages"] is True and o["max_pixels"] == Limits.max_pixels

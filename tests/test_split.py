@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bloodcell.split import stratified_split
+from bloodcell.data.split import stratified_split
 
 
 def test_stratified_disjoint_and_seeded(sample_dataset):
@@ -18,7 +18,10 @@ def test_stratified_disjoint_and_seeded(sample_dataset):
     assert other[2].ids != te.ids
     i = tr.ids.index(tr.ids[3])
     j = sample_dataset.ids.index(tr.ids[3])
-    assert np.array_equal(tr.images[i], sample_dataset.images[j]) and tr.labels[i] == sample_dataset.labels[j]
+    assert (
+        np.array_equal(tr.images[i], sample_dataset.images[j])
+        and tr.labels[i] == sample_dataset.labels[j]
+    )
 
 
 def test_duplicate_ids_are_refused(sample_dataset):
@@ -32,12 +35,17 @@ def test_identical_images_stay_in_one_split(sample_dataset):
     dup_src = np.arange(0, 400, 40)
     images = np.concatenate([sample_dataset.images, sample_dataset.images[dup_src]])
     ds = sample_dataset.subset(np.arange(400))
-    ds = type(ds)(images=images, labels=np.concatenate([ds.labels, ds.labels[dup_src]]),
-                  ids=ds.ids + [f"copy_of/{sample_dataset.ids[i]}" for i in dup_src])
+    ds = type(ds)(
+        images=images,
+        labels=np.concatenate([ds.labels, ds.labels[dup_src]]),
+        ids=ds.ids + [f"copy_of/{sample_dataset.ids[i]}" for i in dup_src],
+    )
     for seed in range(5):
         parts = stratified_split(ds, seed=seed)
         for i in dup_src:
             where = [name for name, p in zip("tvs", parts) if sample_dataset.ids[i] in p.ids]
-            where_copy = [name for name, p in zip("tvs", parts) if f"copy_of/{sample_dataset.ids[i]}" in p.ids]
+            where_copy = [
+                name for name, p in zip("tvs", parts) if f"copy_of/{sample_dataset.ids[i]}" in p.ids
+            ]
             assert where == where_copy and len(where) == 1
     assert sum(len(p) for p in parts) == len(ds)

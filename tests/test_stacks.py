@@ -15,8 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted((ROOT / "configs" / "stacks").glob("*.sh"))
 FLAVOR_MODULES = (
-    "zenml.integrations.kubernetes.flavors", "zenml.integrations.gcp.flavors", "zenml.integrations.aws.flavors",
-    "zenml.integrations.s3.flavors", "zenml.container_registries", "zenml.image_builders",
+    "zenml.integrations.kubernetes.flavors",
+    "zenml.integrations.gcp.flavors",
+    "zenml.integrations.aws.flavors",
+    "zenml.integrations.s3.flavors",
+    "zenml.container_registries",
+    "zenml.image_builders",
 )
 
 
@@ -67,9 +71,13 @@ def test_stack_scripts_use_flavors_and_options_zenml_has(script):
     for component, candidates, options in lines:
         assert candidates, f"{script.name}: a {component} flavor the script never sets"
         for flavor in candidates:
-            assert (component, flavor) in flavors, f"{script.name}: ZenML has no {component} flavor {flavor!r}"
+            assert (component, flavor) in flavors, (
+                f"{script.name}: ZenML has no {component} flavor {flavor!r}"
+            )
             unknown = set(options) - flavors[(component, flavor)]
-            assert not unknown, f"{script.name}: {component} flavor {flavor!r} has no option(s) {sorted(unknown)}"
+            assert not unknown, (
+                f"{script.name}: {component} flavor {flavor!r} has no option(s) {sorted(unknown)}"
+            )
 
 
 def test_the_s3_endpoint_option_of_kubernetes_sh_is_the_s3_stores():

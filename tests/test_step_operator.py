@@ -14,7 +14,7 @@ from bloodcell.mlops.step_operator import acquire_gpu
 
 from sandbox import ZENML, make_sandbox, zenml
 
-PROBE = '''
+PROBE = """
 import os
 from zenml import log_metadata, pipeline, step
 from zenml.utils import source_utils
@@ -38,7 +38,7 @@ def maybe_crash(pid: int) -> int:
 @pipeline(enable_cache=False)
 def probe() -> None:
     maybe_crash(where())
-'''
+"""
 
 
 def test_pool_hands_out_free_indices_and_waits_when_all_are_taken(tmp_path):
@@ -66,11 +66,40 @@ def test_pool_hands_out_free_indices_and_waits_when_all_are_taken(tmp_path):
 def gpu_project(tmp_path_factory):
     proj = make_sandbox(tmp_path_factory.mktemp("gpuproj"))
     (proj / "probe.py").write_text(PROBE)
-    (proj / "probe.yaml").write_text("steps:\n  where:\n    step_operator: gpu\n  maybe_crash:\n    step_operator: gpu\n")
+    (proj / "probe.yaml").write_text(
+        "steps:\n  where:\n    step_operator: gpu\n  maybe_crash:\n    step_operator: gpu\n"
+    )
     locks = tmp_path_factory.mktemp("locks")
-    zenml(proj, "step-operator", "flavor", "register", "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor", check=False)
-    zenml(proj, "step-operator", "register", "gpu", "--flavor=local_gpu", "--gpus=[0, 1]", f"--lock_dir={locks}")
-    zenml(proj, "stack", "register", "gpu-local", "-o", "default", "-a", "default", "-s", "gpu", "--set")
+    zenml(
+        proj,
+        "step-operator",
+        "flavor",
+        "register",
+        "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor",
+        check=False,
+    )
+    zenml(
+        proj,
+        "step-operator",
+        "register",
+        "gpu",
+        "--flavor=local_gpu",
+        "--gpus=[0, 1]",
+        f"--lock_dir={locks}",
+    )
+    zenml(
+        proj,
+        "stack",
+        "register",
+        "gpu-local",
+        "-o",
+        "default",
+        "-a",
+        "default",
+        "-s",
+        "gpu",
+        "--set",
+    )
     return proj
 
 
@@ -78,8 +107,14 @@ def _run_probe(proj: Path, crash: bool):
     env = {**os.environ, "PYTHONPATH": str(proj), "ZENML_LOGGING_COLORS_DISABLED": "true"}
     if crash:
         env["PROBE_CRASH"] = "1"
-    proc = subprocess.Popen([ZENML, "pipeline", "run", "probe.probe", "-c", "probe.yaml"], cwd=proj, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [ZENML, "pipeline", "run", "probe.probe", "-c", "probe.yaml"],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out, _ = proc.communicate(timeout=600)
     from zenml.client import Client
 

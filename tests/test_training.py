@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bloodcell.models import build_model
-from bloodcell.training import TrainConfig, train_model
+from bloodcell.model.build import build_model
+from bloodcell.model.training import TrainConfig, train_model
 
 
 def test_model_takes_raw_pixels_and_outputs_8_probabilities(sample_dataset):
@@ -28,12 +28,20 @@ def test_unknown_training_option_is_a_clear_error():
 
 
 def test_short_fit_learns_something(sample_dataset):
-    from bloodcell.split import stratified_split
+    from bloodcell.data.split import stratified_split
 
     tr, va, _ = stratified_split(sample_dataset)
     model = build_model("custom_cnn", 8, 96, filters=[16, 32, 64], stem_stride=2, dense_units=64)
-    cfg = TrainConfig.from_dict({"epochs": 6, "swa_epochs": 2, "batch_size": 32, "verbose": 0,
-                                 "recalibrate_samples_per_epoch": 128, "augment": {"noise_sigma_max": 20.0}})
+    cfg = TrainConfig.from_dict(
+        {
+            "epochs": 6,
+            "swa_epochs": 2,
+            "batch_size": 32,
+            "verbose": 0,
+            "recalibrate_samples_per_epoch": 128,
+            "augment": {"noise_sigma_max": 20.0},
+        }
+    )
     history = train_model(model, tr, va, cfg)
     assert len(history["loss"]) == 6 and history["loss"][-1] < history["loss"][0]
     assert not any(np.isnan(history["loss"]))
@@ -48,8 +56,21 @@ def _tiny(sample_dataset, **cfg):
     va = sample_dataset.subset(np.arange(1, 400, 10))
     model = build_model("custom_cnn", 8, 96, filters=[8, 16], stem_stride=2, dense_units=16)
     # the recipe's defaults, shortened: no weight averaging and float32 unless a test asks for them
-    return model, tr, va, TrainConfig.from_dict({"batch_size": 25, "verbose": 0, "recalibrate_samples_per_epoch": 50,
-                                                 "swa_epochs": 0, "mixed_precision": False, **cfg})
+    return (
+        model,
+        tr,
+        va,
+        TrainConfig.from_dict(
+            {
+                "batch_size": 25,
+                "verbose": 0,
+                "recalibrate_samples_per_epoch": 50,
+                "swa_epochs": 0,
+                "mixed_precision": False,
+                **cfg,
+            }
+        ),
+    )
 
 
 def test_interrupted_fit_resumes_from_its_backup(sample_dataset, tmp_path):
@@ -68,13 +89,15 @@ def test_interrupted_fit_resumes_from_its_backup(sample_dataset, tmp_path):
     model2, *_ = _tiny(sample_dataset)
     history = train_model(model2, tr, va, cfg)
     assert len(history["loss"]) == 2  # epochs 3 and 4 only
-    assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").iterdir())  # deleted when done
+    assert not (tmp_path / "backup").exists() or not any(
+        (tmp_path / "backup").iterdir()
+    )  # deleted when done
 
 
 def test_mixed_precision_and_mirrored_strategy_switch_on_and_off(sample_dataset):
     import keras
 
-    from bloodcell.compute import compute_scope
+    from bloodcell.model.compute import compute_scope
 
     _, tr, va, cfg = _tiny(sample_dataset, epochs=1, mixed_precision=True, distribute="mirrored")
     with compute_scope(cfg.compute_policy, cfg.distribute):
@@ -94,14 +117,20 @@ def test_mixed_precision_and_mirrored_strategy_switch_on_and_off(sample_dataset)
 
 
 def test_fine_tuning_trains_only_the_unfrozen_top(sample_dataset):
-    from bloodcell.training import fine_tune_config, fine_tune_model
-    from bloodcell.transfer import backbone_of
+    from bloodcell.model.training import fine_tune_config, fine_tune_model
+    from bloodcell.model.transfer import backbone_of
 
     model = build_model("efficientnetv2b0", 8, 96, weights=None)
     backbone = backbone_of(model)
-    frozen_before = {w.path: np.asarray(w).copy() for w in backbone.weights if w.path.split("/")[-2].startswith("block1")}
+    frozen_before = {
+        w.path: np.asarray(w).copy()
+        for w in backbone.weights
+        if w.path.split("/")[-2].startswith("block1")
+    }
     _, tr, va, _ = _tiny(sample_dataset)
-    cfg = fine_tune_config({"epochs": 1, "batch_size": 25, "verbose": 0, "recalibrate_samples_per_epoch": 0})
+    cfg = fine_tune_config(
+        {"epochs": 1, "batch_size": 25, "verbose": 0, "recalibrate_samples_per_epoch": 0}
+    )
     assert cfg.optimizer == "adamw" and cfg.learning_rate == 1e-5 and cfg.reduce_lr_patience == 5
     top = [w for w in backbone.weights if "top_conv" in w.path and "kernel" in w.path][0]
     top_before = np.asarray(top).copy()
@@ -115,7 +144,9 @@ def test_fine_tuning_trains_only_the_unfrozen_top(sample_dataset):
 
 
 def test_cosine_schedule_decays_to_the_floor(sample_dataset):
-    model, tr, va, cfg = _tiny(sample_dataset, epochs=2, lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5)
+    model, tr, va, cfg = _tiny(
+        sample_dataset, epochs=2, lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5
+    )
     train_model(model, tr, va, cfg)
     lr = model.optimizer.learning_rate  # the schedule's value at the last step
     assert float(np.asarray(lr)) == pytest.approx(1e-5, rel=1e-3)
@@ -126,7 +157,9 @@ def test_cosine_schedule_decays_to_the_floor(sample_dataset):
 def test_steps_per_epoch_bounds_each_epoch_and_the_schedule(sample_dataset):
     """steps_per_epoch: 2 on 100 training images of batch 25 (4 batches): each epoch is 2 steps, and
     the cosine still ends at its floor, since it decays over the steps actually taken."""
-    model, tr, va, cfg = _tiny(sample_dataset, epochs=2, steps_per_epoch=2, learning_rate=1e-3, min_learning_rate=1e-5)
+    model, tr, va, cfg = _tiny(
+        sample_dataset, epochs=2, steps_per_epoch=2, learning_rate=1e-3, min_learning_rate=1e-5
+    )
     train_model(model, tr, va, cfg)
     assert int(model.optimizer.iterations) == 4
     assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(1e-5, rel=1e-3)
@@ -137,7 +170,7 @@ def test_steps_per_epoch_bounds_each_epoch_and_the_schedule(sample_dataset):
 def test_bfloat16_trains_and_auto_follows_the_cpu_flags(sample_dataset, tmp_path):
     import keras
 
-    from bloodcell.compute import compute_scope, cpu_has_native_bfloat16
+    from bloodcell.model.compute import compute_scope, cpu_has_native_bfloat16
 
     amx, old = tmp_path / "amx", tmp_path / "old"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
@@ -177,12 +210,22 @@ def _snapshots():
 
 
 def test_weight_averaging_ends_with_the_mean_of_the_last_epochs(sample_dataset):
-    model, tr, va, cfg = _tiny(sample_dataset, epochs=4, swa_epochs=2, lr_schedule="cosine",
-                               learning_rate=1e-3, min_learning_rate=1e-4)
+    model, tr, va, cfg = _tiny(
+        sample_dataset,
+        epochs=4,
+        swa_epochs=2,
+        lr_schedule="cosine",
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+    )
     record = _snapshots()
     train_model(model, tr, va, cfg, extra_callbacks=[record])
     # the cosine reaches min_learning_rate after epochs - swa_epochs and holds it
-    assert record.lr[0] > record.lr[1] and record.lr[2] == pytest.approx(1e-4) and record.lr[3] == pytest.approx(1e-4)
+    assert (
+        record.lr[0] > record.lr[1]
+        and record.lr[2] == pytest.approx(1e-4)
+        and record.lr[3] == pytest.approx(1e-4)
+    )
     for final, w2, w3 in zip(model.trainable_weights, record.weights[2], record.weights[3]):
         np.testing.assert_allclose(np.asarray(final), (w2 + w3) / 2, rtol=1e-5, atol=1e-7)
     assert not all(np.array_equal(a, b) for a, b in zip(record.weights[2], record.weights[3]))
@@ -202,8 +245,13 @@ def test_weight_averaging_survives_an_interruption(sample_dataset, tmp_path):
             if epoch == 2:
                 raise KeyboardInterrupt("simulated interruption")
 
-    model, tr, va, cfg = _tiny(sample_dataset, epochs=4, swa_epochs=2, lr_schedule="cosine",
-                               backup_dir=str(tmp_path / "backup"))
+    model, tr, va, cfg = _tiny(
+        sample_dataset,
+        epochs=4,
+        swa_epochs=2,
+        lr_schedule="cosine",
+        backup_dir=str(tmp_path / "backup"),
+    )
     first = _snapshots()
     with pytest.raises(KeyboardInterrupt):
         train_model(model, tr, va, cfg, extra_callbacks=[first, Interrupt()])
@@ -218,8 +266,15 @@ def test_weight_averaging_survives_an_interruption(sample_dataset, tmp_path):
 
 
 def test_warmup_rises_to_the_learning_rate_then_the_cosine_decays(sample_dataset):
-    model, tr, va, cfg = _tiny(sample_dataset, epochs=4, warmup_epochs=2, swa_epochs=1, lr_schedule="cosine",
-                               learning_rate=1e-3, min_learning_rate=1e-5)
+    model, tr, va, cfg = _tiny(
+        sample_dataset,
+        epochs=4,
+        warmup_epochs=2,
+        swa_epochs=1,
+        lr_schedule="cosine",
+        learning_rate=1e-3,
+        min_learning_rate=1e-5,
+    )
     record = _snapshots()
     train_model(model, tr, va, cfg, extra_callbacks=[record])  # 4 steps an epoch
     assert [record.lr[e] for e in range(4)] == pytest.approx([5e-4, 1e-3, 1e-5, 1e-5], rel=1e-4)

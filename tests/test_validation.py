@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bloodcell import tables
-from bloodcell.dataset import Dataset
-from bloodcell.split import stratified_split
-from bloodcell.stain import stain_params
-from bloodcell.validation import ExpectationFailed, load_suites, validate
+from bloodcell.data import tables
+from bloodcell.data.dataset import Dataset
+from bloodcell.data.split import stratified_split
+from bloodcell.data.stain import stain_params
+from bloodcell.data.validation import ExpectationFailed, load_suites, validate
 
 from conftest import ROOT
 
@@ -23,7 +23,9 @@ def failed(step: str, tbls, **params) -> list[str]:
 
 def ingest_failures(ds: Dataset, stain_ranges=None) -> list[str]:
     """The ingest suite on ``ds``, with the parameters the step gives it."""
-    return failed("ingest", tables.ingest_tables(ds), **tables.shape_params(ds), **stain_params(stain_ranges))
+    return failed(
+        "ingest", tables.ingest_tables(ds), **tables.shape_params(ds), **stain_params(stain_ranges)
+    )
 
 
 def test_real_sample_passes_every_data_suite(sample_dataset):
@@ -32,14 +34,19 @@ def test_real_sample_passes_every_data_suite(sample_dataset):
     assert failed("filter_outliers", tables.filter_tables(ds, ds), max_fraction=0.05) == []
     tr, va, te = stratified_split(ds)
     parts = {"train": tr, "val": va, "test": te}
-    assert failed("split", tables.split_tables(ds, parts, {"train": 0.8, "val": 0.1, "test": 0.1})) == []
+    assert (
+        failed("split", tables.split_tables(ds, parts, {"train": 0.8, "val": 0.1, "test": 0.1}))
+        == []
+    )
     assert failed("rebalance", tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids))) == []
 
 
 def _with(ds: Dataset, images=None, labels=None, ids=None) -> Dataset:
-    return Dataset(images=ds.images.copy() if images is None else images,
-                   labels=ds.labels.copy() if labels is None else labels,
-                   ids=list(ds.ids) if ids is None else ids)
+    return Dataset(
+        images=ds.images.copy() if images is None else images,
+        labels=ds.labels.copy() if labels is None else labels,
+        ids=list(ds.ids) if ids is None else ids,
+    )
 
 
 def test_ingest_breakages_are_each_caught(sample_dataset):
@@ -49,32 +56,45 @@ def test_ingest_breakages_are_each_caught(sample_dataset):
     assert any("samples.std" in f for f in ingest_failures(_with(ds, images=imgs)))
     labels = ds.labels.copy()
     labels[3] = 8
-    assert any("samples.label: observed 1 unexpected" in f and "[8]" in f
-               for f in ingest_failures(_with(ds, labels=labels)))
+    assert any(
+        "samples.label: observed 1 unexpected" in f and "[8]" in f
+        for f in ingest_failures(_with(ds, labels=labels))
+    )
     ids = list(ds.ids)
     ids[1] = ids[0]
-    assert any("expect_column_values_to_be_unique on samples.id" in f for f in ingest_failures(_with(ds, ids=ids)))
+    assert any(
+        "expect_column_values_to_be_unique on samples.id" in f
+        for f in ingest_failures(_with(ds, ids=ids))
+    )
     green = ds.images.copy()
     green[:10, ..., 0] = 20  # not a stained smear: red channel gone
     assert any("samples.mean_r" in f for f in ingest_failures(_with(ds, images=green)))
     no_platelets = ds.subset(np.flatnonzero(ds.labels != 7))
     assert any("classes.count" in f for f in ingest_failures(no_platelets))
     # an image size other than the step's: the size travels into the suite as a parameter
-    assert any("samples.height" in f for f in failed("ingest", tables.ingest_tables(ds), **{
-        **tables.shape_params(ds), "image_size": 128, **stain_params(None)}))
+    assert any(
+        "samples.height" in f
+        for f in failed(
+            "ingest",
+            tables.ingest_tables(ds),
+            **{**tables.shape_params(ds), "image_size": 128, **stain_params(None)},
+        )
+    )
 
 
 def test_a_labs_own_stain_ranges_replace_pbcs(sample_dataset):
     """Yellow-background images (another lab's stain) break PBC's colour ranges; the ranges the lab
     gives (as `bloodcell profile` proposes them from its own images) accept them."""
-    from bloodcell.stain import profile
+    from bloodcell.data.stain import profile
 
     yellow = sample_dataset.images.astype(np.float32)
     yellow[..., 2] *= 0.55  # less blue: a yellow cast
     yellow = _with(sample_dataset, images=yellow.astype(np.uint8))
     assert any("samples.mean_b" in f for f in ingest_failures(yellow))
     assert ingest_failures(yellow, profile(yellow.images)) == []
-    assert any("samples.mean_b" in f for f in ingest_failures(sample_dataset, profile(yellow.images)))
+    assert any(
+        "samples.mean_b" in f for f in ingest_failures(sample_dataset, profile(yellow.images))
+    )
     with pytest.raises(ValueError, match=r"stain_ranges.mean_g \[200, 100\] \(rule: \[min, max\]"):
         stain_params({"mean_r": [0, 255], "mean_g": [200, 100], "mean_b": [0, 255]})
     with pytest.raises(ValueError, match=r"a range for each of \['mean_r', 'mean_g', 'mean_b'\]"):
@@ -90,8 +110,10 @@ def test_failure_message_names_step_expectation_observed_and_threshold(sample_da
         validate("ingest", tables.ingest_tables(ds), SUITES["ingest"], params).raise_for_failures()
     msg = str(err.value)
     assert "step 'ingest'" in msg
-    assert ("expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], "
-            "threshold {'min_value': 2.0}") in msg
+    assert (
+        "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], "
+        "threshold {'min_value': 2.0}"
+    ) in msg
     assert len(err.value.report.failures) >= 1
 
 
@@ -106,18 +128,43 @@ def test_filter_split_rebalance_breakages(sample_dataset):
     leaky_test = te.subset(np.arange(len(te)))
     leaky_test.ids[0] = tr.ids[0]
     leaky_test.images[1] = tr.images[1]
-    f = failed("split", tables.split_tables(ds, {"train": tr, "val": va, "test": leaky_test}, {"train": 0.8, "val": 0.1, "test": 0.1}))
-    assert any("samples.id" in x for x in f) and any("samples.splits_with_this_image" in x for x in f)
-    f = failed("split", tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.7, "val": 0.1, "test": 0.2}))
+    f = failed(
+        "split",
+        tables.split_tables(
+            ds,
+            {"train": tr, "val": va, "test": leaky_test},
+            {"train": 0.8, "val": 0.1, "test": 0.1},
+        ),
+    )
+    assert any("samples.id" in x for x in f) and any(
+        "samples.splits_with_this_image" in x for x in f
+    )
+    f = failed(
+        "split",
+        tables.split_tables(
+            ds, {"train": tr, "val": va, "test": te}, {"train": 0.7, "val": 0.1, "test": 0.2}
+        ),
+    )
     assert any("sizes.difference_pp" in x for x in f)
     # the class balance is judged in samples, so a small stratified split passes (45 a class: one
     # val image is 2.8 points) and a split that is not stratified fails
     small = ds.subset(np.concatenate([np.flatnonzero(ds.labels == c)[:45] for c in range(8)]))
     tr, va, te = stratified_split(small)
-    assert not failed("split", tables.split_tables(small, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}))
+    assert not failed(
+        "split",
+        tables.split_tables(
+            small, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}
+        ),
+    )
     rest = np.setdiff1d(np.arange(len(small)), np.arange(36))
-    f = failed("split", tables.split_tables(small, {"train": small.subset(rest), "val": small.subset(np.arange(36)), "test": te},
-                                            {"train": 0.8, "val": 0.1, "test": 0.1}))
+    f = failed(
+        "split",
+        tables.split_tables(
+            small,
+            {"train": small.subset(rest), "val": small.subset(np.arange(36)), "test": te},
+            {"train": 0.8, "val": 0.1, "test": 0.1},
+        ),
+    )
     assert any("class_proportions.difference_samples" in x for x in f)
 
     missing = tr.subset(np.arange(1, len(tr)))
@@ -126,25 +173,50 @@ def test_filter_split_rebalance_breakages(sample_dataset):
     f = failed("rebalance", tables.rebalance_tables(tr, tr, {tr.ids[0]}))
     assert any("samples.source_in_val_or_test" in x for x in f)
     unbalanced = tr.subset(np.flatnonzero(tr.labels != 0))
-    assert any("classes.ratio_to_largest" in x for x in failed("rebalance", tables.rebalance_tables(tr, unbalanced, set())))
+    assert any(
+        "classes.ratio_to_largest" in x
+        for x in failed("rebalance", tables.rebalance_tables(tr, unbalanced, set()))
+    )
 
 
 def test_training_and_quality_gates():
-    good = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.9]}
+    good = {
+        "loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.6],
+        "accuracy": [0.5, 0.8],
+        "val_accuracy": [0.5, 0.9],
+    }
     assert failed("train", tables.history_tables(good), min_val_accuracy=0.85) == []
     nan = {**good, "loss": [1.0, float("nan")]}
-    assert any("epochs.loss" in x for x in failed("train", tables.history_tables(nan), min_val_accuracy=0.0))
-    assert any("summary.best_val_accuracy: observed" in x and "0.95" in x
-               for x in failed("train", tables.history_tables(good), min_val_accuracy=0.95))
+    assert any(
+        "epochs.loss" in x
+        for x in failed("train", tables.history_tables(nan), min_val_accuracy=0.0)
+    )
+    assert any(
+        "summary.best_val_accuracy: observed" in x and "0.95" in x
+        for x in failed("train", tables.history_tables(good), min_val_accuracy=0.95)
+    )
     metrics = {"plain_accuracy": 0.97, "noisy_accuracy": 0.80}
-    assert failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.95, min_noisy_accuracy=0.8) == []
-    failures = failed("evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.9, min_noisy_accuracy=0.9)
+    assert (
+        failed(
+            "evaluate",
+            tables.metrics_tables(metrics),
+            min_plain_accuracy=0.95,
+            min_noisy_accuracy=0.8,
+        )
+        == []
+    )
+    failures = failed(
+        "evaluate", tables.metrics_tables(metrics), min_plain_accuracy=0.9, min_noisy_accuracy=0.9
+    )
     assert any("metrics.noisy_accuracy" in x for x in failures)
 
 
 def test_unknown_param_and_expectation_are_clear_errors():
     with pytest.raises(ValueError, match="refers to parameter 'max_fraction'"):
-        validate("filter_outliers", {"summary": None, "classes": None}, SUITES["filter_outliers"], {})
+        validate(
+            "filter_outliers", {"summary": None, "classes": None}, SUITES["filter_outliers"], {}
+        )
     with pytest.raises(ValueError, match="unknown Great Expectations expectation 'expect_magic'"):
         validate("x", {"t": None}, {"t": [{"expect_magic": {}}]}, {})
 
@@ -152,20 +224,39 @@ def test_unknown_param_and_expectation_are_clear_errors():
 def _valid_tables(ds: Dataset) -> dict[str, tuple[dict, dict]]:
     """Tables that pass every suite, and the step parameters the suites refer to."""
     tr, va, te = stratified_split(ds)
-    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "accuracy": [0.5, 0.8], "val_accuracy": [0.5, 0.9]}
+    history = {
+        "loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.6],
+        "accuracy": [0.5, 0.8],
+        "val_accuracy": [0.5, 0.9],
+    }
     return {
         "ingest": (tables.ingest_tables(ds), {**tables.shape_params(ds), **stain_params(None)}),
-        "predict_input": (tables.unlabeled_tables(Dataset(images=ds.images, labels=np.full(len(ds), -1), ids=ds.ids)),
-                          {"image_size": 96}),
+        "predict_input": (
+            tables.unlabeled_tables(
+                Dataset(images=ds.images, labels=np.full(len(ds), -1), ids=ds.ids)
+            ),
+            {"image_size": 96},
+        ),
         "ingest_external": (tables.external_tables(ds), tables.shape_params(ds)),
         "filter_outliers": (tables.filter_tables(ds, ds), {"max_fraction": 0.05}),
-        "split": (tables.split_tables(ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}), {}),
+        "split": (
+            tables.split_tables(
+                ds, {"train": tr, "val": va, "test": te}, {"train": 0.8, "val": 0.1, "test": 0.1}
+            ),
+            {},
+        ),
         "rebalance": (tables.rebalance_tables(tr, tr, set(va.ids) | set(te.ids)), {}),
         "train": (tables.history_tables(history), {"min_val_accuracy": 0.5}),
         "fine_tune": (tables.metrics_tables({"val_accuracy": 0.9}), {"min_val_accuracy": 0.5}),
-        "predict": (tables.metrics_tables({"unlike_training_share": 0.1}), {"max_unlike_share": 0.5}),
-        "evaluate": (tables.metrics_tables({"plain_accuracy": 0.9, "noisy_accuracy": 0.9}),
-                     {"min_plain_accuracy": 0.5, "min_noisy_accuracy": 0.5}),
+        "predict": (
+            tables.metrics_tables({"unlike_training_share": 0.1}),
+            {"max_unlike_share": 0.5},
+        ),
+        "evaluate": (
+            tables.metrics_tables({"plain_accuracy": 0.9, "noisy_accuracy": 0.9}),
+            {"min_plain_accuracy": 0.5, "min_noisy_accuracy": 0.5},
+        ),
     }
 
 
@@ -194,7 +285,12 @@ def _break(df, name: str, kwargs: dict, params: dict):
     return df
 
 
-CASES = [(step, table, i) for step, suite in SUITES.items() for table, entries in suite.items() for i in range(len(entries))]
+CASES = [
+    (step, table, i)
+    for step, suite in SUITES.items()
+    for table, entries in suite.items()
+    for i in range(len(entries))
+]
 
 
 @pytest.mark.parametrize("step,table,index", CASES, ids=[f"{s}-{t}-{i}" for s, t, i in CASES])
@@ -206,15 +302,23 @@ def test_every_expectation_in_the_suite_file_stops_its_step(sample_dataset, step
         validate(step, broken, SUITES[step], params).raise_for_failures()
     on = f"on {table}.{kwargs['column']}" if "column" in kwargs else f"on {table}:"
     assert f"step '{step}'" in str(err.value)
-    assert any(f.expectation == name and f.table == table and f.kwargs.get("column") == kwargs.get("column")
-               for f in err.value.report.failures)
-    assert f"{name} {on}" in str(err.value) and "observed" in str(err.value) and "threshold" in str(err.value)
+    assert any(
+        f.expectation == name
+        and f.table == table
+        and f.kwargs.get("column") == kwargs.get("column")
+        for f in err.value.report.failures
+    )
+    assert (
+        f"{name} {on}" in str(err.value)
+        and "observed" in str(err.value)
+        and "threshold" in str(err.value)
+    )
 
 
 def test_channel_stats_are_numpys_mean_and_std(sample_dataset):
     """The per-image channel means and stds of the sample table and the outlier filter (dot
     products, for speed) are numpy's own, computed in float64."""
-    from bloodcell.stain import channel_means, channel_stats
+    from bloodcell.data.stain import channel_means, channel_stats
 
     x = sample_dataset.images[::20]
     means, stds = channel_stats(x)

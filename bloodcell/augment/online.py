@@ -1,5 +1,5 @@
 """Online augmentation: transforms drawn afresh for every training batch, inside the tf.data
-pipeline (``bloodcell.input_pipeline``). Seeded and stateless: the same seed gives the same batch.
+pipeline (``bloodcell.model.input_pipeline``). Seeded and stateless: the same seed gives the same batch.
 
 Besides the 8 rotations/reflections and white noise, the lab-shift transforms make a model expect
 another lab's images: another stain (jitter of the haematoxylin/eosin optical densities, hue),
@@ -16,13 +16,17 @@ from dataclasses import dataclass, fields
 import numpy as np
 import tensorflow as tf
 
-from bloodcell.dihedral import COUNT, index_table
+from bloodcell.data.dihedral import COUNT, index_table
 
 # optical density <-> haematoxylin/eosin/DAB (Ruifrok & Johnston; skimage.color.rgb_from_hed)
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
+RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32
+)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 # RGB <-> YIQ, for hue rotations
-YIQ_FROM_RGB = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
+YIQ_FROM_RGB = np.array(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32
+)
 RGB_FROM_YIQ = np.linalg.inv(YIQ_FROM_RGB).astype(np.float32)
 
 
@@ -32,7 +36,9 @@ class OnlineAugment:
     noise; every lab-shift transform is off (``configs/train_cpu.yaml`` turns them on)."""
 
     dihedral: bool = True  # random flips and transposition: all 8 rotations/reflections
-    noise_sigma_max: float = 40.0  # Gaussian noise with sigma ~ U(0, max) on the 0..255 scale; 0: off
+    noise_sigma_max: float = (
+        40.0  # Gaussian noise with sigma ~ U(0, max) on the 0..255 scale; 0: off
+    )
     noise_probability: float = 0.5  # fraction of images that get noise
     # colour and exposure, a factor per image ~ U(1 - j, 1 + j); 0 leaves it out
     brightness: float = 0.0  # every pixel value scaled
@@ -41,7 +47,9 @@ class OnlineAugment:
     white_balance: float = 0.0  # each channel scaled on its own: a tinted background
     gamma: float = 0.0  # x -> x^g on 0..1, log g ~ U(-log(1 + j), log(1 + j))
     hue: float = 0.0  # hue rotated by up to this fraction of a turn
-    stain: float = 0.0  # H, E and DAB optical densities scaled by U(1 - j, 1 + j) and shifted by U(-j, j) / 4
+    stain: float = (
+        0.0  # H, E and DAB optical densities scaled by U(1 - j, 1 + j) and shifted by U(-j, j) / 4
+    )
     # magnification and framing
     zoom_in: float = 1.0  # up to this factor (log-uniform), cropped about a jittered centre; 1: off
     zoom_probability: float = 0.5
@@ -56,12 +64,18 @@ class OnlineAugment:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.gamma < 2.0 or not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"augment.gamma must be in [0, 2) and hue in [0, 0.5], got {self.gamma}, {self.hue}")
+            raise ValueError(
+                f"augment.gamma must be in [0, 2) and hue in [0, 0.5], got {self.gamma}, {self.hue}"
+            )
         if not 1.0 <= self.zoom_in <= 4.0:
             raise ValueError(f"augment.zoom_in must be in [1, 4], got {self.zoom_in}")
-        if self.blur_sigma_max < 0 or not (self.jpeg_quality_min == 0 or 5 <= self.jpeg_quality_min <= 95):
-            raise ValueError(f"augment.blur_sigma_max must be >= 0 and jpeg_quality_min 0 or 5..95, "
-                             f"got {self.blur_sigma_max}, {self.jpeg_quality_min}")
+        if self.blur_sigma_max < 0 or not (
+            self.jpeg_quality_min == 0 or 5 <= self.jpeg_quality_min <= 95
+        ):
+            raise ValueError(
+                f"augment.blur_sigma_max must be >= 0 and jpeg_quality_min 0 or 5..95, "
+                f"got {self.blur_sigma_max}, {self.jpeg_quality_min}"
+            )
         for f in fields(self):
             if f.name.endswith("_probability") and not 0.0 <= getattr(self, f.name) <= 1.0:
                 raise ValueError(f"augment.{f.name} must be in [0, 1], got {getattr(self, f.name)}")
@@ -69,8 +83,18 @@ class OnlineAugment:
     @property
     def lab_shift(self) -> bool:
         """Whether any of the lab-shift transforms is on."""
-        return bool(self.brightness or self.contrast or self.saturation or self.white_balance or self.gamma
-                    or self.hue or self.stain or self.zoom_in > 1 or self.blur_sigma_max or self.jpeg_quality_min)
+        return bool(
+            self.brightness
+            or self.contrast
+            or self.saturation
+            or self.white_balance
+            or self.gamma
+            or self.hue
+            or self.stain
+            or self.zoom_in > 1
+            or self.blur_sigma_max
+            or self.jpeg_quality_min
+        )
 
     def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """``images`` (a batch, any dtype, 0..255) augmented as float32; the same ``seed`` (a
@@ -78,10 +102,15 @@ class OnlineAugment:
         n = tf.shape(images)[0]
         seeds = tf.random.experimental.stateless_split(seed, 8)
         x = images
-        if self.dihedral:  # one gather: each image through one of the 8 transforms, in its own dtype
+        if (
+            self.dihedral
+        ):  # one gather: each image through one of the 8 transforms, in its own dtype
             k = tf.random.stateless_uniform([n], seeds[0], 0, COUNT, dtype=tf.int32)
             table = tf.constant(index_table(*images.shape[1:3]))
-            x = tf.reshape(tf.gather(tf.reshape(x, [n, -1, 3]), tf.gather(table, k), batch_dims=1), tf.shape(images))
+            x = tf.reshape(
+                tf.gather(tf.reshape(x, [n, -1, 3]), tf.gather(table, k), batch_dims=1),
+                tf.shape(images),
+            )
         x = tf.cast(x, tf.float32)
         if self.zoom_in > 1:
             x = self.zoom(x, seeds[4])
@@ -93,8 +122,12 @@ class OnlineAugment:
         if self.noise_sigma_max > 0:  # noise drawn only for the images that get it
             sigma = tf.random.stateless_uniform([n], seeds[1], 0.0, self.noise_sigma_max)
             noisy = tf.where(tf.random.stateless_uniform([n], seeds[2]) < self.noise_probability)
-            noise = tf.random.stateless_normal(tf.concat([tf.shape(noisy)[:1], tf.shape(x)[1:]], 0), seeds[3])
-            x = tf.tensor_scatter_nd_add(x, noisy, noise * tf.reshape(tf.gather_nd(sigma, noisy), [-1, 1, 1, 1]))
+            noise = tf.random.stateless_normal(
+                tf.concat([tf.shape(noisy)[:1], tf.shape(x)[1:]], 0), seeds[3]
+            )
+            x = tf.tensor_scatter_nd_add(
+                x, noisy, noise * tf.reshape(tf.gather_nd(sigma, noisy), [-1, 1, 1, 1])
+            )
             x = tf.clip_by_value(x, 0.0, 255.0)
         return x
 
@@ -119,7 +152,14 @@ class OnlineAugment:
             angle = tf.random.stateless_uniform([n], s[3], -self.hue, self.hue) * 2.0 * math.pi
             c, si = tf.cos(angle), tf.sin(angle)
             one, zero = tf.ones_like(c), tf.zeros_like(c)
-            rotation = tf.stack([tf.stack([one, zero, zero], -1), tf.stack([zero, c, -si], -1), tf.stack([zero, si, c], -1)], 1)
+            rotation = tf.stack(
+                [
+                    tf.stack([one, zero, zero], -1),
+                    tf.stack([zero, c, -si], -1),
+                    tf.stack([zero, si, c], -1),
+                ],
+                1,
+            )
             yiq = tf.einsum("bhwc,dc->bhwd", x, tf.constant(YIQ_FROM_RGB))
             yiq = tf.einsum("bhwc,bdc->bhwd", yiq, rotation)
             x = tf.einsum("bhwc,dc->bhwd", yiq, tf.constant(RGB_FROM_YIQ))
@@ -133,7 +173,9 @@ class OnlineAugment:
             x = mean + (x - mean) * factor(self.contrast, s[6])
         x = tf.clip_by_value(x, 0.0, 255.0)
         if self.gamma:
-            log_g = tf.random.stateless_uniform([n, 1, 1, 1], s[7], -math.log1p(self.gamma), math.log1p(self.gamma))
+            log_g = tf.random.stateless_uniform(
+                [n, 1, 1, 1], s[7], -math.log1p(self.gamma), math.log1p(self.gamma)
+            )
             x = 255.0 * tf.pow(x / 255.0, tf.exp(log_g))
         return x
 
@@ -146,8 +188,12 @@ class OnlineAugment:
         scale = tf.exp(tf.random.stateless_uniform([n], s[0], 0.0, math.log(self.zoom_in)))
         scale = tf.where(tf.random.stateless_uniform([n], s[1]) < self.zoom_probability, scale, 1.0)
         half = 0.5 / scale
-        centre = 0.5 + 0.25 * (0.5 - half)[:, None] * tf.random.stateless_uniform([n, 2], s[2], -1.0, 1.0)
-        boxes = tf.concat([centre - half[:, None], centre + half[:, None]], axis=1)  # y1, x1, y2, x2
+        centre = 0.5 + 0.25 * (0.5 - half)[:, None] * tf.random.stateless_uniform(
+            [n, 2], s[2], -1.0, 1.0
+        )
+        boxes = tf.concat(
+            [centre - half[:, None], centre + half[:, None]], axis=1
+        )  # y1, x1, y2, x2
         return tf.image.crop_and_resize(x, boxes, tf.range(n), tf.shape(x)[1:3])
 
     def blur(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -162,9 +208,13 @@ class OnlineAugment:
             sigma = self.blur_sigma_max * level / 3
 
             def blurred(x=x, picked=picked, sigma=sigma):
-                return tf.tensor_scatter_nd_update(x, picked, _gaussian_blur(tf.gather_nd(x, picked), sigma))
+                return tf.tensor_scatter_nd_update(
+                    x, picked, _gaussian_blur(tf.gather_nd(x, picked), sigma)
+                )
 
-            x = tf.cond(tf.size(picked) > 0, blurred, lambda x=x: x)  # convolutions reject an empty batch
+            x = tf.cond(
+                tf.size(picked) > 0, blurred, lambda x=x: x
+            )  # convolutions reject an empty batch
         return x
 
     def jpeg(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -172,14 +222,18 @@ class OnlineAugment:
         n = tf.shape(x)[0]
         s = tf.random.experimental.stateless_split(seed, 2)
         picked = tf.where(tf.random.stateless_uniform([n], s[0]) < self.jpeg_probability)[:, 0]
-        quality = tf.random.stateless_uniform(tf.shape(picked), s[1], self.jpeg_quality_min, 96, dtype=tf.int32)
+        quality = tf.random.stateless_uniform(
+            tf.shape(picked), s[1], self.jpeg_quality_min, 96, dtype=tf.int32
+        )
 
         def compress(args):
             image, q = args
             return tf.image.adjust_jpeg_quality(image / 255.0, q) * 255.0
 
         def compressed():
-            images = tf.map_fn(compress, (tf.gather(x, picked), quality), fn_output_signature=tf.float32)
+            images = tf.map_fn(
+                compress, (tf.gather(x, picked), quality), fn_output_signature=tf.float32
+            )
             return tf.tensor_scatter_nd_update(x, picked[:, None], images)
 
         return tf.cond(tf.size(picked) > 0, compressed, lambda: x)

@@ -9,15 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from bloodcell import dihedral
-from bloodcell.dataset import Dataset, generated_id
-from bloodcell.sharded_images import ShardedImages
-from bloodcell.shards import images_per_shard, write_shards
+from bloodcell.data import dihedral
+from bloodcell.data.dataset import Dataset, generated_id
+from bloodcell.data.sharded_images import ShardedImages
+from bloodcell.data.shards import images_per_shard, write_shards
 
 ENGINES = ("keras", "keras_cv")
 
 
-def _keras_core(seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], shift: float, zoom: float):
+def _keras_core(
+    seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], shift: float, zoom: float
+):
     """Compiled batch functions built on Keras 3 core layers.
 
     ``keras.layers.RandAugment`` picks ``num_ops`` operations per batch and, to do so, computes all
@@ -32,10 +34,13 @@ def _keras_core(seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], 
 
     rand = keras.layers.RandAugment(value_range=(0, 255), seed=seed, **randaugment)
     mix = keras.layers.AugMix(value_range=(0, 255), seed=seed + 1, **augmix)
-    light = keras.Sequential([
-        keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 3),
-    ])
+    light = keras.Sequential(
+        [
+            keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 3),
+        ]
+    )
+
     def apply(name, images, transform):
         return tf.cast(getattr(rand, name).transform_images(images, transform), tf.float32)
 
@@ -60,19 +65,25 @@ def _keras_core(seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], 
     return randaugment_fn, augmix_fn
 
 
-def _keras_cv(seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], shift: float, zoom: float):
+def _keras_cv(
+    seed: int, randaugment: dict[str, Any], augmix: dict[str, Any], shift: float, zoom: float
+):
     """keras-cv's layers (archived; about 10x slower here), called as they are."""
     import keras
     import keras_cv
 
-    light = keras.Sequential([
-        keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 3),
-    ])
+    light = keras.Sequential(
+        [
+            keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 3),
+        ]
+    )
     rand = keras_cv.layers.RandAugment(value_range=(0, 255), seed=seed, **randaugment)
     mix = keras_cv.layers.AugMix(value_range=(0, 255), seed=seed + 1, **augmix)
-    return (lambda x: rand(light(x, training=True), training=True),
-            lambda x: mix(light(x, training=True), training=True))
+    return (
+        lambda x: rand(light(x, training=True), training=True),
+        lambda x: mix(light(x, training=True), training=True),
+    )
 
 
 ENGINE_BUILDERS = {"keras": _keras_core, "keras_cv": _keras_cv}
@@ -116,12 +127,16 @@ class RebalanceConfig:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_BUILDERS:
-            raise ValueError(f"unknown augmentation engine {self.engine!r}; choose one of {ENGINES}")
+            raise ValueError(
+                f"unknown augmentation engine {self.engine!r}; choose one of {ENGINES}"
+            )
         if self.multiplier < 1.0:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
 
 
-def augment_images(images: np.ndarray, cfg: RebalanceConfig | None = None, **overrides: Any) -> np.ndarray:
+def augment_images(
+    images: np.ndarray, cfg: RebalanceConfig | None = None, **overrides: Any
+) -> np.ndarray:
     """Flip/rot90, a small shift and zoom, then RandAugment on even positions and AugMix on odd ones.
 
     uint8 in, uint8 out. ``cfg.group`` images share one RandAugment/AugMix operation choice. Zoom
@@ -134,7 +149,9 @@ def augment_images(images: np.ndarray, cfg: RebalanceConfig | None = None, **ove
 
     cfg = cfg or RebalanceConfig(**overrides)
     keras.utils.set_random_seed(cfg.seed)
-    rand_fn, mix_fn = ENGINE_BUILDERS[cfg.engine](cfg.seed, cfg.randaugment or {}, cfg.augmix or {}, cfg.shift, cfg.zoom)
+    rand_fn, mix_fn = ENGINE_BUILDERS[cfg.engine](
+        cfg.seed, cfg.randaugment or {}, cfg.augmix or {}, cfg.shift, cfg.zoom
+    )
     rng = np.random.default_rng(cfg.seed)
     base = geometric(images, rng)
     out = np.empty_like(base)
@@ -142,7 +159,7 @@ def augment_images(images: np.ndarray, cfg: RebalanceConfig | None = None, **ove
     odd = np.arange(1, len(base), 2)
     for fn, sel in ((rand_fn, even), (mix_fn, odd)):
         for start in range(0, len(sel), cfg.group):
-            part = sel[start:start + cfg.group]
+            part = sel[start : start + cfg.group]
             res = np.asarray(fn(tf.convert_to_tensor(base[part].astype(np.float32))))
             out[part] = np.clip(np.round(res), 0, 255).astype(np.uint8)
     return out
@@ -163,12 +180,18 @@ def _generated(train: Dataset, sources: np.ndarray, cfg: RebalanceConfig, sink: 
 
     def chunks():
         for k, start in enumerate(range(0, len(sources), per)):
-            yield augment_images(train.images[sources[start:start + per]], replace(cfg, seed=cfg.seed + k))
+            yield augment_images(
+                train.images[sources[start : start + per]], replace(cfg, seed=cfg.seed + k)
+            )
 
-    return ShardedImages([(sink, s) for s in write_shards(sink, chunks(), prefix="generated")], shape)
+    return ShardedImages(
+        [(sink, s) for s in write_shards(sink, chunks(), prefix="generated")], shape
+    )
 
 
-def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, sink: str | None = None, **overrides: Any) -> Dataset:
+def rebalance(
+    train: Dataset, cfg: RebalanceConfig | None = None, sink: str | None = None, **overrides: Any
+) -> Dataset:
     """Bring every class to ``cfg.multiplier`` x the size of the largest by augmenting its originals.
 
     Originals come first, unchanged; each generated sample's id is ``dataset.generated_id(source, k)``.
@@ -193,5 +216,10 @@ def rebalance(train: Dataset, cfg: RebalanceConfig | None = None, sink: str | No
         labels=np.concatenate([train.labels, train.labels[sources]]),
         ids=train.ids + gen_ids,
         class_names=list(train.class_names),
-        info={**train.info, "generated": int(len(sources)), "augmentation_engine": cfg.engine, "target_per_class": target},
+        info={
+            **train.info,
+            "generated": int(len(sources)),
+            "augmentation_engine": cfg.engine,
+            "target_per_class": target,
+        },
     )

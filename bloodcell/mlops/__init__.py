@@ -1,2 +1,3 @@
-"""ZenML integration and operations, on top of the pipelines: the ``bloodcell`` CLI, the model
-registry (versions, export), lineage, the scheduler and the local GPU step operator flavor."""
+"""ZenML integration: the model registry (versions, export), lineage, the run log, the
+scheduler, lab adaptation runs and the local GPU step operator flavor. Imports ``data``,
+``model`` and ``evaluation``."""

@@ -23,5 +23,7 @@ def _prepare_local_code_environment(self) -> None:  # noqa: ARG001 - the method'
 
 
 if __name__ == "__main__":
-    base_entrypoint_configuration.BaseEntrypointConfiguration.prepare_code_environment = _prepare_local_code_environment
+    base_entrypoint_configuration.BaseEntrypointConfiguration.prepare_code_environment = (
+        _prepare_local_code_environment
+    )
     main()

@@ -33,7 +33,9 @@ def get_version(version: str = "production", name: str = MODEL_NAME):
     try:
         return Client().get_model_version(name, key)
     except KeyError:
-        raise LookupError(f"model {name!r} has no version {version!r}; list them with `zenml model version list {name}`") from None
+        raise LookupError(
+            f"model {name!r} has no version {version!r}; list them with `zenml model version list {name}`"
+        ) from None
 
 
 def latest_with_model(name: str = MODEL_NAME):
@@ -44,19 +46,28 @@ def latest_with_model(name: str = MODEL_NAME):
     skipped = []
     page = 1
     while True:
-        versions = Client().list_model_versions(model=name, sort_by="desc:number", page=page, size=50)
+        versions = Client().list_model_versions(
+            model=name, sort_by="desc:number", page=page, size=50
+        )
         for mv in versions.items:
             if mv.get_artifact(MODEL_ARTIFACT) is not None:
                 if skipped:
-                    logger.warning("model %s: latest version with a model is %s; newer version(s) %s hold none "
-                                   "(runs that failed before fine_tune)", name, mv.number, skipped)
+                    logger.warning(
+                        "model %s: latest version with a model is %s; newer version(s) %s hold none "
+                        "(runs that failed before fine_tune)",
+                        name,
+                        mv.number,
+                        skipped,
+                    )
                 return mv
             skipped.append(mv.number)
         if page >= versions.total_pages:
             break
         page += 1
-    raise LookupError(f"model {name!r} has no version that holds a model ({len(skipped)} version(s), none with a "
-                      f"{MODEL_ARTIFACT!r} artifact); train one with `make run`")
+    raise LookupError(
+        f"model {name!r} has no version that holds a model ({len(skipped)} version(s), none with a "
+        f"{MODEL_ARTIFACT!r} artifact); train one with `make run`"
+    )
 
 
 def image_size_of(mv) -> int:
@@ -75,8 +86,10 @@ def version_with_model(version: str = "production", name: str = MODEL_NAME):
     mv = get_version(version, name)
     artifact = mv.get_artifact(MODEL_ARTIFACT)
     if artifact is None:
-        raise LookupError(f"model {name!r} version {mv.number} holds no model (no {MODEL_ARTIFACT!r} artifact: "
-                          "its run failed before fine_tune); `--version latest` takes the newest version that has one")
+        raise LookupError(
+            f"model {name!r} version {mv.number} holds no model (no {MODEL_ARTIFACT!r} artifact: "
+            "its run failed before fine_tune); `--version latest` takes the newest version that has one"
+        )
     return mv, artifact
 
 
@@ -86,7 +99,9 @@ def load_version_model(version: str = "production", name: str = MODEL_NAME):
     return mv, artifact.load()
 
 
-def export_model(output: str, version: str = "production", name: str = MODEL_NAME) -> dict[str, Any]:
+def export_model(
+    output: str, version: str = "production", name: str = MODEL_NAME
+) -> dict[str, Any]:
     """Write the version's model as one ``.keras`` file (written aside, then moved into place)."""
     if not output.endswith(".keras"):
         raise ValueError(f"{output}: the output must be a .keras file")
@@ -95,5 +110,11 @@ def export_model(output: str, version: str = "production", name: str = MODEL_NAM
     model.save(tmp)
     os.replace(tmp, output)
     meta = mv.run_metadata
-    return {"name": name, "version": mv.number, "stage": mv.stage, "output": output,
-            "plain_accuracy": meta.get("plain_accuracy"), "noisy_accuracy": meta.get("noisy_accuracy")}
+    return {
+        "name": name,
+        "version": mv.number,
+        "stage": mv.stage,
+        "output": output,
+        "plain_accuracy": meta.get("plain_accuracy"),
+        "noisy_accuracy": meta.get("noisy_accuracy"),
+    }

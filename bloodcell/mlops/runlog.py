@@ -17,5 +17,9 @@ def failure_lines(output: str, limit: int = 60) -> str:
     exception lines of its traceback), without colour codes or the framed source listings of rich
     tracebacks; the plain tail of the output if none is found."""
     lines = [_ANSI.sub("", line) for line in output.splitlines()]
-    keep = [ln for ln in lines if not ln.lstrip().startswith(("│", "╭", "╰")) and any(k in ln for k in _KEYS)]
+    keep = [
+        ln
+        for ln in lines
+        if not ln.lstrip().startswith(("│", "╭", "╰")) and any(k in ln for k in _KEYS)
+    ]
     return "\n".join(keep[-limit:]) if keep else "\n".join(lines)[-4000:]

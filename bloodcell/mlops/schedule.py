@@ -40,9 +40,18 @@ def cron_trigger(expr: str):
         return CronTrigger.from_crontab(expr, timezone="UTC")
     if len(fields) == 6:
         second, minute, hour, day, month, day_of_week = fields
-        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=day_of_week, timezone="UTC")
-    raise ValueError(f"cron expression {expr!r} has {len(fields)} fields (rule: 5, or 6 with seconds first)")
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=day_of_week,
+            timezone="UTC",
+        )
+    raise ValueError(
+        f"cron expression {expr!r} has {len(fields)} fields (rule: 5, or 6 with seconds first)"
+    )
 
 
 class PipelineRunner:
@@ -57,8 +66,11 @@ class PipelineRunner:
         started = time.time()
         zenml = str(Path(sys.executable).parent / "zenml")
         logger.info("starting %s -c %s", self.source, self.config)
-        proc = subprocess.run([zenml, "pipeline", "run", self.source, "-c", self.config],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [zenml, "pipeline", "run", self.source, "-c", self.config],
+            capture_output=True,
+            text=True,
+        )
         outcome = {
             "started": datetime.fromtimestamp(started, UTC).isoformat(),
             "finished": datetime.now(UTC).isoformat(),
@@ -68,7 +80,11 @@ class PipelineRunner:
         }
         if proc.returncode:
             outcome["error"] = failure_lines(proc.stdout + proc.stderr)[-3000:]
-            logger.error("run failed (exit %d) after %.1f s; the schedule goes on", proc.returncode, outcome["seconds"])
+            logger.error(
+                "run failed (exit %d) after %.1f s; the schedule goes on",
+                proc.returncode,
+                outcome["seconds"],
+            )
         else:
             logger.info("run completed in %.1f s", outcome["seconds"])
         self.outcomes.append(outcome)
@@ -87,7 +103,9 @@ def unscheduled_config(config: str) -> tuple[str, str | None]:
     schedule = cfg.pop("schedule", None) or {}
     if not schedule:
         return config, None
-    with tempfile.NamedTemporaryFile("w", prefix=Path(config).stem + ".", suffix=".yaml", delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=Path(config).stem + ".", suffix=".yaml", delete=False
+    ) as tmp:
         yaml.safe_dump(cfg, tmp, sort_keys=False)
     return tmp.name, schedule.get("cron_expression")
 
@@ -99,9 +117,15 @@ def load_schedule(path: str) -> tuple[str, dict]:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: schedule file not found")
     spec = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(spec, dict) or not spec.get("pipeline_config") or not (spec.get("schedule") or {}).get("cron_expression"):
-        raise ValueError(f"{p}: a schedule file has `pipeline_config: <config>.yaml` and "
-                         "`schedule: {name: ..., cron_expression: ...}`")
+    if (
+        not isinstance(spec, dict)
+        or not spec.get("pipeline_config")
+        or not (spec.get("schedule") or {}).get("cron_expression")
+    ):
+        raise ValueError(
+            f"{p}: a schedule file has `pipeline_config: <config>.yaml` and "
+            "`schedule: {name: ..., cron_expression: ...}`"
+        )
     config = (p.parent / spec["pipeline_config"]).resolve()
     if not config.is_file():
         raise FileNotFoundError(f"{p}: its pipeline_config {config} does not exist")
@@ -117,14 +141,22 @@ def register_schedule(config: str, schedule: dict, source: str) -> str:
 
     stack = Client().active_stack
     if not stack.orchestrator.config.is_schedulable:
-        raise ValueError(f"the orchestrator of stack {stack.name!r} ({stack.orchestrator.flavor}) cannot run ZenML "
-                         "schedules: run `bloodcell schedule` without --register and this process is the scheduler")
+        raise ValueError(
+            f"the orchestrator of stack {stack.name!r} ({stack.orchestrator.flavor}) cannot run ZenML "
+            "schedules: run `bloodcell schedule` without --register and this process is the scheduler"
+        )
     pipeline = source_utils.load(source)
     pipeline.with_options(config_path=config, schedule=Schedule(**schedule))()
     return f"registered schedule {schedule.get('name') or ''} ({schedule['cron_expression']}) for {source} -c {config}"
 
 
-def run_schedule(cron: str | None, config: str, source: str, log_file: str | None = None, max_runs: int | None = None) -> list[dict]:
+def run_schedule(
+    cron: str | None,
+    config: str,
+    source: str,
+    log_file: str | None = None,
+    max_runs: int | None = None,
+) -> list[dict]:
     """Block and run on ``cron`` (default: the config's ``schedule.cron_expression``) until
     interrupted, or until ``max_runs`` runs have finished."""
     from apscheduler.schedulers.blocking import BlockingScheduler
@@ -141,7 +173,9 @@ def run_schedule(cron: str | None, config: str, source: str, log_file: str | Non
         if max_runs is not None and len(runner.outcomes) >= max_runs:
             scheduler.shutdown(wait=False)
 
-    scheduler.add_job(job, cron_trigger(cron), max_instances=1, coalesce=True, misfire_grace_time=None)
+    scheduler.add_job(
+        job, cron_trigger(cron), max_instances=1, coalesce=True, misfire_grace_time=None
+    )
     logger.info("scheduled %s -c %s on '%s' (UTC)", source, config, cron)
     try:
         scheduler.start()

@@ -50,7 +50,9 @@ class LocalGPUStepOperatorConfig(BaseStepOperatorConfig):
 
 
 @contextlib.contextmanager
-def acquire_gpu(gpus: list[int], lock_dir: str, poll_seconds: float = 1.0, log=print) -> Iterator[int]:
+def acquire_gpu(
+    gpus: list[int], lock_dir: str, poll_seconds: float = 1.0, log=print
+) -> Iterator[int]:
     """Hold an exclusive lock on the first free GPU index of ``gpus``; wait while all are taken."""
     if not gpus:
         raise ValueError("the local_gpu step operator needs at least one GPU index in `gpus`")
@@ -79,7 +81,9 @@ class LocalGPUStepOperator(BaseStepOperator):
     def config(self) -> LocalGPUStepOperatorConfig:
         return self._config  # type: ignore[return-value]
 
-    def launch(self, info: StepRunInfo, entrypoint_command: list[str], environment: dict[str, str]) -> None:
+    def launch(
+        self, info: StepRunInfo, entrypoint_command: list[str], environment: dict[str, str]
+    ) -> None:
         name = info.pipeline_step_name
         with acquire_gpu(self.config.gpus, self.config.lock_dir, self.config.poll_seconds) as gpu:
             env = {**os.environ, **environment, "CUDA_VISIBLE_DEVICES": str(gpu)}
@@ -88,10 +92,21 @@ class LocalGPUStepOperator(BaseStepOperator):
                 entrypoint_command = [sys.executable, *entrypoint_command[1:]]
             if entrypoint_command[1:3] == ["-m", ZENML_ENTRYPOINT]:
                 # ZenML's entrypoint, minus its container set-up (cd /app): see bloodcell.mlops.local_entrypoint
-                entrypoint_command = [entrypoint_command[0], "-m", LOCAL_ENTRYPOINT, *entrypoint_command[3:]]
+                entrypoint_command = [
+                    entrypoint_command[0],
+                    "-m",
+                    LOCAL_ENTRYPOINT,
+                    *entrypoint_command[3:],
+                ]
             print(f"[local_gpu] step '{name}' starts in a new process on GPU {gpu}", flush=True)
-            proc = subprocess.Popen(entrypoint_command, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
+            proc = subprocess.Popen(
+                entrypoint_command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
             tail: deque[str] = deque(maxlen=60)
             assert proc.stdout is not None
             for line in proc.stdout:
