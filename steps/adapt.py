@@ -16,7 +16,7 @@ from bloodcell.model.predict import model_classes
 from bloodcell.model.referral import fit_referral, options_of
 from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
-from steps._model import log_to_model
+from steps._metadata import log_to_model
 
 logger = get_logger(__name__)
 

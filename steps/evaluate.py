@@ -15,7 +15,7 @@ from bloodcell.evaluation.report import EvaluationReport
 from materializers.evaluation_materializer import EvaluationReportMaterializer
 from steps._cache import content_cache_policy
 from steps._guard import guard
-from steps._model import log_to_model
+from steps._metadata import log_to_model
 
 logger = get_logger(__name__)
 

@@ -13,7 +13,7 @@ from bloodcell.data.stain import stain_params
 from bloodcell.data.tables import ingest_tables, shape_params
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
-from steps._model import log_code_version
+from steps._metadata import log_code_version
 
 logger = get_logger(__name__)
 

@@ -14,7 +14,7 @@ from bloodcell.data.tables import unlabeled_tables
 from bloodcell.mlops.registry import image_size_of
 from materializers.dataset_materializer import DatasetMaterializer
 from steps._guard import guard
-from steps._model import log_code_version
+from steps._metadata import log_code_version
 
 logger = get_logger(__name__)
 

@@ -23,7 +23,7 @@ from materializers.keras_materializer import KerasModelMaterializer
 from steps._cache import content_cache_policy
 from steps._checkpoint import backup_slot
 from steps._guard import guard
-from steps._model import log_to_model
+from steps._metadata import log_to_model
 
 logger = get_logger(__name__)
 
