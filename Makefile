@@ -52,7 +52,7 @@ browser:
 	fi
 
 test: lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # the slow kinds are pytest markers (pyproject.toml): whole pipeline runs, servers, the browser;
 # the rest runs in FAST_WORKERS processes (pytest-xdist; its workers find ZenML's source root
