@@ -1,13 +1,16 @@
-"""The lab-shift table: a trained model on other labs' images, zero-shot and after adaptation.
+r"""The lab-shift table: a trained model on other labs' images, zero-shot and after adaptation.
 
-    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
-    .venv/bin/python benchmarks/lab_shift.py /tmp/run [--k 5,20] [--seeds 0,1,2] [--prior-correction 0]
+    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 \
+        --keep /tmp/run
+    .venv/bin/python benchmarks/lab_shift.py /tmp/run [--k 5,20] [--seeds 0,1,2] \
+        [--prior-correction 0]
 
 For the run kept in DIR: its shipped model and, from its own evaluation report, accuracy on the
 PBC test split, under white noise (sigma=25) and the corruption-table mean. Then for each external
 set (default: the two in ../shared/data/external): accuracy and balanced accuracy (mean recall
 over the classes present) zero-shot; with batch-norm statistics recomputed on the set's images
-(no labels; a model without batch norm has none); and after adaptation (``bloodcell.model.adaptation.adapt_model``, the run's training data
+(no labels; a model without batch norm has none); and after adaptation
+(``bloodcell.model.adaptation.adapt_model``, the run's training data
 replayed) on k labelled cells per class, scored on the set's other cells, the mean over seeds
 (the zero-shot figure on the same held-out cells is printed beside it), and the PBC test accuracy
 of the model adapted with the largest k and the first seed (what the adaptation costs at home).
@@ -65,8 +68,10 @@ def main() -> None:
 
     def home(how: str) -> None:
         print(
-            f"run {run.name}, {how}: PBC test (n={report.sets['plain'].n}) plain {report.sets['plain'].accuracy:.4f}, "
-            f"macro-F1 {report.sets['plain'].macro_f1:.4f}, noisy sigma=25 {report.sets['noisy'].accuracy:.4f}, "
+            f"run {run.name}, {how}: PBC test (n={report.sets['plain'].n}) plain "
+            f"{report.sets['plain'].accuracy:.4f}, "
+            f"macro-F1 {report.sets['plain'].macro_f1:.4f}, noisy sigma=25 "
+            f"{report.sets['noisy'].accuracy:.4f}, "
             f"corruption mean {corruption_mean(report.corruptions):.4f} "
             f"({sum(1 for r in report.corruptions if r['severity'])} settings)",
             flush=True,
@@ -111,11 +116,13 @@ def main() -> None:
             if batchnorm_layers(model)
             else "none to recompute (no batch norm)"
         )
-        print(
-            f"\n{name} (n={len(ds)}; {', '.join(f'{c} {int((ds.labels == ds.class_names.index(c)).sum())}' for c in present)})"
+        counts = ", ".join(
+            f"{c} {int((ds.labels == ds.class_names.index(c)).sum())}" for c in present
         )
+        print(f"\n{name} (n={len(ds)}; {counts})")
         print(
-            f"  zero-shot: accuracy {acc:.4f}, balanced accuracy {bal:.4f}; batch norm from its images (no labels): "
+            f"  zero-shot: accuracy {acc:.4f}, balanced accuracy {bal:.4f}; "
+            "batch norm from its images (no labels): "
             f"{unlabelled}",
             flush=True,
         )
@@ -131,12 +138,15 @@ def main() -> None:
                 if k == max(ks) and seed == seeds[0]:
                     home = dataset_metrics(adapted, test, "test split").accuracy
             print(
-                f"  k={k:2d}: balanced accuracy {np.mean(adapted_bal):.4f} (seeds {', '.join(f'{b:.3f}' for b in adapted_bal)}; "
-                f"zero-shot on the same cells {np.mean(base_bal):.4f}); {np.mean(wall):.0f} s an adaptation",
+                f"  k={k:2d}: balanced accuracy {np.mean(adapted_bal):.4f} "
+                f"(seeds {', '.join(f'{b:.3f}' for b in adapted_bal)}; "
+                f"zero-shot on the same cells {np.mean(base_bal):.4f}); "
+                f"{np.mean(wall):.0f} s an adaptation",
                 flush=True,
             )
         print(
-            f"  PBC test accuracy after adapting to {name} (k={max(ks)}, seed {seeds[0]}): {home:.4f}"
+            f"  PBC test accuracy after adapting to {name} (k={max(ks)}, seed {seeds[0]}): "
+            f"{home:.4f}"
         )
 
 

@@ -1,4 +1,5 @@
-"""Outlier filter on pbc96 with injected outliers: share of injected removed, share of genuine removed.
+"""Outlier filter on pbc96 with injected outliers: share of injected removed, share of genuine
+removed.
 
     .venv/bin/python benchmarks/outlier_filter.py [--data ../shared/data/pbc96]
 
@@ -85,7 +86,7 @@ def injected(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument(
         "--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/pbc96")
     )
@@ -118,7 +119,8 @@ def main() -> None:
         f"injected outliers removed: {inj_removed}/{len(ids)} = {100 * inj_removed / len(ids):.2f}%"
     )
     print(
-        f"genuine cells removed:     {gen_removed}/{len(genuine)} = {100 * gen_removed / len(genuine):.3f}%"
+        f"genuine cells removed:     {gen_removed}/{len(genuine)} = "
+        f"{100 * gen_removed / len(genuine):.3f}%"
     )
     print(f"filter wall time on {len(ds)} images: {wall:.1f} s")
     if missed:

@@ -31,7 +31,8 @@ t = time.perf_counter()
 rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 wall = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"rc": rc.returncode, "wall_s": wall, "peak_rss_mb": rss, "err": rc.stderr[-3000:]}))
+print(json.dumps({"rc": rc.returncode, "wall_s": wall, "peak_rss_mb": rss, \
+"err": rc.stderr[-3000:]}))
 """
 
 
@@ -109,7 +110,8 @@ def main() -> None:
             cached = [n for n, s in pr.steps.items() if str(s.status) == "cached"]
             print(
                 f"run {i}: {r['wall_s']:7.1f} s wall, peak RSS {r['peak_rss_mb']:6.0f} MB, "
-                f"{r['wall_s'] - tf_import['wall_s']:6.1f} s beyond TF import, cached steps: {', '.join(cached) or 'none'}"
+                f"{r['wall_s'] - tf_import['wall_s']:6.1f} s beyond TF import, cached steps: "
+                f"{', '.join(cached) or 'none'}"
             )
         first = pipeline_runs[0]
         report = first.steps["evaluate"].outputs["evaluation"][0].load()
@@ -123,12 +125,15 @@ def main() -> None:
         tuned = first.steps["fine_tune"].run_metadata
         if "val_accuracy_uncorrected" in tuned:
             print(
-                f"fine_tune: prior correction, val accuracy {tuned['val_accuracy_uncorrected']:.4f} without, "
+                "fine_tune: prior correction, val accuracy "
+                f"{tuned['val_accuracy_uncorrected']:.4f} without, "
                 f"{tuned['val_accuracy']:.4f} with"
             )
         print(
-            f"test split (n={report.sets['plain'].n}): plain accuracy {report.sets['plain'].accuracy:.4f}, "
-            f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise sigma={report.params['noise_sigma']:g}: "
+            f"test split (n={report.sets['plain'].n}): plain accuracy "
+            f"{report.sets['plain'].accuracy:.4f}, "
+            f"macro-F1 {report.sets['plain'].macro_f1:.4f}; white noise "
+            f"sigma={report.params['noise_sigma']:g}: "
             f"accuracy {report.sets['noisy'].accuracy:.4f}"
         )
         for name, m in report.external.items():
@@ -137,19 +142,20 @@ def main() -> None:
                 for c in m.present
             )
             print(
-                f"external set {name} (n={m.n}): accuracy {m.accuracy:.4f}, balanced accuracy {m.balanced_accuracy:.4f}; "
-                f"recall {recall}"
+                f"external set {name} (n={m.n}): accuracy {m.accuracy:.4f}, balanced accuracy "
+                f"{m.balanced_accuracy:.4f}; recall {recall}"
             )
         if report.corruptions:
             settings = sum(1 for r in report.corruptions if r["severity"])
             print(
-                f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the {settings} "
-                f"corrupted settings {corruption_mean(report.corruptions):.4f}):"
+                f"corruptions (accuracy on {report.corruptions[0]['n']} test images; mean over the "
+                f"{settings} corrupted settings {corruption_mean(report.corruptions):.4f}):"
             )
             for r in report.corruptions:
                 if r["severity"]:
                     print(
-                        f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): {r['accuracy']:.4f}"
+                        f"  {r['corruption']:10s} severity {r['severity']} ({r['setting']:g}): "
+                        f"{r['accuracy']:.4f}"
                     )
         if args.save_report:
             Path(args.save_report).write_text(json.dumps(report.to_dict(), indent=1))

@@ -207,7 +207,8 @@ def _epoch(dt) -> float:
 
 
 def step_images(run, epochs: int, steps: int) -> dict[str, int]:
-    """How many images each finished step handled, from the steps' run metadata (see the module's doc)."""
+    """How many images each finished step handled, from the steps' run metadata (see the module's
+    doc)."""
     meta = {name: s.run_metadata for name, s in run.steps.items()}
     out: dict[str, int] = {}
     if "samples" in meta.get("ingest", {}):
@@ -321,7 +322,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < 800:
         raise SystemExit(
-            f"--images {args.images}: at least 800 (100 a class), so that every split has each class"
+            f"--images {args.images}: at least 800 (100 a class), so that every split has each "
+            "class"
         )
     t0 = time.perf_counter()
     images = synthesize(args.images, args.cache)

@@ -1,10 +1,14 @@
-"""Serving latency and throughput of the deployed model, next to in-process ``model.predict``.
+r"""Serving latency and throughput of the deployed model, next to in-process ``model.predict``.
 
-    .venv/bin/bloodcell export --version production --output model.keras      # e.g. the train_cpu.yaml model
-    .venv/bin/python benchmarks/serving_latency.py --model model.keras [--screenshot docs/serving.png]
-    .venv/bin/python benchmarks/serving_latency.py --model model.keras --single 20 --batches 3 --seconds 5 --compare-n 10
+    .venv/bin/bloodcell export --version production \
+        --output model.keras      # e.g. the train_cpu.yaml model
+    .venv/bin/python benchmarks/serving_latency.py --model model.keras \
+        [--screenshot docs/serving.png]
+    .venv/bin/python benchmarks/serving_latency.py --model model.keras --single 20 --batches 3 \
+        --seconds 5 --compare-n 10
 
-Deploys the model with ``bloodcell.serving.deploy.deploy`` from a throw-away copy of the project with
+Deploys the model with ``bloodcell.serving.deploy.deploy`` from a throw-away copy of the project
+with
 a fresh ZenML store, on 127.0.0.1 only, and sends the shipped sample's images (``data/sample``):
 ``--single`` one-image requests one after another (p50/p95/p99 latency), ``--batches`` requests
 of ``--batch-size`` images (img/s), and ``--concurrency`` clients sending one-image requests for
@@ -139,7 +143,8 @@ def concurrent(
 
 
 def in_process(model_path: Path, images: list[str], n: int, n_batches: int, size: int) -> dict:
-    """The same images, decoded as the service and `bloodcell predict` do, through the model here."""
+    """The same images, decoded as the service and `bloodcell predict` do, through the model
+    here."""
     from collections import Counter
 
     from bloodcell.data.images import decode_image
@@ -304,7 +309,8 @@ def main() -> None:
         print(f"{label:52s} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f}   {tail}")
 
     print(
-        f"\nmodel {model_path.name}; {os.cpu_count()} CPU cores; loopback; the images of data/sample"
+        f"\nmodel {model_path.name}; {os.cpu_count()} CPU cores; loopback; the images of "
+        "data/sample"
     )
     print(f"{'':52s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}")
     row(f"service, 1 image a request (n={s['n']})", s, f"errors {s['errors']}")
@@ -314,9 +320,10 @@ def main() -> None:
     row("in-process traced call (what the step runs), 1 image", t)
     parts = s["parts"]
     print(
-        f"  median parts of a service request: decode {parts['decode']:.1f} ms, pipeline run {parts['run']:.1f} ms "
-        f"(model {parts['model']:.1f} ms, ZenML's bookkeeping {parts['run'] - parts['model']:.1f} ms), "
-        f"HTTP and JSON the rest"
+        f"  median parts of a service request: decode {parts['decode']:.1f} ms, pipeline run "
+        f"{parts['run']:.1f} ms "
+        f"(model {parts['model']:.1f} ms, ZenML's bookkeeping {parts['run'] - parts['model']:.1f} "
+        f"ms), HTTP and JSON the rest"
     )
     for label in ("ZenML's bookkeeping as is", "package list cached"):
         if label in results:
@@ -327,12 +334,16 @@ def main() -> None:
                 f"run {r['parts']['run']:.1f} ms (model {r['parts']['model']:.1f})",
             )
     print(
-        f"service, {args.batch_size} images a request (n={b['n']}): {b['img_s']:.1f} img/s ({b['ms_per_request']:.0f} ms a "
-        f"request), errors {b['errors']}; in-process model.predict {p['img_s']:.1f} img/s (service/predict "
-        f"{b['img_s'] / p['img_s']:.2f}), traced call {t['img_s']:.1f} img/s (service/traced {b['img_s'] / t['img_s']:.2f})"
+        f"service, {args.batch_size} images a request (n={b['n']}): {b['img_s']:.1f} img/s "
+        f"({b['ms_per_request']:.0f} ms a "
+        f"request), errors {b['errors']}; in-process model.predict {p['img_s']:.1f} img/s "
+        "(service/predict "
+        f"{b['img_s'] / p['img_s']:.2f}), traced call {t['img_s']:.1f} img/s (service/traced "
+        f"{b['img_s'] / t['img_s']:.2f})"
     )
     print(
-        f"service, {args.concurrency} clients for {args.seconds:.0f} s, {args.concurrent_batch} image(s) a request: "
+        f"service, {args.concurrency} clients for {args.seconds:.0f} s, {args.concurrent_batch} "
+        "image(s) a request: "
         f"{c['img_s']:.1f} img/s, {c['requests']} requests, {c['errors']} errors"
     )
     print(

@@ -80,7 +80,8 @@ def main() -> None:
             t = time.perf_counter()
             n = sum(len(x) for x, _ in data)
             print(
-                f"input pipeline, {name}: {n / (time.perf_counter() - t):,.0f} img/s ({n} images, one shuffled epoch)"
+                f"input pipeline, {name}: {n / (time.perf_counter() - t):,.0f} img/s ({n} images, "
+                "one shuffled epoch)"
             )
 
 

@@ -1,6 +1,7 @@
-"""Training throughput: the train step's own training function next to a plain Keras `model.fit`.
+r"""Training throughput: the train step's own training function next to a plain Keras `model.fit`.
 
-    .venv/bin/python benchmarks/train_throughput.py [--config configs/train_cpu.yaml] [--images 4096] [--epochs 3]
+    .venv/bin/python benchmarks/train_throughput.py [--config configs/train_cpu.yaml] \
+        [--images 4096] [--epochs 3]
         [--mixed-precision false|bfloat16|float16|auto]
 
 Both train the model the config describes, from the same initial weights, on the same images
@@ -114,8 +115,8 @@ def main() -> None:
         plain_rate = len(train) * args.epochs / (time.perf_counter() - start)
 
     print(
-        f"config {args.config}, {len(train)} training images, {len(val)} validation, {args.epochs} epochs, "
-        f"batch {step_cfg.batch_size}, compute policy {step_cfg.compute_policy}"
+        f"config {args.config}, {len(train)} training images, {len(val)} validation, {args.epochs} "
+        f"epochs, batch {step_cfg.batch_size}, compute policy {step_cfg.compute_policy}"
     )
     print(f"train step (bloodcell.model.training.train_model): {step_rate:7.1f} img/s")
     print(f"plain keras model.fit                      : {plain_rate:7.1f} img/s")

@@ -1,11 +1,12 @@
-"""EfficientNetV2 transfer-learning throughput: the head phase (backbone frozen), the fine-tuning
+r"""EfficientNetV2 transfer-learning throughput: the head phase (backbone frozen), the fine-tuning
 phase (top stages unfrozen, batch norm frozen) and TTA inference, for the GPU recipe's model.
 
-    .venv/bin/python benchmarks/transfer_throughput.py [--architecture efficientnetv2s] [--images 4096]
+    .venv/bin/python benchmarks/transfer_throughput.py [--architecture efficientnetv2s] \
+        [--images 4096]
         [--epochs 2] [--batch-size 64] [--mixed-precision]
 
-Uses only `bloodcell.model.build` and Keras, so it runs on any Keras 3 backend (KERAS_BACKEND=jax on a
-machine without TensorFlow). Weights are random (`weights: null`): throughput does not depend on
+Uses only `bloodcell.model.build` and Keras, so it runs on any Keras 3 backend (KERAS_BACKEND=jax on
+a machine without TensorFlow). Weights are random (`weights: null`): throughput does not depend on
 them. Images: the shipped sample, repeated to --images. Each phase fits --epochs epochs and is
 timed on the last (the first includes compilation).
 """
@@ -71,7 +72,8 @@ def main() -> None:
 
     print(
         f"backend {keras.backend.backend()}, policy {keras.mixed_precision.global_policy().name}, "
-        f"{args.architecture}, {len(x)} images 96x96, batch {args.batch_size}, {args.epochs} epochs per phase"
+        f"{args.architecture}, {len(x)} images 96x96, batch {args.batch_size}, {args.epochs} "
+        "epochs per phase"
     )
     model = build_model(args.architecture, 8, 96, weights=None)
     rate, loss = fit_rate(model, 4e-4)

@@ -1,6 +1,7 @@
-"""Short training runs that compare lab-shift settings on other labs' images (validation only).
+r"""Short training runs that compare lab-shift settings on other labs' images (validation only).
 
-    .venv/bin/python experiments/lab_shift_probe.py --variants variants.json [--train 4000] [--epochs 12]
+    .venv/bin/python experiments/lab_shift_probe.py --variants variants.json [--train 4000] \
+        [--epochs 12]
 
 ``variants.json`` maps a name to ``{"architecture": ..., "model": {...}, "training": {...},
 "fine_tune": {...}}``: the train step's architecture (default ``custom_cnn``) and options (unset
@@ -9,7 +10,8 @@ transfer model the fine_tune step's ``unfreeze_blocks``, ``l2`` and ``training``
 trains on a seeded sample of the pbc96 train split (no rebalancing, so no prior correction),
 fine-tunes a transfer model as the fine_tune step does, packages it with TTA as fine_tune does,
 and prints PBC val accuracy (plain and white noise sigma=25), the corruption mean on 512 val
-images, and accuracy / balanced accuracy on each external set (and the balanced accuracy with batch-norm
+images, and accuracy / balanced accuracy on each external set (and the balanced accuracy with
+batch-norm
 statistics from the set's own unlabelled images). Settings are chosen on these figures; the test
 split is not read.
 """
@@ -75,7 +77,8 @@ def main() -> None:
     external = read_external([{"name": k, "path": str(v)} for k, v in SETS.items()], 96)
     picked = val.sample(512, 0)
     print(
-        f"{len(train)} training images, {args.epochs} epochs; val {len(val)}; external {len(external)}",
+        f"{len(train)} training images, {args.epochs} epochs; val {len(val)}; external "
+        f"{len(external)}",
         flush=True,
     )
     for name, spec in variants.items():

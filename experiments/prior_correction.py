@@ -1,6 +1,7 @@
-"""How strong the prior correction should be: accuracy against fine_tune's `prior_correction`.
+r"""How strong the prior correction should be: accuracy against fine_tune's `prior_correction`.
 
-    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
+    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 \
+        --keep /tmp/run
     .venv/bin/python experiments/prior_correction.py /tmp/run [/tmp/run2 ...]
 
 For the last run kept in each DIR by ``pipeline_timing.py --keep``: the shipped model's val, test
@@ -107,8 +108,8 @@ def main() -> None:
         results.append(result)
         n = {k: len(s["labels"]) for k, s in result["sets"].items()}
         print(
-            f"{kept} (run {result['name']}, shipped with {result['shipped']:g}, TTA {result['tta']}; "
-            f"n = {n['val']} val, {n['test']} test)"
+            f"{kept} (run {result['name']}, shipped with {result['shipped']:g}, TTA "
+            f"{result['tta']}; n = {n['val']} val, {n['test']} test)"
         )
         for g in grid:
             e = {k: int(v.sum()) for k, v in wrong(result, g).items()}

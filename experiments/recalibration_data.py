@@ -1,6 +1,7 @@
-"""Which images to recompute batch-norm statistics on: the training augmentation or clean images.
+r"""Which images to recompute batch-norm statistics on: the training augmentation or clean images.
 
-    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 --keep /tmp/run
+    .venv/bin/python benchmarks/pipeline_timing.py --config configs/train_cpu.yaml --runs 1 \
+        --keep /tmp/run
     .venv/bin/python experiments/recalibration_data.py /tmp/run
 
 Takes the trained model of the last run kept by ``pipeline_timing.py --keep`` (its batch norm

@@ -1,5 +1,5 @@
-"""Materializer for :class:`bloodcell.data.dataset.Dataset`: images as .npy shards (``bloodcell.data.shards``),
-labels, row index and row hashes as .npy, the rest as JSON.
+"""Materializer for :class:`bloodcell.data.dataset.Dataset`: images as .npy shards
+(``bloodcell.data.shards``), labels, row index and row hashes as .npy, the rest as JSON.
 
 A dataset whose images are already in shards (a loaded artifact, or a subset of one) is saved as
 a manifest over those shards, which stay in the artifact that wrote them: a split or a filtered
@@ -105,7 +105,8 @@ class DatasetMaterializer(BaseMaterializer):
             )
             if _pixel_fingerprint(ds) != meta["fingerprint"]:
                 raise ValueError(
-                    f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint"
+                    f"dataset artifact at {self.uri} is corrupt: its content no longer matches its "
+                    "fingerprint"
                 )
             return ds
         parts = [(e.pop("folder", None) or self.uri, shards.Shard(**e)) for e in meta["shards"]]
@@ -121,7 +122,8 @@ class DatasetMaterializer(BaseMaterializer):
         )
         if ds.fingerprint != meta["fingerprint"]:
             raise ValueError(
-                f"dataset artifact at {self.uri} is corrupt: its content no longer matches its fingerprint"
+                f"dataset artifact at {self.uri} is corrupt: its content no longer matches its "
+                "fingerprint"
             )
         return ds
 

@@ -1,4 +1,5 @@
-"""Materializer for :class:`bloodcell.model.training.TrainingHistory`: JSON plus a learning-curve plot."""
+"""Materializer for :class:`bloodcell.model.training.TrainingHistory`: JSON plus a learning-curve
+plot."""
 
 from __future__ import annotations
 

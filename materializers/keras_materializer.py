@@ -48,7 +48,8 @@ class KerasModelMaterializer(BaseMaterializer):
             "batch_norm_layers": len(
                 batchnorm_layers(model)
             ),  # 0: nothing for unlabelled cells to recalibrate
-            # temperature, thresholds and stain ranges of the rule inside the model (bloodcell.model.referral)
+            # temperature, thresholds and stain ranges of the rule inside the model
+            # (bloodcell.model.referral)
             "referral": describe(model) or PREDATES,
         }
 

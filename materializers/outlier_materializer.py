@@ -1,4 +1,5 @@
-"""Materializer for :class:`bloodcell.data.outliers.OutlierReport`: a CSV table, .npy images, contact sheets."""
+"""Materializer for :class:`bloodcell.data.outliers.OutlierReport`: a CSV table, .npy images,
+contact sheets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Materializer for :class:`bloodcell.data.validation.ValidationReport`: JSON plus an HTML results table."""
+"""Materializer for :class:`bloodcell.data.validation.ValidationReport`: JSON plus an HTML results
+table."""
 
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ def import_closure(
 
 
 def source_root_of(module: str) -> Path:
-    """The folder that holds ``module``'s top-level package (``module`` is imported, or being imported)."""
+    """The folder that holds ``module``'s top-level package (``module`` is imported, or being
+    imported)."""
     file = Path(sys.modules[module].__file__).resolve()
     depth = len(module.split("."))  # root/a/b.py is a.b; root/a/b/__init__.py is a.b too
     return file.parents[depth if file.name == "__init__.py" else depth - 1]

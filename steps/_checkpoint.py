@@ -76,7 +76,8 @@ def _remove(slot: str) -> None:
 
 
 def _claim(base: str) -> tuple[str, IO[str]]:
-    """An interrupted run's slot (the most recently written one no process holds), else a new one."""
+    """An interrupted run's slot (the most recently written one no process holds), else a new
+    one."""
     slots = [e.path for e in os.scandir(base) if e.is_dir()]
     for slot in sorted(slots, key=_last_written, reverse=True):
         lock = _try_lock(f"{slot}.lock")

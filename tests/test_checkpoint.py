@@ -53,7 +53,8 @@ def test_a_killed_run_releases_its_backup_to_the_next_run(tmp_path):
     and not before."""
     code = (
         "import sys, time\nfrom steps._checkpoint import slot_in\nwith slot_in(sys.argv[1]) as s:\n"
-        "    open(s + '/latest.weights.h5', 'w').write('epoch 4')\n    print('slot:', s, flush=True)\n    time.sleep(120)\n"
+        "    open(s + '/latest.weights.h5', 'w').write('epoch 4')\n    print('slot:', s, "
+        "flush=True)\n    time.sleep(120)\n"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)],

@@ -21,7 +21,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_lineage_schedule_and_help_do_not_import_tensorflow():
     probe = (
-        "import sys; from bloodcell import cli; from bloodcell.mlops import lineage, registry, schedule; "
+        "import sys; from bloodcell import cli; from bloodcell.mlops import lineage, registry, "
+        "schedule; "
         "import materializers.validation_materializer, materializers.dataset_materializer; "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )

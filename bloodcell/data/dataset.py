@@ -1,5 +1,6 @@
 """The dataset that flows between pipeline steps: labels, ids and provenance in memory, the pixels
-in memory or, for a loaded artifact, in shards read on demand (``bloodcell.data.sharded_images``)."""
+in memory or, for a loaded artifact, in shards read on demand
+(``bloodcell.data.sharded_images``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ GENERATED = "#aug"
 
 
 def npz_id(file_name: str, part: str, row: int) -> str:
-    """The id of row ``row`` of an npz array (``part``: a MedMNIST part such as ``train``, or "")."""
+    """The id of row ``row`` of an npz array (``part``: a MedMNIST part such as ``train``, or
+    "")."""
     return f"{file_name}:{part}:{row}" if part else f"{file_name}:{row}"
 
 
@@ -66,9 +68,7 @@ class Dataset:
             )
         n = len(self.images)
         if len(self.labels) != n or len(self.ids) != n:
-            raise ValueError(
-                f"{n} images but {len(self.labels)} labels and {len(self.ids)} ids"
-            )
+            raise ValueError(f"{n} images but {len(self.labels)} labels and {len(self.ids)} ids")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,7 +82,8 @@ class Dataset:
         return row_hashes(self.images)
 
     def image_hashes(self) -> list[str]:
-        """``row_hashes`` as hex strings (numpy drops an ``S20`` value's trailing zero bytes: put back)."""
+        """``row_hashes`` as hex strings (numpy drops an ``S20`` value's trailing zero bytes: put
+        back)."""
         return [h.ljust(20, b"\0").hex() for h in self.row_hashes()]
 
     @property
@@ -125,7 +126,7 @@ class Dataset:
         for c in classes:
             rows = np.flatnonzero(self.labels == c)
             rows = rows[part_of[rows] == part_of[rows[rng.integers(len(rows))]]]
-            picked.append(rng.permutation(rows)[:max(samples // len(classes), 1)])
+            picked.append(rng.permutation(rows)[: max(samples // len(classes), 1)])
         return self.subset(np.sort(np.concatenate(picked)))
 
     def originals(self) -> Dataset:
@@ -145,7 +146,8 @@ class Dataset:
         )
 
     def concat_images(self, more: np.ndarray | ShardedImages) -> np.ndarray | ShardedImages:
-        """This dataset's images followed by ``more``: sharded if either is (nothing is read), else one array."""
+        """This dataset's images followed by ``more``: sharded if either is (nothing is read), else
+        one array."""
         if isinstance(self.images, ShardedImages):
             return self.images.append(more)
         if isinstance(more, ShardedImages):

@@ -39,4 +39,6 @@ def apply_each(images: np.ndarray, ks: np.ndarray) -> np.ndarray:
     """NumPy images (N, H, W, C), image ``i`` through transform ``ks[i]``."""
     n, h, w, c = images.shape
     rows = index_table(h, w)[np.asarray(ks)]
-    return np.take_along_axis(images.reshape(n, h * w, c), rows[..., None], axis=1).reshape(images.shape)
+    return np.take_along_axis(images.reshape(n, h * w, c), rows[..., None], axis=1).reshape(
+        images.shape
+    )

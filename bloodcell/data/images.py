@@ -24,7 +24,9 @@ class IngestError(ValueError):
 
 def check_image_size(size: int) -> int:
     if not (isinstance(size, int) and MIN_SIZE <= size <= MAX_SIZE):
-        raise IngestError(f"image_size {size!r} (rule: an integer from {MIN_SIZE} to {MAX_SIZE} pixels)")
+        raise IngestError(
+            f"image_size {size!r} (rule: an integer from {MIN_SIZE} to {MAX_SIZE} pixels)"
+        )
     return size
 
 
@@ -73,29 +75,55 @@ def fit_array(arr: np.ndarray, size: int, conversions: Counter) -> np.ndarray:
 
 def load_image(path: Path, image_size: int, conversions: Counter) -> np.ndarray:
     """One image file as uint8 (size, size, 3); any problem is an :class:`IngestError` naming it."""
-    return _read_image(path, image_size, conversions, str(path), "every file in a class folder is an image")
+    return _read_image(
+        path, image_size, conversions, str(path), "every file in a class folder is an image"
+    )
 
 
-def decode_image(data: bytes, image_size: int, conversions: Counter, where: str,
-                 formats: tuple[str, ...] | None = None, max_pixels: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes,
+    image_size: int,
+    conversions: Counter,
+    where: str,
+    formats: tuple[str, ...] | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
     """An image file's bytes as uint8 (size, size, 3), decoded, converted and resized exactly as
     :func:`load_image` does a file. ``where`` names the image in errors; ``formats`` (PIL format
     names) limits the decoders tried; ``max_pixels`` (at most PIL's ``MAX_IMAGE_PIXELS``) refuses a
-    larger image from its header, before decoding it. Any problem is an :class:`IngestError` naming it and the rule."""
+    larger image from its header, before decoding it. Any problem is an :class:`IngestError` naming
+    it and the rule."""
     if not data:
         raise IngestError(f"{where}: empty (rule: an image has at least one byte)")
-    return _read_image(io.BytesIO(data), image_size, conversions, where,
-                       f"an image is a {'/'.join(formats)} file" if formats else "an image is a file PIL can read",
-                       formats, max_pixels)
+    return _read_image(
+        io.BytesIO(data),
+        image_size,
+        conversions,
+        where,
+        f"an image is a {'/'.join(formats)} file" if formats else "an image is a file PIL can read",
+        formats,
+        max_pixels,
+    )
 
 
-def _read_image(fp, image_size: int, conversions: Counter, where: str, image_rule: str,
-                formats: tuple[str, ...] | None = None, max_pixels: int | None = None) -> np.ndarray:
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS  # PIL refuses images over twice its limit by itself
+def _read_image(
+    fp,
+    image_size: int,
+    conversions: Counter,
+    where: str,
+    image_rule: str,
+    formats: tuple[str, ...] | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    limit = (
+        max_pixels or Image.MAX_IMAGE_PIXELS
+    )  # PIL refuses images over twice its limit by itself
     try:
         with Image.open(fp, formats=formats) as img:
             if max_pixels and img.width * img.height > max_pixels:
-                raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height} pixels")
+                raise Image.DecompressionBombError(
+                    f"{img.width}x{img.height} = {img.width * img.height} pixels"
+                )
             img.load()  # decode fully now: a truncated file fails here, not later
             img = to_rgb8(img, conversions)
             img = fit_size(img, image_size, conversions)
@@ -105,4 +133,6 @@ def _read_image(fp, image_size: int, conversions: Counter, where: str, image_rul
     except Image.DecompressionBombError as exc:
         raise IngestError(f"{where}: {exc} (rule: an image has at most {limit} pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise IngestError(f"{where}: unreadable or truncated image ({exc}) (rule: every image decodes completely)") from None
+        raise IngestError(
+            f"{where}: unreadable or truncated image ({exc}) (rule: every image decodes completely)"
+        ) from None

@@ -3,8 +3,8 @@
 
 Every problem with the input raises :class:`IngestError` naming the file (or the npz row) and
 the rule it broke. Nothing is returned, and so no artifact is written, unless all of it is good.
-Each image goes through ``bloodcell.data.images`` (8-bit RGB, centre crop, Lanczos resize); an ``.npz``
-is read a chunk at a time through ``bloodcell.data.npz``.
+Each image goes through ``bloodcell.data.images`` (8-bit RGB, centre crop, Lanczos resize); an
+``.npz`` is read a chunk at a time through ``bloodcell.data.npz``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from bloodcell.data.images import IngestError, check_image_size
 from bloodcell.data.npz import labels_from_array, npz_array, npz_header, npz_images, open_npz
 
 # Files a folder of images to classify may carry beside the images (an attribution README, a
-# licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an image.
+# licence, a manifest): skipped by read_unlabeled and counted in its log. Any other file must be an
+# image.
 DOC_SUFFIXES = {".md", ".txt", ".rst", ".csv", ".json", ".yaml", ".yml", ".html", ".pdf"}
 DOC_NAMES = {"README", "LICENSE", "LICENCE", "NOTICE", "COPYING", "AUTHORS"}
 MEDMNIST_PARTS = ("train", "val", "test")
@@ -35,13 +36,19 @@ logger = logging.getLogger("bloodcell.data.ingest")
 __all__ = ["IngestError", "read_external", "read_source", "read_unlabeled"]
 
 
-def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None = None,
-                class_map: dict[str, str] | None = None, min_classes: int = MIN_CLASSES,
-                sink: str | None = None) -> Dataset:
+def read_folder(
+    root: Path,
+    image_size: int = 96,
+    classes: Sequence[str] | None = None,
+    class_map: dict[str, str] | None = None,
+    min_classes: int = MIN_CLASSES,
+    sink: str | None = None,
+) -> Dataset:
     """A folder with one sub-folder per class: the classes are the sub-folder names, sorted, after
     ``class_map`` (or ``classes``, which the folders must then match: ``bloodcell.data.classes``).
     ``sink`` (a folder, any ``fileio`` path): the images are written there as shards while they are
-    decoded, and the dataset's images are those shards (memory holds one shard, whatever the size)."""
+    decoded, and the dataset's images are those shards (memory holds one shard, whatever the
+    size)."""
     check_image_size(image_size)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     class_names, class_of = folder_classes(folders, classes, class_map, str(root), min_classes)
@@ -50,10 +57,15 @@ def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None 
         folder = root / name
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         if not any(p.is_file() for p in entries):
-            raise IngestError(f"{folder}: empty class folder (rule: every class folder holds at least one image)")
+            raise IngestError(
+                f"{folder}: empty class folder (rule: every class folder holds at least one image)"
+            )
         for p in entries:
             if p.is_dir():
-                raise IngestError(f"{p}: nested folder inside a class folder (rule: class folders hold image files only)")
+                raise IngestError(
+                    f"{p}: nested folder inside a class folder (rule: class folders hold image "
+                    "files only)"
+                )
             files.append((p, class_names.index(class_of[name])))
     conversions: Counter = Counter()
     paths = [p for p, _ in files]
@@ -62,16 +74,26 @@ def read_folder(root: Path, image_size: int = 96, classes: Sequence[str] | None 
     info = {"source": str(root), "format": "folder", "conversions": dict(conversions)}
     if class_map:
         info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
-    return Dataset(images=images, labels=np.array([label for _, label in files], dtype=np.int64), ids=ids,
-                   class_names=class_names, info=info)
+    return Dataset(
+        images=images,
+        labels=np.array([label for _, label in files], dtype=np.int64),
+        ids=ids,
+        class_names=class_names,
+        info=info,
+    )
 
 
-def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = None,
-             class_map: dict[str, str] | None = None, sink: str | None = None) -> Dataset:
+def read_npz(
+    path: Path,
+    image_size: int = 96,
+    classes: Sequence[str] | None = None,
+    class_map: dict[str, str] | None = None,
+    sink: str | None = None,
+) -> Dataset:
     """The challenge format (``images``, ``labels``) or MedMNIST (``train_images`` ... merged).
     ``classes`` names the label indices (PBC's 8 by default); ``class_map`` renames or merges them.
-    The images are read ``bloodcell.data.npz.NPZ_ROWS`` at a time; with ``sink`` they go there as shards (as
-    ``read_folder``), so memory holds a chunk, not the array."""
+    The images are read ``bloodcell.data.npz.NPZ_ROWS`` at a time; with ``sink`` they go there as
+    shards (as ``read_folder``), so memory holds a chunk, not the array."""
     check_image_size(image_size)
     class_names = check_class_list(CLASS_NAMES if classes is None else classes, str(path))
     npz = open_npz(path)
@@ -84,7 +106,10 @@ def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = N
             parts = []
             for p in MEDMNIST_PARTS:
                 if (f"{p}_images" in keys) != (f"{p}_labels" in keys):
-                    raise IngestError(f"{path}: has only one of {p}_images / {p}_labels (rule: MedMNIST parts come in pairs)")
+                    raise IngestError(
+                        f"{path}: has only one of {p}_images / {p}_labels (rule: MedMNIST parts "
+                        "come in pairs)"
+                    )
                 if f"{p}_images" in keys:
                     parts.append((p, f"{p}_images", f"{p}_labels"))
             fmt = "medmnist_npz"
@@ -94,9 +119,17 @@ def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = N
                 "'train_images'/'train_labels' [+ val_, test_])"
             )
         labels, ids = [], []
-        for part, ikey, lkey in parts:  # headers and labels first: a bad one fails before any image is read
+        for (
+            part,
+            ikey,
+            lkey,
+        ) in parts:  # headers and labels first: a bad one fails before any image is read
             n = npz_header(path, ikey, f"{path}:{ikey}")[0][0]
-            labels.append(labels_from_array(npz_array(npz, lkey, f"{path}:{lkey}"), n, f"{path}:{lkey}", len(class_names)))
+            labels.append(
+                labels_from_array(
+                    npz_array(npz, lkey, f"{path}:{lkey}"), n, f"{path}:{lkey}", len(class_names)
+                )
+            )
             ids.extend(npz_id(path.name, part, row) for row in range(n))
     conversions: Counter = Counter()
     chunks = (c for _, ikey, _ in parts for c in npz_images(path, ikey, image_size, conversions))
@@ -105,23 +138,41 @@ def read_npz(path: Path, image_size: int = 96, classes: Sequence[str] | None = N
     info = {"source": str(path), "format": fmt, "conversions": dict(conversions)}
     if class_map:
         info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
-    return Dataset(images=images, labels=new_index[np.concatenate(labels)], ids=ids, class_names=names, info=info)
+    return Dataset(
+        images=images,
+        labels=new_index[np.concatenate(labels)],
+        ids=ids,
+        class_names=names,
+        info=info,
+    )
 
 
-def read_source(source: str | os.PathLike, image_size: int = 96, classes: Sequence[str] | None = None,
-                class_map: dict[str, str] | None = None, sink: str | None = None) -> Dataset:
-    """Read a class-per-folder tree or an ``.npz`` file (``bloodcell.data.classes`` for the class list).
+def read_source(
+    source: str | os.PathLike,
+    image_size: int = 96,
+    classes: Sequence[str] | None = None,
+    class_map: dict[str, str] | None = None,
+    sink: str | None = None,
+) -> Dataset:
+    """Read a class-per-folder tree or an ``.npz`` file (``bloodcell.data.classes`` for the class
+    list).
     ``sink``: where the images are written as shards while they are read, so that memory holds
     one shard or chunk (``read_folder``, ``read_npz``)."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise IngestError(f"{path}: no such file or folder (rule: the data source exists; give a folder of class folders or an .npz)")
+        raise IngestError(
+            f"{path}: no such file or folder (rule: the data source exists; give a folder of class "
+            "folders or an .npz)"
+        )
     if path.is_dir():
         ds = read_folder(path, image_size, classes, class_map, sink=sink)
     elif path.suffix.lower() == ".npz":
         ds = read_npz(path, image_size, classes, class_map, sink=sink)
     else:
-        raise IngestError(f"{path}: neither a folder nor an .npz file (rule: the source is a folder of class folders or an .npz)")
+        raise IngestError(
+            f"{path}: neither a folder nor an .npz file (rule: the source is a folder of class "
+            "folders or an .npz)"
+        )
     if len(ds) == 0:
         raise IngestError(f"{path}: no samples (rule: at least one image)")
     return ds
@@ -136,16 +187,26 @@ def read_external(sets: Sequence[dict] | None, image_size: int) -> Dataset:
     own ``class_map``), and ``info["sets"]``: each set's path and its ``[start, stop)`` rows."""
     parts: dict[str, Dataset] = {}
     for i, spec in enumerate(sets or []):
-        if not isinstance(spec, dict) or not {"name", "path"} <= set(spec) or set(spec) - set(EXTERNAL_KEYS):
-            raise IngestError(f"external[{i}]: {spec!r} (rule: each external set is a mapping with name, path "
-                              "and optionally class_map)")
+        if (
+            not isinstance(spec, dict)
+            or not {"name", "path"} <= set(spec)
+            or set(spec) - set(EXTERNAL_KEYS)
+        ):
+            raise IngestError(
+                f"external[{i}]: {spec!r} (rule: each external set is a mapping with name, path "
+                "and optionally class_map)"
+            )
         name = str(spec["name"])
         if name in parts or not name or "/" in name:
-            raise IngestError(f"external[{i}]: name {name!r} (rule: set names are unique, non-empty, without '/')")
+            raise IngestError(
+                f"external[{i}]: name {name!r} (rule: set names are unique, non-empty, without '/')"
+            )
         path = Path(str(spec["path"])).expanduser()
         if not path.is_dir():
-            raise IngestError(f"external[{i}] ({name}): {path}: no such folder (rule: an external set is a folder "
-                              "with one sub-folder per class)")
+            raise IngestError(
+                f"external[{i}] ({name}): {path}: no such folder (rule: an external set is a "
+                "folder with one sub-folder per class)"
+            )
         parts[name] = read_folder(path, image_size, None, spec.get("class_map"), min_classes=1)
     names = sorted({c for ds in parts.values() for c in ds.class_names})
     images, labels, ids, ranges = [], [], [], {}
@@ -155,33 +216,52 @@ def read_external(sets: Sequence[dict] | None, image_size: int) -> Dataset:
         labels.append(np.array([names.index(c) for c in ds.class_names], dtype=np.int64)[ds.labels])
         ids += [f"{name}/{sid}" for sid in ds.ids]
         ranges[name] = {"path": ds.info["source"], "start": start, "stop": len(ids)}
-    return Dataset(images=np.concatenate(images) if images else np.empty((0, image_size, image_size, 3), np.uint8),
-                   labels=np.concatenate(labels) if labels else np.empty(0, np.int64), ids=ids, class_names=names,
-                   info={"source": "external", "format": "external", "sets": ranges})
+    return Dataset(
+        images=np.concatenate(images)
+        if images
+        else np.empty((0, image_size, image_size, 3), np.uint8),
+        labels=np.concatenate(labels) if labels else np.empty(0, np.int64),
+        ids=ids,
+        class_names=names,
+        info={"source": "external", "format": "external", "sets": ranges},
+    )
 
 
 def _is_doc(path: Path) -> bool:
     return path.suffix.lower() in DOC_SUFFIXES or path.stem.upper() in DOC_NAMES
 
 
-def read_unlabeled(source: str | os.PathLike, image_size: int = 96, sink: str | None = None) -> Dataset:
+def read_unlabeled(
+    source: str | os.PathLike, image_size: int = 96, sink: str | None = None
+) -> Dataset:
     """Images to classify, as an unlabelled :class:`Dataset`: every image file under a folder
     (recursively, ids relative to it; documentation files are skipped and logged), or the
     ``images`` (or MedMNIST ``*_images``) arrays of an ``.npz`` (ids ``file.npz:row``). Labels,
     where present, are ignored. Bad input raises :class:`IngestError`. ``sink``: where the images
-    are written as shards while they are read (memory holds one shard or chunk), as ``read_source``."""
+    are written as shards while they are read (memory holds one shard or chunk), as
+    ``read_source``."""
     check_image_size(image_size)
     path = Path(source).expanduser()
     if not path.exists():
-        raise IngestError(f"{path}: no such file or folder (rule: give a folder of images or an .npz)")
+        raise IngestError(
+            f"{path}: no such file or folder (rule: give a folder of images or an .npz)"
+        )
     conversions: Counter = Counter()
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         docs = [p for p in found if _is_doc(p)]
         files = [p for p in found if p not in docs]
         if docs:
-            logger.info("%s: skipped %d documentation files (%s)", path, len(docs),
-                        ", ".join(p.relative_to(path).as_posix() for p in docs)[:200])
+            logger.info(
+                "%s: skipped %d documentation files (%s)",
+                path,
+                len(docs),
+                ", ".join(p.relative_to(path).as_posix() for p in docs)[:200],
+            )
         if not files:
             raise IngestError(f"{path}: no files (rule: at least one image)")
         images = collect(decoded(files, image_size, conversions), image_size, sink)
@@ -189,16 +269,36 @@ def read_unlabeled(source: str | os.PathLike, image_size: int = 96, sink: str | 
         fmt = "folder"
     elif path.suffix.lower() == ".npz":
         with open_npz(path) as npz:
-            keys = ["images"] if "images" in npz.files else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
+            keys = (
+                ["images"]
+                if "images" in npz.files
+                else [f"{p}_images" for p in MEDMNIST_PARTS if f"{p}_images" in npz.files]
+            )
             if not keys:
-                raise IngestError(f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST '*_images')")
+                raise IngestError(
+                    f"{path}: keys {sorted(npz.files)} (rule: an 'images' array, or MedMNIST "
+                    "'*_images')"
+                )
         ids = []
         for key in keys:
             part = key[: -len("_images")] if key != "images" else ""
-            ids += [npz_id(path.name, part, row) for row in range(npz_header(path, key, f"{path}:{key}")[0][0])]
-        images = collect((c for key in keys for c in npz_images(path, key, image_size, conversions)), image_size, sink)
+            ids += [
+                npz_id(path.name, part, row)
+                for row in range(npz_header(path, key, f"{path}:{key}")[0][0])
+            ]
+        images = collect(
+            (c for key in keys for c in npz_images(path, key, image_size, conversions)),
+            image_size,
+            sink,
+        )
         fmt = "npz"
     else:
-        raise IngestError(f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)")
-    return Dataset(images=images, labels=np.full(len(ids), UNLABELED), ids=ids,
-                   info={"source": str(path), "format": fmt, "conversions": dict(conversions)})
+        raise IngestError(
+            f"{path}: neither a folder nor an .npz file (rule: give a folder of images or an .npz)"
+        )
+    return Dataset(
+        images=images,
+        labels=np.full(len(ids), UNLABELED),
+        ids=ids,
+        info={"source": str(path), "format": fmt, "conversions": dict(conversions)},
+    )

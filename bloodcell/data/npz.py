@@ -21,10 +21,16 @@ from bloodcell.data.images import IngestError, fit_array
 
 
 def check_image_shape(shape: tuple[int, ...], where: str) -> None:
-    ok = (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))) and shape[1] >= 1 and shape[2] >= 1
+    ok = (
+        (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4)))
+        and shape[1] >= 1
+        and shape[2] >= 1
+    )
     if not ok:
-        raise IngestError(f"{where}: images have shape {shape} "
-                          "(rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)")
+        raise IngestError(
+            f"{where}: images have shape {shape} "
+            "(rule: (N, H, W, 3) RGB, or (N, H, W) / (N, H, W, 1) grayscale, or (N, H, W, 4) RGBA)"
+        )
 
 
 def float_scale(chunks: Iterable[np.ndarray], where: str) -> float:
@@ -34,16 +40,26 @@ def float_scale(chunks: Iterable[np.ndarray], where: str) -> float:
     for c in chunks:
         bad = ~np.isfinite(c).reshape(len(c), -1).all(axis=1)
         if bad.any():
-            raise IngestError(f"{where} row {start + int(np.argmax(bad))}: NaN or infinite pixel (rule: pixel values are finite)")
-        lo, hi, start = min(lo, float(c.min(initial=0.0))), max(hi, float(c.max(initial=0.0))), start + len(c)
+            raise IngestError(
+                f"{where} row {start + int(np.argmax(bad))}: NaN or infinite pixel (rule: pixel "
+                "values are finite)"
+            )
+        lo, hi, start = (
+            min(lo, float(c.min(initial=0.0))),
+            max(hi, float(c.max(initial=0.0))),
+            start + len(c),
+        )
     scale = 255.0 if hi <= 1.0 else 1.0
     if lo < 0 or hi * scale > 255.0:
-        raise IngestError(f"{where}: float pixels outside 0..1 or 0..255 (rule: pixel values are 0..255 uint8)")
+        raise IngestError(
+            f"{where}: float pixels outside 0..1 or 0..255 (rule: pixel values are 0..255 uint8)"
+        )
     return scale
 
 
-def images_from_array(arr: np.ndarray, where: str, image_size: int, conversions: Counter,
-                       scale: float | None = None) -> np.ndarray:
+def images_from_array(
+    arr: np.ndarray, where: str, image_size: int, conversions: Counter, scale: float | None = None
+) -> np.ndarray:
     """Validate and convert npz images to uint8 (N, size, size, 3); float pixels are multiplied by
     ``scale`` (default: ``float_scale`` of ``arr`` itself)."""
     check_image_shape(arr.shape, where)
@@ -58,7 +74,9 @@ def images_from_array(arr: np.ndarray, where: str, image_size: int, conversions:
         arr = np.round(arr / 257.0).astype(np.uint8)
     elif arr.dtype.kind in "iu" and arr.dtype != np.uint8:
         if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-            raise IngestError(f"{where}: integer pixels outside 0..255 (rule: pixel values are 0..255 uint8)")
+            raise IngestError(
+                f"{where}: integer pixels outside 0..255 (rule: pixel values are 0..255 uint8)"
+            )
         arr = arr.astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise IngestError(f"{where}: images have dtype {arr.dtype} (rule: uint8 pixels)")
@@ -84,10 +102,17 @@ def labels_from_array(arr: np.ndarray, n: int, where: str, num_classes: int) -> 
     if arr.dtype.kind not in "iuf":
         raise IngestError(f"{where}: labels have dtype {arr.dtype} (rule: integer class indices)")
     bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(len(arr), bool)
-    bad |= (arr < 0) | (arr >= num_classes) | (arr != np.floor(arr) if arr.dtype.kind == "f" else False)
+    bad |= (
+        (arr < 0)
+        | (arr >= num_classes)
+        | (arr != np.floor(arr) if arr.dtype.kind == "f" else False)
+    )
     if bad.any():
         row = int(np.argmax(bad))
-        raise IngestError(f"{where} row {row}: label {arr[row]} (rule: labels are integers in 0..{num_classes - 1})")
+        raise IngestError(
+            f"{where} row {row}: label {arr[row]} (rule: labels are integers in "
+            f"0..{num_classes - 1})"
+        )
     return arr.astype(np.int64)
 
 
@@ -103,22 +128,32 @@ def npz_array(npz, key: str, where: str) -> np.ndarray:
     try:
         return npz[key]
     except ValueError as exc:  # object arrays need pickle, which we refuse
-        raise IngestError(f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)") from None
+        raise IngestError(
+            f"{where}: {exc} (rule: plain numeric arrays, no pickled objects)"
+        ) from None
 
 
 NPZ_ROWS = 4096  # images read from an .npz at a time
 
 
 @contextmanager
-def _npy_member(path: Path, key: str, where: str) -> Iterator[tuple[tuple[int, ...], bool, np.dtype, IO[bytes]]]:
+def _npy_member(
+    path: Path, key: str, where: str
+) -> Iterator[tuple[tuple[int, ...], bool, np.dtype, IO[bytes]]]:
     """The ``key`` array of the archive as its header (shape, Fortran order, dtype) and the open
     member, positioned at the first byte of data: read as it decompresses, never whole."""
     with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
         version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read(f)
         if dtype.hasobject:
-            raise IngestError(f"{where}: an object array (rule: plain numeric arrays, no pickled objects)")
+            raise IngestError(
+                f"{where}: an object array (rule: plain numeric arrays, no pickled objects)"
+            )
         check_image_shape(shape, where)
         yield shape, fortran, dtype, f
 
@@ -129,10 +164,13 @@ def npz_header(path: Path, key: str, where: str) -> tuple[tuple[int, ...], np.dt
 
 
 def npz_chunks(path: Path, key: str, where: str) -> Iterator[np.ndarray]:
-    """The ``key`` image array of the archive, ``NPZ_ROWS`` rows at a time (one empty chunk if it has none)."""
+    """The ``key`` image array of the archive, ``NPZ_ROWS`` rows at a time (one empty chunk if it
+    has none)."""
     rows = NPZ_ROWS
     with _npy_member(path, key, where) as (shape, fortran, dtype, f):
-        if fortran:  # column-major: rows are not contiguous, so it is read whole (numpy writes C order)
+        if (
+            fortran
+        ):  # column-major: rows are not contiguous, so it is read whole (numpy writes C order)
             yield np.frombuffer(f.read(), dtype).reshape(shape, order="F")
             return
         row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
@@ -140,14 +178,16 @@ def npz_chunks(path: Path, key: str, where: str) -> Iterator[np.ndarray]:
             k = min(rows, shape[0] - a)
             data = f.read(k * row_bytes)
             if len(data) != k * row_bytes:
-                raise IngestError(f"{where}: the array ends inside row {a + len(data) // row_bytes} of {shape[0]} "
-                                  "(rule: a complete array)")
+                raise IngestError(
+                    f"{where}: the array ends inside row {a + len(data) // row_bytes} of "
+                    f"{shape[0]} (rule: a complete array)"
+                )
             yield np.frombuffer(data, dtype).reshape((k, *shape[1:]))
 
 
 def npz_images(path: Path, key: str, image_size: int, conversions: Counter) -> Iterator[np.ndarray]:
-    """The ``key`` images of the archive, checked and converted (``images_from_array``), a chunk at a
-    time; float arrays are read twice, first for their range (which decides their scale)."""
+    """The ``key`` images of the archive, checked and converted (``images_from_array``), a chunk at
+    a time; float arrays are read twice, first for their range (which decides their scale)."""
     where = f"{path}:{key}"
     _, dtype = npz_header(path, key, where)
     scale = float_scale(npz_chunks(path, key, where), where) if dtype.kind == "f" else None

@@ -25,11 +25,17 @@ HASH = np.dtype("S20")  # SHA-1 digests
 
 def row_hashes(images: Any) -> np.ndarray:
     """The SHA-1 of each image's pixels (uint8, C order), as an (N,) ``S20`` array."""
-    return np.array([hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest() for img in images], dtype=HASH)
+    return np.array(
+        [hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest() for img in images], dtype=HASH
+    )
 
 
 def _consecutive(rows: np.ndarray) -> bool:
-    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1 and bool(np.all(np.diff(rows) == 1))
+    return (
+        len(rows) > 0
+        and int(rows[-1]) - int(rows[0]) == len(rows) - 1
+        and bool(np.all(np.diff(rows) == 1))
+    )
 
 
 def _count(part: Part) -> int:
@@ -37,21 +43,34 @@ def _count(part: Part) -> int:
 
 
 class ShardedImages:
-    """Rows ``index`` (default: all, in order) of the images in ``parts``, each (H, W, C) = ``image_shape``."""
+    """Rows ``index`` (default: all, in order) of the images in ``parts``, each (H, W, C) =
+    ``image_shape``."""
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, parts: Sequence[Part], image_shape: Sequence[int], index: np.ndarray | None = None,
-                 hashes: np.ndarray | None = None):
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        image_shape: Sequence[int],
+        index: np.ndarray | None = None,
+        hashes: np.ndarray | None = None,
+    ):
         self.parts = list(parts)
         self.image_shape = tuple(int(d) for d in image_shape)
         for p in self.parts:
-            if isinstance(p, np.ndarray) and (p.dtype != np.uint8 or p.shape[1:] != self.image_shape):
-                raise ValueError(f"an in-memory part must be uint8 {self.image_shape} images, got {p.dtype} {p.shape}")
+            if isinstance(p, np.ndarray) and (
+                p.dtype != np.uint8 or p.shape[1:] != self.image_shape
+            ):
+                raise ValueError(
+                    f"an in-memory part must be uint8 {self.image_shape} images, got {p.dtype} "
+                    f"{p.shape}"
+                )
         self._starts = np.cumsum([0] + [_count(p) for p in self.parts])
         total = int(self._starts[-1])
-        self.index = np.arange(total, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+        self.index = (
+            np.arange(total, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+        )
         if len(self.index) and not (self.index.min() >= 0 and self.index.max() < total):
             raise ValueError(f"index out of range for {total} images")
         if hashes is not None and len(hashes) != len(self.index):
@@ -62,7 +81,11 @@ class ShardedImages:
     def row_hashes(self) -> np.ndarray:
         """Each row's SHA-1, as given or else computed once by reading the rows."""
         if self._hashes is None:
-            self._hashes = np.concatenate([row_hashes(b) for b in self.batches()]) if len(self) else np.zeros(0, HASH)
+            self._hashes = (
+                np.concatenate([row_hashes(b) for b in self.batches()])
+                if len(self)
+                else np.zeros(0, HASH)
+            )
         return self._hashes
 
     @property
@@ -106,7 +129,9 @@ class ShardedImages:
             mask = part_of == k
             rows_in, rows_out = where[mask] - self._starts[k], np.flatnonzero(mask)
             if _consecutive(rows_in) and _consecutive(rows_out):  # a run of rows: one block copy
-                out[rows_out[0]:rows_out[-1] + 1] = self._part(int(k))[rows_in[0]:rows_in[-1] + 1]
+                out[rows_out[0] : rows_out[-1] + 1] = self._part(int(k))[
+                    rows_in[0] : rows_in[-1] + 1
+                ]
             else:
                 out[rows_out] = self._part(int(k))[rows_in]
         return out
@@ -120,7 +145,8 @@ class ShardedImages:
         return self.take(np.flatnonzero(key) if key.dtype == bool else key)
 
     def batches(self, size: int = 1024) -> Iterator[np.ndarray]:
-        """The images in order, ``size`` at a time (a shard is read once when the rows follow the shards)."""
+        """The images in order, ``size`` at a time (a shard is read once when the rows follow the
+        shards)."""
         for start in range(0, len(self), size):
             yield self.take(np.arange(start, min(start + size, len(self))))
 
@@ -140,23 +166,38 @@ class ShardedImages:
     def subset(self, rows: Any) -> ShardedImages:
         """The images at ``rows``, sharing this array's parts (nothing is read)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        return ShardedImages(self.parts, self.image_shape, self.index[rows],
-                             None if self._hashes is None else self._hashes[rows])
+        return ShardedImages(
+            self.parts,
+            self.image_shape,
+            self.index[rows],
+            None if self._hashes is None else self._hashes[rows],
+        )
 
     def append(self, images: np.ndarray | ShardedImages) -> ShardedImages:
         """These images followed by ``images`` (nothing is read but what has no hashes yet)."""
-        other = images if isinstance(images, ShardedImages) else ShardedImages([images], self.image_shape)
+        other = (
+            images
+            if isinstance(images, ShardedImages)
+            else ShardedImages([images], self.image_shape)
+        )
         if other.image_shape != self.image_shape:
             raise ValueError(f"cannot append {other.image_shape} images to {self.image_shape} ones")
         offset = int(self._starts[-1])
-        return ShardedImages(self.parts + other.parts, self.image_shape, np.concatenate([self.index, other.index + offset]),
-                             np.concatenate([self.row_hashes(), other.row_hashes()]))
+        return ShardedImages(
+            self.parts + other.parts,
+            self.image_shape,
+            np.concatenate([self.index, other.index + offset]),
+            np.concatenate([self.row_hashes(), other.row_hashes()]),
+        )
 
 
-def write_hashed(sink: str, chunks: Iterator[np.ndarray], image_shape: Sequence[int], prefix: str = "source") -> ShardedImages:
+def write_hashed(
+    sink: str, chunks: Iterator[np.ndarray], image_shape: Sequence[int], prefix: str = "source"
+) -> ShardedImages:
     """Write ``chunks`` (uint8 image batches) as shards ``<prefix>-00000.npy``, ... under ``sink``,
     hashing their rows on the way, and return the lazy handle over them. On an error the shards
-    written so far are removed (``shards.write_shards``): a failed step leaves no part of an artifact."""
+    written so far are removed (``shards.write_shards``): a failed step leaves no part of an
+    artifact."""
     hashes: list[np.ndarray] = []
 
     def hashed() -> Iterator[np.ndarray]:
@@ -165,4 +206,6 @@ def write_hashed(sink: str, chunks: Iterator[np.ndarray], image_shape: Sequence[
             yield c
 
     written = shards.write_shards(sink, hashed(), prefix=prefix)
-    return ShardedImages([(sink, s) for s in written], tuple(image_shape), hashes=np.concatenate(hashes))
+    return ShardedImages(
+        [(sink, s) for s in written], tuple(image_shape), hashes=np.concatenate(hashes)
+    )

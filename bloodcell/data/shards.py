@@ -23,13 +23,15 @@ SHARD_BYTES = 64 * 2**20
 
 
 def images_per_shard(image_shape: tuple[int, ...], shard_bytes: int = SHARD_BYTES) -> int:
-    """How many uint8 images of ``image_shape`` make a shard of at most ``shard_bytes`` (at least 1)."""
+    """How many uint8 images of ``image_shape`` make a shard of at most ``shard_bytes`` (at least
+    1)."""
     return max(1, shard_bytes // int(np.prod(image_shape)))
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard file: its name in the folder, how many images it holds, the SHA-256 of its bytes."""
+    """One shard file: its name in the folder, how many images it holds, the SHA-256 of its
+    bytes."""
 
     file: str
     count: int
@@ -43,8 +45,13 @@ def _join(folder: str, name: str) -> str:
     return f"{folder.rstrip('/')}/{name}"
 
 
-def write_shards(folder: str, images: np.ndarray | Iterator[np.ndarray], per_shard: int | None = None,
-                 prefix: str = "images", first: int = 0) -> list[Shard]:
+def write_shards(
+    folder: str,
+    images: np.ndarray | Iterator[np.ndarray],
+    per_shard: int | None = None,
+    prefix: str = "images",
+    first: int = 0,
+) -> list[Shard]:
     """Write ``images`` (one uint8 (N, H, W, 3) array, or an iterator of such batches, for data that
     does not fit in memory) to ``<folder>/<prefix>-<first>.npy``, ``<first + 1>``, ... (5 digits)
     and return the shards in order. If anything fails (a batch the iterator cannot make, a write),
@@ -67,7 +74,9 @@ def write_shards(folder: str, images: np.ndarray | Iterator[np.ndarray], per_sha
     try:
         for batch in batches:
             if batch.dtype != np.uint8 or batch.ndim != 4:
-                raise ValueError(f"shards hold uint8 (N, H, W, C) images, got {batch.dtype} {batch.shape}")
+                raise ValueError(
+                    f"shards hold uint8 (N, H, W, C) images, got {batch.dtype} {batch.shape}"
+                )
             per = per_shard or images_per_shard(batch.shape[1:])
             pending.append(batch)
             held += len(batch)
@@ -90,8 +99,12 @@ def read_shard(folder: str, shard: Shard) -> np.ndarray:
     with fileio.open(path, "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != shard.sha256:
-        raise ValueError(f"shard {path} is corrupt: its bytes no longer match the SHA-256 written with it")
+        raise ValueError(
+            f"shard {path} is corrupt: its bytes no longer match the SHA-256 written with it"
+        )
     images = np.load(io.BytesIO(data), allow_pickle=False)
     if len(images) != shard.count:
-        raise ValueError(f"shard {path} holds {len(images)} images, its manifest says {shard.count}")
+        raise ValueError(
+            f"shard {path} holds {len(images)} images, its manifest says {shard.count}"
+        )
     return images

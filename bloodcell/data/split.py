@@ -18,17 +18,26 @@ def stratified_split(
 ) -> tuple[Dataset, Dataset, Dataset]:
     """Split ``ds`` into train/val/test with the class proportions of the whole."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) and sum below 1")
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) and "
+            "sum below 1"
+        )
     if len(set(ds.ids)) != len(ds):
         dup = next(i for i, c in _counts(ds.ids).items() if c > 1)
-        raise ValueError(f"sample id {dup!r} occurs more than once (rule: ids are unique before splitting)")
+        raise ValueError(
+            f"sample id {dup!r} occurs more than once (rule: ids are unique before splitting)"
+        )
     _, first, group_of = np.unique(ds.row_hashes(), return_index=True, return_inverse=True)
     group_of = group_of.reshape(-1)
     groups = np.arange(len(first))
     group_labels = ds.labels[first]
-    rest, test_g = train_test_split(groups, test_size=test_fraction, stratify=group_labels, random_state=seed)
+    rest, test_g = train_test_split(
+        groups, test_size=test_fraction, stratify=group_labels, random_state=seed
+    )
     val_of_rest = val_fraction / (1.0 - test_fraction)
-    train_g, val_g = train_test_split(rest, test_size=val_of_rest, stratify=group_labels[rest], random_state=seed)
+    train_g, val_g = train_test_split(
+        rest, test_size=val_of_rest, stratify=group_labels[rest], random_state=seed
+    )
     train, val, test = (np.flatnonzero(np.isin(group_of, g)) for g in (train_g, val_g, test_g))
     return (
         ds.subset(np.sort(train), split="train"),

@@ -32,7 +32,8 @@ def decide(
 ) -> Decision:
     """``production_value`` is production's ``metric`` on the new version's test split (None: no
     production version yet). ``production_classes``: set when production classifies other classes
-    than the new version (``classes``): the two cannot be compared, and the new one is not promoted."""
+    than the new version (``classes``): the two cannot be compared, and the new one is not
+    promoted."""
     common = {
         "metric": metric,
         "new_value": new_value,
@@ -44,8 +45,8 @@ def decide(
     if production_classes is not None:
         return Decision(
             False,
-            f"production (version {production_version}) classifies {production_classes}, this version "
-            f"{classes}: not comparable on one test split; promote it by hand "
+            f"production (version {production_version}) classifies {production_classes}, this "
+            f"version {classes}: not comparable on one test split; promote it by hand "
             "(zenml model version update ... --stage production)",
             **common,
         )

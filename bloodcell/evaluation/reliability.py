@@ -16,7 +16,8 @@ def reliability(
     confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
 ) -> dict[str, Any]:
     """The expected calibration error (Guo et al. 2017: |accuracy - confidence| per equal-width
-    confidence bin, weighted by the bin's share) and the diagram's points (one per non-empty bin)."""
+    confidence bin, weighted by the bin's share) and the diagram's points (one per non-empty
+    bin)."""
     from sklearn.calibration import calibration_curve
 
     confidence = np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)

@@ -126,14 +126,16 @@ class EvaluationReport:
             for c in self.class_names:
                 p = m.per_class[c]
                 lines.append(
-                    f"| {c} | {p['precision']:.4f} | {p['recall']:.4f} | {p['f1']:.4f} | {int(p['support'])} |"
+                    f"| {c} | {p['precision']:.4f} | {p['recall']:.4f} | {p['f1']:.4f} | "
+                    f"{int(p['support'])} |"
                 )
         if self.corruptions:
             names = list(dict.fromkeys(r["corruption"] for r in self.corruptions))
             severities = sorted({r["severity"] for r in self.corruptions})
             lines += [
                 "",
-                f"### corruptions (accuracy on {self.corruptions[0]['n']} test images; severity 0 = clean)",
+                f"### corruptions (accuracy on {self.corruptions[0]['n']} test images; severity 0 "
+                "= clean)",
                 "",
                 "| corruption | " + " | ".join(f"severity {s}" for s in severities) + " |",
                 "|---|" + "---|" * len(severities),
@@ -151,7 +153,8 @@ class EvaluationReport:
         if self.external:
             lines += [
                 "",
-                "### other labs' images (external sets; balanced accuracy over the classes present)",
+                "### other labs' images (external sets; balanced accuracy over the classes "
+                "present)",
                 "",
                 "| set | n | accuracy | balanced accuracy | recall per class present |",
                 "|---|---|---|---|---|",
@@ -167,15 +170,18 @@ class EvaluationReport:
         if self.trust:
             lines += [
                 "",
-                "### can the answers be trusted? (ECE: expected calibration error; the referral rule's shares)",
+                "### can the answers be trusted? (ECE: expected calibration error; the referral "
+                "rule's shares)",
                 "",
-                "| set | ECE before / after | accepted | accuracy among accepted | review | not a cell | "
+                "| set | ECE before / after | accepted | accuracy among accepted | review | not a "
+                "cell | "
                 "coverage at 99% / 99.5% | AURC |",
                 "|---|---|---|---|---|---|---|---|",
             ]
             for name, t in self.trust.items():
                 lines.append(
-                    f"| {name} | {t['ece_before']:.4f} / {t['ece_after']:.4f} | {t['coverage']:.3f} | "
+                    f"| {name} | {t['ece_before']:.4f} / {t['ece_after']:.4f} | "
+                    f"{t['coverage']:.3f} | "
                     f"{t['accuracy_accepted']:.4f} | {t['review']:.3f} | {t['not_a_cell']:.3f} | "
                     f"{t['coverage_at_99']:.3f} / {t['coverage_at_99_5']:.3f} | {t['aurc']:.4f} |"
                 )
@@ -183,7 +189,8 @@ class EvaluationReport:
                 if "balanced_accuracy_ci" in t:
                     low, high = t["balanced_accuracy_ci"]
                     lines.append(
-                        f"\n{name}: balanced accuracy 95% bootstrap interval {low:.3f} to {high:.3f}"
+                        f"\n{name}: balanced accuracy 95% bootstrap interval {low:.3f} to "
+                        f"{high:.3f}"
                     )
         if self.non_cells:
             lines += [
@@ -268,7 +275,8 @@ def corruption_table(
 
 
 def corruption_mean(rows: list[dict[str, Any]]) -> float:
-    """The mean accuracy over a corruption table's corrupted settings (severity > 0); NaN if none."""
+    """The mean accuracy over a corruption table's corrupted settings (severity > 0); NaN if
+    none."""
     corrupted = [r["accuracy"] for r in rows if r["severity"]]
     return float(np.mean(corrupted)) if corrupted else float("nan")
 

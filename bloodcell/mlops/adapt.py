@@ -31,7 +31,8 @@ def adaptation_config(
     unlabelled: bool = False,
 ) -> dict[str, Any]:
     """The pipeline config for a lab folder ``data`` and check sets ``checks``: the adaptation
-    pipeline's, or with ``unlabelled`` the recalibration pipeline's (batch norm from the lab's cells)."""
+    pipeline's, or with ``unlabelled`` the recalibration pipeline's (batch norm from the lab's
+    cells)."""
     lab = {"source": str(Path(data).resolve()), "image_size": image_size}
     steps: dict[str, Any] = {"ingest_external": {"parameters": {"external": checks}}}
     if unlabelled:
@@ -67,8 +68,10 @@ def run_adaptation(
     missing = [a for a in needs if base.get_artifact(a) is None]
     if missing:
         raise LookupError(
-            f"model {name!r} version {base.number} has no {', '.join(map(repr, missing))} artifact (rule: adapt "
-            "a version the training pipeline made; an adapted version holds neither: adapt its base version)"
+            f"model {name!r} version {base.number} has no {', '.join(map(repr, missing))} artifact "
+            "(rule: adapt "
+            "a version the training pipeline made; an adapted version holds neither: adapt its "
+            "base version)"
         )
     model = base.get_artifact(MODEL_ARTIFACT)
     if unlabelled and model is not None and model.run_metadata.get("batch_norm_layers") == 0:
@@ -97,7 +100,8 @@ def run_adaptation(
     )
     if proc.returncode:
         raise RunFailed(
-            f"the adaptation run failed (config {config}):\n{failure_lines(proc.stdout + proc.stderr)}"
+            "the adaptation run failed (config "
+            f"{config}):\n{failure_lines(proc.stdout + proc.stderr)}"
         )
     new = latest_with_model(name)
     exported = export_model(output, str(new.number), name)

@@ -121,12 +121,15 @@ def lineage(
 
 
 def rule_line(rule: Any) -> str:
-    """One line on a model's referral rule (``bloodcell.model.referral``), or what stands instead."""
+    """One line on a model's referral rule (``bloodcell.model.referral``), or what stands
+    instead."""
     if not isinstance(rule, dict):
         return str(rule)
     return (
-        f"temperature {rule['temperature']:.3f}; accept at confidence >= {rule['confidence_threshold']:.4f} "
-        f"(target accuracy {rule['target_accuracy']}); review beyond distance {rule['review_distance']:.2f}, "
+        f"temperature {rule['temperature']:.3f}; accept at confidence >= "
+        f"{rule['confidence_threshold']:.4f} "
+        f"(target accuracy {rule['target_accuracy']}); review beyond distance "
+        f"{rule['review_distance']:.2f}, "
         f"not a cell beyond {rule['far_distance']:.2f}; stain ranges {rule['stain_ranges']}"
     )
 
@@ -161,7 +164,8 @@ def format_lineage(info: dict[str, Any]) -> str:
                         continue
                     src = f", source {a['source']}" if a.get("source") else ""
                     lines.append(
-                        f"    {kind[:-1]} {a['name']} v{a['version']}: fingerprint {a['fingerprint']}{src}, {a['uri']}"
+                        f"    {kind[:-1]} {a['name']} v{a['version']}: fingerprint "
+                        f"{a['fingerprint']}{src}, {a['uri']}"
                     )
                     if kind == "outputs" and a.get("referral"):
                         lines.append(f"      referral rule: {rule_line(a['referral'])}")
@@ -171,7 +175,8 @@ def format_lineage(info: dict[str, Any]) -> str:
                     continue
                 lines.append(
                     f"    expectations {a['name']} v{a['version']}: "
-                    f"{'passed' if exp['success'] else 'FAILED'} ({exp['count']} checked, {exp['failed']} failed)"
+                    f"{'passed' if exp['success'] else 'FAILED'} ({exp['count']} checked, "
+                    f"{exp['failed']} failed)"
                 )
                 for r in exp.get("results", []):
                     on = f"{r['table']}.{r['column']}" if r["column"] else r["table"]

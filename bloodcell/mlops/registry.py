@@ -15,7 +15,10 @@ from bloodcell import MODEL_ARTIFACT, MODEL_NAME
 
 logger = logging.getLogger("bloodcell.registry")
 
-VERSION_HELP = "production (default), staging, latest (the newest version that holds a model) or a version number"
+VERSION_HELP = (
+    "production (default), staging, latest (the newest version that holds a model) or a "
+    "version number"
+)
 
 
 def get_version(version: str = "production", name: str = MODEL_NAME):
@@ -34,7 +37,8 @@ def get_version(version: str = "production", name: str = MODEL_NAME):
         return Client().get_model_version(name, key)
     except KeyError:
         raise LookupError(
-            f"model {name!r} has no version {version!r}; list them with `zenml model version list {name}`"
+            f"model {name!r} has no version {version!r}; list them with `zenml model version list "
+            f"{name}`"
         ) from None
 
 
@@ -53,7 +57,8 @@ def latest_with_model(name: str = MODEL_NAME):
             if mv.get_artifact(MODEL_ARTIFACT) is not None:
                 if skipped:
                     logger.warning(
-                        "model %s: latest version with a model is %s; newer version(s) %s hold none "
+                        "model %s: latest version with a model is %s; newer version(s) %s hold "
+                        "none "
                         "(runs that failed before fine_tune)",
                         name,
                         mv.number,
@@ -88,7 +93,8 @@ def version_with_model(version: str = "production", name: str = MODEL_NAME):
     if artifact is None:
         raise LookupError(
             f"model {name!r} version {mv.number} holds no model (no {MODEL_ARTIFACT!r} artifact: "
-            "its run failed before fine_tune); `--version latest` takes the newest version that has one"
+            "its run failed before fine_tune); `--version latest` takes the newest version that "
+            "has one"
         )
     return mv, artifact
 

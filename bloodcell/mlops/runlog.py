@@ -1,4 +1,5 @@
-"""Why a `zenml pipeline run` failed, from its output: for the schedule's log and the test sandbox."""
+"""Why a `zenml pipeline run` failed, from its output: for the schedule's log and the test
+sandbox."""
 
 from __future__ import annotations
 

@@ -142,12 +142,16 @@ def register_schedule(config: str, schedule: dict, source: str) -> str:
     stack = Client().active_stack
     if not stack.orchestrator.config.is_schedulable:
         raise ValueError(
-            f"the orchestrator of stack {stack.name!r} ({stack.orchestrator.flavor}) cannot run ZenML "
-            "schedules: run `bloodcell schedule` without --register and this process is the scheduler"
+            f"the orchestrator of stack {stack.name!r} ({stack.orchestrator.flavor}) cannot run "
+            "ZenML schedules: run `bloodcell schedule` without --register and this process is the "
+            "scheduler"
         )
     pipeline = source_utils.load(source)
     pipeline.with_options(config_path=config, schedule=Schedule(**schedule))()
-    return f"registered schedule {schedule.get('name') or ''} ({schedule['cron_expression']}) for {source} -c {config}"
+    return (
+        f"registered schedule {schedule.get('name') or ''} ({schedule['cron_expression']}) for "
+        f"{source} -c {config}"
+    )
 
 
 def run_schedule(

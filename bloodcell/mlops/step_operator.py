@@ -6,7 +6,8 @@ ZenML ships none. Register and use it with
     zenml step-operator register gpu --flavor=local_gpu --gpus='[0, 1]'
     zenml stack register gpu-local -o default -a default -s gpu --set
 
-(or ``make stack-gpu-local``), then put steps on it from the YAML: ``steps.<name>.step_operator: gpu``.
+(or ``make stack-gpu-local``), then put steps on it from the YAML:
+``steps.<name>.step_operator: gpu``.
 
 A step takes the first free GPU index of the pool (a file lock per index, so concurrent runs and
 steps share the pool safely; a step waits while all are taken), runs with ``CUDA_VISIBLE_DEVICES``
@@ -91,7 +92,8 @@ class LocalGPUStepOperator(BaseStepOperator):
                 # the same interpreter (and so the same environment) as the orchestrator
                 entrypoint_command = [sys.executable, *entrypoint_command[1:]]
             if entrypoint_command[1:3] == ["-m", ZENML_ENTRYPOINT]:
-                # ZenML's entrypoint, minus its container set-up (cd /app): see bloodcell.mlops.local_entrypoint
+                # ZenML's entrypoint, minus its container set-up (cd /app): see
+                # bloodcell.mlops.local_entrypoint
                 entrypoint_command = [
                     entrypoint_command[0],
                     "-m",
@@ -115,8 +117,8 @@ class LocalGPUStepOperator(BaseStepOperator):
             code = proc.wait()
         if code != 0:
             raise RuntimeError(
-                f"step '{name}' failed in its process on GPU {gpu} (exit code {code}); its last output:\n"
-                + "".join(tail)
+                f"step '{name}' failed in its process on GPU {gpu} (exit code {code}); its last "
+                "output:\n" + "".join(tail)
             )
 
 

@@ -1,7 +1,7 @@
 """Model builders and the helpers that package a model. Every model takes RGB images with values
 0..255 (preprocessing is inside) and outputs one probability per class. The builders themselves
-are ``bloodcell.model.cnn`` (the custom CNN) and ``bloodcell.model.transfer`` (pretrained backbones);
-importing this module registers every layer the project's saved models carry."""
+are ``bloodcell.model.cnn`` (the custom CNN) and ``bloodcell.model.transfer`` (pretrained
+backbones); importing this module registers every layer the project's saved models carry."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def with_class_names(model: keras.Model, class_names: Sequence[str]) -> keras.Mo
     """``model`` (the same layers) with a ``ClassNames`` layer after its output."""
     if model.output_shape[-1] != len(class_names):
         raise ValueError(
-            f"{model.name} outputs {model.output_shape[-1]} classes, not the {len(class_names)} of {list(class_names)}"
+            f"{model.name} outputs {model.output_shape[-1]} classes, not the {len(class_names)} of "
+            f"{list(class_names)}"
         )
     outputs = ClassNames(class_names, name="class_names")(model.outputs[0])
     return keras.Model(model.inputs, outputs, name=model.name)

