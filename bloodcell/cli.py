@@ -194,7 +194,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"deprovisioned {args.name!r}" + (f" (process {pid} ended)" if pid else ""))
             return 0
         limits = Limits(args.max_images, args.max_image_bytes, args.max_pixels, args.max_body_bytes)
-        info = deploy(args.version, args.model_name, args.name, args.host, args.port, limits=limits)
+        info = deploy(
+            args.source,
+            args.version,
+            args.model_name,
+            args.name,
+            args.host,
+            args.port,
+            limits=limits,
+        )
     except (RuntimeError, KeyError) as exc:  # a service that did not start; no such deployment
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -362,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     p.add_argument(
         "--stop", action="store_true", help="deprovision the deployment: its process ends"
+    )
+    p.add_argument(
+        "--source",
+        default="pipelines.serving.serving_pipeline",
+        help="serving pipeline to deploy (its on_init: bloodcell.serving.app.load_served_model)",
     )
     p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)

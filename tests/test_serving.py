@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -240,6 +241,43 @@ def test_serving_model_answers_like_predict(files):
     keras.backend.clear_session()
 
 
+def test_serving_model_with_a_rule_answers_like_score_and_reads_the_rule_once(
+    sample_dataset, monkeypatch
+):
+    """A model with the referral rule: the service's scores are ``referral.score``'s, and the
+    rule's options and weights are read from the model once, at load, not on every request."""
+    import keras
+
+    from bloodcell.data.split import stratified_split
+    from bloodcell.model import referral
+    from bloodcell.model.build import build_model
+    from bloodcell.model.packaging import with_tta
+
+    keras.utils.set_random_seed(0)
+    train, val, _ = stratified_split(sample_dataset, 0.2, 0.05, seed=0)
+    size = int(np.asarray(train.images).shape[1])
+    base = build_model("custom_cnn", train.class_names, size, filters=[8], dense_units=8)
+    model, _ = referral.fit_referral(
+        with_tta(base), train, val, referral.ReferralConfig(fit_samples=64)
+    )
+    looked_up = []
+    real_lookup = referral.rule_layer
+    monkeypatch.setattr(referral, "rule_layer", lambda m: looked_up.append(1) or real_lookup(m))
+    served = ServingModel.load(model, "m", "1", None, Limits())
+    assert len(looked_up) == 1  # once at load
+    batch = np.asarray(val.images[:12])
+    expected = referral.score(model, batch)
+    monkeypatch.setattr(referral, "rule_layer", lambda m: pytest.fail("rule looked up per request"))
+    monkeypatch.setattr(
+        referral.ReferralRule, "arrays", lambda self: pytest.fail("weights read per request")
+    )
+    got = served.score(batch)
+    assert got.status == expected.status and got.reason == expected.reason
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
+    np.testing.assert_allclose(got.distance, expected.distance, rtol=1e-4)
+    keras.backend.clear_session()
+
+
 def _asgi(app, body: bytes, headers: list[tuple[bytes, bytes]], chunk: int = 1000):
     """Run an ASGI app on one POST; returns (status, response body, body the app received)."""
     sent, parts = [], [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
@@ -298,28 +336,125 @@ def test_body_size_limit_with_and_without_content_length(monkeypatch):
     assert len(received) == 2
 
 
-def test_package_list_cache_is_guarded(monkeypatch):
+def test_package_list_patch_fits_the_installed_zenml():
+    """Pinned: the internal ``cache_package_list`` replaces is where and what it expects in the
+    ZenML installed here; a ZenML upgrade that changes it fails this test (and the service start)."""
     from zenml.environment import Environment
 
     from bloodcell.serving import app as serve_app
 
-    original = Environment.get_python_packages
-    monkeypatch.setattr(Environment, "get_python_packages", staticmethod(lambda: ["a==1", "b==2"]))
+    assert serve_app.package_list_target() is vars(Environment)["get_python_packages"].__func__
+
+
+def test_package_list_is_read_once_and_every_run_records_it(monkeypatch):
+    from zenml import environment
+    from zenml.environment import Environment
+
+    from bloodcell.serving import app as serve_app
+
+    calls = []
+
+    def listing():
+        calls.append(1)
+        return ["a==1", "b==2"]
+
+    monkeypatch.setattr(Environment, "get_python_packages", staticmethod(listing))
     assert serve_app.cache_package_list() is True
-    assert Environment.get_python_packages() == ["a==1", "b==2"]
-    assert getattr(Environment.get_python_packages, "bloodcell_cached", False)
+    assert serve_app.cache_package_list() is True  # already cached: not read again
+    for _ in range(3):
+        assert environment.get_run_environment_dict()["python_packages"] == "a==1\nb==2"
+    assert len(calls) == 1 and Environment.get_python_packages.bloodcell_cached
 
     def failing():
         raise RuntimeError("no pip")
 
     monkeypatch.setattr(Environment, "get_python_packages", staticmethod(failing))
-    assert serve_app.cache_package_list() is False
-    assert Environment.get_python_packages is failing  # left as it was
+    assert serve_app.cache_package_list() is False  # listing fails now: ZenML left as it is
+    assert Environment.get_python_packages is failing
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("gone", "is gone"),
+        ("classmethod", "no longer a static method"),
+        ("arguments", "takes arguments ['include_editable']"),
+        ("not called", "no longer calls"),
+    ],
+)
+def test_package_list_patch_fails_loudly_when_zenml_changed(monkeypatch, change, message):
+    from zenml import environment
+    from zenml.environment import Environment
+
+    from bloodcell.serving import app as serve_app
+
+    original = vars(Environment)["get_python_packages"]
+    if change == "gone":
+        monkeypatch.delattr(Environment, "get_python_packages")
+    elif change == "classmethod":
+        monkeypatch.setattr(Environment, "get_python_packages", classmethod(lambda cls: []))
+    elif change == "arguments":
+        monkeypatch.setattr(
+            Environment,
+            "get_python_packages",
+            staticmethod(lambda include_editable=False: []),
+        )
+    else:
+        monkeypatch.setattr(environment, "get_run_environment_dict", lambda: {})
+    before = vars(Environment).get("get_python_packages")
+    with pytest.raises(serve_app.PackageListPatchError, match=re.escape(message)) as err:
+        serve_app.cache_package_list()
+    assert "BLOODCELL_SERVE_CACHE_PYTHON_PACKAGES=false" in str(err.value)
+    assert vars(Environment).get("get_python_packages") is before  # nothing replaced
+    monkeypatch.undo()
+    assert vars(Environment)["get_python_packages"] is original
+
+
+def test_the_start_up_hook_fails_when_the_patch_no_longer_fits(monkeypatch, tmp_path):
+    """A service asked to cache the package list does not start on a ZenML it cannot patch; asked
+    not to, it starts."""
+    import keras
+    from zenml.environment import Environment
+
+    from bloodcell.model.build import build_model
+    from bloodcell.serving import app as serve_app
+
+    path = tmp_path / "m.keras"
+    build_model("custom_cnn", ["x", "y"], 32, filters=[4], dense_units=4).save(path)
     monkeypatch.delattr(Environment, "get_python_packages")
-    assert (
-        serve_app.cache_package_list() is False
-    )  # an internal ZenML no longer has: nothing replaced
-    assert callable(original)
+    with pytest.raises(serve_app.PackageListPatchError, match="is gone"):
+        serve_app.load_served_model(model_path=str(path), sqlite_wal=False)
+    served = serve_app.load_served_model(
+        model_path=str(path), sqlite_wal=False, cache_python_packages=False
+    )
+    assert served.classes == ["x", "y"] and serve_app.served() is served
+    keras.backend.clear_session()
+
+
+def test_serving_package_names_no_project_pipeline():
+    """bloodcell.serving is imported by pipelines/serving.py; it never names it back (the deployer
+    gets the pipeline from its caller: the CLI's ``--source``)."""
+    import re
+
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "bloodcell" / "serving").glob("*.py")):
+        assert not re.search(r"(?<![\w.])pipelines[./]", path.read_text()), path.name
+
+
+def test_deploy_takes_the_pipeline_from_its_caller():
+    from bloodcell.serving.app import serve_options
+    from bloodcell.serving.deploy import serving_pipeline
+    from pipelines.serving import serving_pipeline as project_pipeline
+
+    assert serving_pipeline(project_pipeline) is project_pipeline
+    assert serving_pipeline("pipelines.serving.serving_pipeline").name == project_pipeline.name
+
+    other = project_pipeline.with_options(on_init=serve_options)
+    with pytest.raises(ValueError, match="not 'bloodcell.serving.app.load_served_model'"):
+        serving_pipeline(other)
+    with pytest.raises(ValueError, match="not a ZenML pipeline"):
+        serving_pipeline("bloodcell.serving.app.load_served_model")
 
 
 def test_serve_options_come_from_arguments_then_the_environment_then_defaults(monkeypatch):

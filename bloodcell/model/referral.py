@@ -470,13 +470,35 @@ def from_features(
     bias: np.ndarray,
 ) -> Scores:
     """:class:`Scores` from the images' features (``Scorer.view_features``) and the rule ``layer``."""
-    rule, w = layer.rule, layer.arrays()
+    return from_rule(features, images, *rule_weights(layer), kernel, bias)
+
+
+def rule_weights(layer: ReferralRule) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The rule ``layer``'s options and weights as numpy (the pixel ones as float64), read once:
+    for a caller that scores many batches with the same rule (the service)."""
+    w = layer.arrays()
+    for name in ("pixel_mean", "pixel_components"):
+        w[name] = w[name].astype(np.float64)
+    return dict(layer.rule), w
+
+
+def from_rule(
+    features: tuple[np.ndarray, np.ndarray],
+    images: Any,
+    rule: dict[str, Any],
+    w: dict[str, np.ndarray],
+    kernel: np.ndarray,
+    bias: np.ndarray,
+) -> Scores:
+    """:func:`from_features` with the rule's options and weights already read (``rule_weights``)."""
     views, pooled = features
     probs = view_probabilities(views, kernel, bias)
     uncal = view_probabilities(views, kernel, bias, 1.0 / rule["temperature"])
     dist = distances(pooled, w["class_means"], w["precision"])
     pixels = pixel_residuals(
-        images, w["pixel_mean"].astype(np.float64), w["pixel_components"].astype(np.float64)
+        images,
+        np.asarray(w["pixel_mean"], np.float64),
+        np.asarray(w["pixel_components"], np.float64),
     )
     blank, stain = image_flags(images, rule)
     return Scores(

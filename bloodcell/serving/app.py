@@ -128,7 +128,8 @@ def load_served_model(
     cached = o["cache_python_packages"] and cache_package_list()
     journal = use_sqlite_wal() if o["sqlite_wal"] else None
     logger.warning(
-        "bloodcell: serving %s, version %s (%s), %d classes at %dx%d, loaded in %.1f s; %s; package list %s; "
+        "bloodcell: serving %s, version %s (%s), %d classes at %dx%d, loaded in %.1f s; %s; "
+        "package list %s; "
         "store journal %s",
         name,
         number,
@@ -166,10 +167,71 @@ def use_sqlite_wal() -> str | None:
             return str(conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar())
     except Exception as exc:  # e.g. another process is writing just now: serve anyway, slower
         logger.warning(
-            "bloodcell: could not switch the ZenML store to WAL mode (%s); its journal mode is unchanged",
+            "bloodcell: could not switch the ZenML store to WAL mode (%s); "
+            "its journal mode is unchanged",
             exc,
         )
         return None
+
+
+class PackageListPatchError(RuntimeError):
+    """ZenML no longer looks as :func:`cache_package_list` expects (an upgrade changed it)."""
+
+
+OPT_OUT = (
+    "serve without the cache: cache_python_packages=False, or "
+    "BLOODCELL_SERVE_CACHE_PYTHON_PACKAGES=false in the deployment's environment"
+)
+
+
+def package_list_target() -> Any:
+    """The ZenML internal :func:`cache_package_list` replaces, checked against what the code
+    expects of ZenML 0.98: ``zenml.environment.Environment.get_python_packages``, a static method
+    taking no arguments, called by ``zenml.environment.get_run_environment_dict`` (which every
+    run's bookkeeping calls). Returns it; raises :class:`PackageListPatchError`, saying what
+    changed, if any of that no longer holds: a ZenML upgrade must not silently undo (or break) the
+    replacement."""
+    import inspect
+
+    try:
+        from zenml import environment
+    except ImportError as exc:
+        raise PackageListPatchError(
+            f"zenml.environment cannot be imported ({exc}); {OPT_OUT}"
+        ) from exc
+    where = "zenml.environment.Environment.get_python_packages"
+    cls = getattr(environment, "Environment", None)
+    raw = vars(cls).get("get_python_packages") if isinstance(cls, type) else None
+    if raw is None:
+        raise PackageListPatchError(f"{where} is gone in ZenML {_zenml_version()}; {OPT_OUT}")
+    if not isinstance(raw, staticmethod):
+        raise PackageListPatchError(
+            f"{where} is no longer a static method in ZenML {_zenml_version()} "
+            f"(it is {type(raw).__name__}); {OPT_OUT}"
+        )
+    func = raw.__func__
+    params = list(inspect.signature(func).parameters)
+    if params:
+        raise PackageListPatchError(
+            f"{where} takes arguments {params} in ZenML {_zenml_version()}, not none; {OPT_OUT}"
+        )
+    caller = getattr(environment, "get_run_environment_dict", None)
+    names = getattr(getattr(caller, "__code__", None), "co_names", ())
+    if "get_python_packages" not in names:
+        raise PackageListPatchError(
+            f"zenml.environment.get_run_environment_dict no longer calls {where} in ZenML "
+            f"{_zenml_version()}, so caching it would not spare the runs anything; {OPT_OUT}"
+        )
+    return func
+
+
+def _zenml_version() -> str:
+    try:
+        import zenml
+
+        return str(zenml.__version__)
+    except Exception:  # pragma: no cover - only for the message
+        return "(unknown version)"
 
 
 def cache_package_list() -> bool:
@@ -179,21 +241,18 @@ def cache_package_list() -> bool:
     (``step_launcher._create_or_reuse_run`` -> ``get_run_environment_dict`` ->
     ``Environment.get_python_packages``, a subprocess), so with a run per request it is most of a
     request's time (about 240 ms of 300 in a trivial deployment on 2 cores; ``uv`` on PATH makes it
-    about 30 ms). ZenML has
-    no setting for it, so this replaces that internal with the list read once at start-up: runs
-    still record the packages, as of the service's start. Guarded: if ZenML no longer has it, or
-    reading it fails, nothing is replaced and each request reads it as ZenML does.
+    about 30 ms). ZenML 0.98 has no setting or environment variable for it (its deployment server
+    and ``zenml.constants`` have none), so this replaces that internal with the list read once at
+    start-up: runs still record the packages, as of the service's start.
+
+    Pinned, not guarded: if ZenML's internal is gone or has changed shape
+    (:func:`package_list_target`), this raises :class:`PackageListPatchError` and the service does
+    not start, saying how to serve without the cache. Only a failure to list the packages now (no
+    pip) leaves ZenML as it is, with a warning, as ZenML itself does; it then returns False.
     """
-    try:
-        from zenml.environment import Environment
-    except ImportError:
-        return False
-    original = getattr(Environment, "get_python_packages", None)
-    if original is None:
-        logger.warning(
-            "bloodcell: zenml.environment.Environment.get_python_packages is gone; package list not cached"
-        )
-        return False
+    from zenml.environment import Environment
+
+    original = package_list_target()
     if getattr(original, "bloodcell_cached", False):
         return True
     try:
@@ -202,11 +261,11 @@ def cache_package_list() -> bool:
         logger.warning("bloodcell: could not list installed packages (%s); not cached", exc)
         return False
 
-    def cached() -> list[str]:
+    def get_python_packages() -> list[str]:
         return list(packages)
 
-    cached.bloodcell_cached = True  # type: ignore[attr-defined]
-    Environment.get_python_packages = staticmethod(cached)
+    get_python_packages.bloodcell_cached = True  # type: ignore[attr-defined]
+    Environment.get_python_packages = staticmethod(get_python_packages)
     return True
 
 
@@ -255,7 +314,10 @@ def build_invoke(app_runner: Any):
             return _json(500, body)
         # where the time went: decoding, the whole pipeline run, the model inside it
         model_ms = ((body.get("outputs") or {}).get("classification") or {}).get("model_ms", 0.0)
-        timing = f"decode;dur={1000 * (decoded - started):.1f}, run;dur={1000 * (ran - decoded):.1f}, model;dur={model_ms:.1f}"
+        timing = (
+            f"decode;dur={1000 * (decoded - started):.1f}, "
+            f"run;dur={1000 * (ran - decoded):.1f}, model;dur={model_ms:.1f}"
+        )
         return _json(200, body, {"Server-Timing": timing})
 
     return invoke
@@ -263,7 +325,8 @@ def build_invoke(app_runner: Any):
 
 class BodySizeLimit:
     """ASGI middleware: 413 for a request body over the limit (``max_body_bytes`` of the loaded
-    model's limits), whether announced by Content-Length or sent chunked. ZenML's server has none."""
+    model's limits), whether announced by Content-Length or sent chunked. ZenML's server has
+    none."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

@@ -1,4 +1,9 @@
-"""Deploy and stop the serving pipeline (``pipelines/serving.py``) with ZenML's deployer.
+"""Deploy and stop a serving pipeline with ZenML's deployer.
+
+The pipeline is the caller's: ``deploy`` takes it (a ZenML pipeline, or its source path such as the
+CLI's default) and sets its start-up hook's options and deployer settings. Its ``on_init`` must be
+:func:`bloodcell.serving.app.load_served_model`. This package never names the project's pipelines:
+they import it, not the other way round.
 
 ZenML's default stack has no deployer. If the active stack has none, ``deploy`` registers (once)
 a local deployer, ``bloodcell-local-deployer``, and a stack ``<active>-serve`` made of the active
@@ -17,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bloodcell import MODEL_NAME
-from bloodcell.serving.app import use_sqlite_wal
+from bloodcell.serving.app import load_served_model, use_sqlite_wal
 from bloodcell.serving.model import Limits
 
 DEFAULT_NAME = "bloodcell"
 DEPLOYER = "bloodcell-local-deployer"
-PIPELINE = "pipelines.serving.serving_pipeline"
 DEFAULT_PORT = 8000
 
 
@@ -53,7 +57,8 @@ def deployer_stack() -> tuple[str, list[str]]:
     except KeyError:
         client.create_stack(name, components={kind: ids[0] for kind, ids in wanted.items()})
         registered.append(
-            f"stack {name!r} (stack {active.name!r} plus that deployer; your active stack is unchanged)"
+            f"stack {name!r} (stack {active.name!r} plus that deployer; "
+            "your active stack is unchanged)"
         )
         return name, registered
     have = {kind: [c.id for c in comps] for kind, comps in stack.components.items()}
@@ -96,7 +101,29 @@ def _check_model(version: str, model_name: str, model_path: str | None) -> str:
     return f"{model_name} version {mv.number} ({mv.stage or 'no stage'}; asked for {version!r})"
 
 
+def serving_pipeline(pipeline: Any) -> Any:
+    """``pipeline`` as a ZenML pipeline: itself, or the one its source path (``module.name``, from
+    the source root) names. A pipeline whose start-up hook is not ``load_served_model`` is refused:
+    the hook options ``deploy`` passes would not reach the service."""
+    from zenml.pipelines.pipeline_definition import Pipeline
+    from zenml.utils import source_utils
+
+    if isinstance(pipeline, str):
+        pipeline = source_utils.load(pipeline)
+    if not isinstance(pipeline, Pipeline):
+        raise ValueError(f"{pipeline!r} is not a ZenML pipeline")
+    hook = pipeline.configuration.init_hook_source
+    wanted = f"{load_served_model.__module__}.{load_served_model.__name__}"
+    if hook is None or hook.import_path != wanted:
+        raise ValueError(
+            f"pipeline {pipeline.name!r}: its on_init hook is "
+            f"{hook.import_path if hook else None!r}, not {wanted!r}"
+        )
+    return pipeline
+
+
 def deploy(
+    pipeline: Any,
     version: str = "production",
     model_name: str = MODEL_NAME,
     name: str = DEFAULT_NAME,
@@ -108,14 +135,15 @@ def deploy(
     sqlite_wal: bool = True,
     timeout: float = 300,
 ) -> dict[str, Any]:
-    """Deploy (or redeploy) the service and wait until it answers ``/health`` (the model is loaded
-    by then). Returns url, key, pid, the model it serves, what was registered and the store's
-    journal mode. ``cache_python_packages``, ``sqlite_wal``: see ``bloodcell.serving.app``."""
+    """Deploy (or redeploy) ``pipeline`` (see :func:`serving_pipeline`) as the service and wait
+    until it answers ``/health`` (the model is loaded by then). Returns url, key, pid, the model
+    it serves, what was registered and the store's journal mode. ``cache_python_packages``,
+    ``sqlite_wal``: see ``bloodcell.serving.app``."""
     from zenml.client import Client
     from zenml.deployers.exceptions import DeployerError
     from zenml.enums import StackComponentType
-    from zenml.utils import source_utils
 
+    pipe = serving_pipeline(pipeline)
     limits = limits or Limits()
     serving = _check_model(version, model_name, model_path)
     stack, registered = deployer_stack()
@@ -135,9 +163,7 @@ def deploy(
     flavor = Client().get_stack(stack).components[StackComponentType.DEPLOYER][0].flavor_name
     if flavor == "local":  # a busy port is an error when asked for, else the next free one is taken
         deployer.update(address=host, port=port or DEFAULT_PORT, allocate_port_if_busy=port is None)
-    pipe = source_utils.load(PIPELINE).with_options(
-        on_init_kwargs=hook, settings={"deployer": deployer}
-    )
+    pipe = pipe.with_options(on_init_kwargs=hook, settings={"deployer": deployer})
     try:
         with _on_stack(stack):
             pipe.deploy(deployment_name=name, timeout=int(timeout))

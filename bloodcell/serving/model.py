@@ -210,25 +210,25 @@ class ServingModel:
     limits: Limits = field(default_factory=Limits)
     predict: Any = None
     features: Any = None
-    rule: tuple[Any, np.ndarray, np.ndarray] | None = (
-        None  # the rule layer, the head's kernel and bias
-    )
+    # the rule's options and weights, the head's kernel and bias: read from the model once, at load
+    rule: tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(
         cls, model: Any, name: str, version: str | None, stage: str | None, limits: Limits
     ) -> ServingModel:
         from bloodcell.model.predict import model_classes
-        from bloodcell.model.referral import Scorer, rule_layer
+        from bloodcell.model.referral import Scorer, rule_layer, rule_weights
 
         size = int(model.input_shape[1])
         served = cls(
             model, model_classes(model), size, name, version, stage, limits, _traced(model, size)
         )
-        if rule_layer(model) is not None:
+        layer = rule_layer(model)
+        if layer is not None:
             scorer = Scorer(model)
             served.features = _traced(scorer.model, size)
-            served.rule = (rule_layer(model), *scorer.head_weights())
+            served.rule = (*rule_weights(layer), *scorer.head_weights())
         warm = np.zeros(
             (1, size, size, 3), np.uint8
         )  # trace and warm up now, not on the first request
@@ -238,11 +238,11 @@ class ServingModel:
 
     def score(self, batch: np.ndarray) -> Any:
         """``bloodcell.model.referral.Scores`` of a batch: what ``bloodcell predict`` gives for it."""
-        from bloodcell.model.referral import from_features, predates
+        from bloodcell.model.referral import from_rule, predates
 
         if self.rule is None:
             return predates(self.predict(batch))
-        return from_features(self.features(batch), batch, *self.rule)
+        return from_rule(self.features(batch), batch, *self.rule)
 
     def describe(self) -> dict[str, Any]:
         return {
