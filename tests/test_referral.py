@@ -11,7 +11,8 @@ from bloodcell.evaluation.reliability import bootstrap_balanced_accuracy, reliab
 
 @pytest.fixture(scope="module")
 def trained(sample_dataset):
-    """A small CNN trained on 320 sample cells (8 classes) and the 80 held back, as (model, train, val)."""
+    """A small CNN trained on 320 sample cells (8 classes) and the 80 held back, as (model, train,
+    val)."""
     import keras
 
     from bloodcell.data.split import stratified_split
@@ -48,8 +49,8 @@ def test_generated_non_cells_are_flagged_and_cells_are_not_called_non_cells(
     from bloodcell.model.referral import score
 
     model, rule = shipped
-    # tiles of several cells are left to benchmarks/referral.py: they need a model that knows cells well,
-    # not one trained for seconds on 320 of them; every other kind is flagged by any model
+    # tiles of several cells are left to benchmarks/referral.py: they need a model that knows cells
+    # well, not one trained for seconds on 320 of them; every other kind is flagged by any model
     images = non_cell_images(96, 8, seed=1)
     for kind, batch in images.items():
         s = score(model, batch)
@@ -120,6 +121,13 @@ def test_the_rule_travels_in_the_exported_model(shipped, sample_dataset, tmp_pat
     )
     table = predict_table(loaded, images, [str(i) for i in range(40)])
     assert table.status.tolist() == b.status and table.reason.tolist() == b.reason
+    # and loads in a fresh process that imported nothing else of the project
+    import subprocess
+    import sys
+
+    probe = f"from bloodcell.model.predict import load_model; print(load_model({str(path)!r}).name)"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == loaded.name, res.stderr[-2000:]
 
 
 def test_calibration_lowers_the_error_of_an_overconfident_model(trained, sample_dataset):

@@ -16,7 +16,8 @@ def load_model(path: str | Path):
     """A ``.keras`` model file, loaded in Keras safe mode."""
     import keras
 
-    import bloodcell.model.build  # noqa: F401 - registers the layers the project's models carry
+    # registers every layer the project's models carry (referral imports build)
+    import bloodcell.model.referral  # noqa: F401
 
     p = Path(path)
     if not p.is_file() or p.suffix != ".keras":
@@ -35,8 +36,8 @@ def model_classes(model) -> list[str]:
     if model.output_shape[-1] == len(CLASS_NAMES):
         return list(CLASS_NAMES)
     raise ValueError(
-        f"model {model.name} does not name its {model.output_shape[-1]} classes (rule: a model made by "
-        "this project carries its class names; retrain it, or export a newer version)"
+        f"model {model.name} does not name its {model.output_shape[-1]} classes (rule: a model "
+        "made by this project carries its class names; retrain it, or export a newer version)"
     )
 
 
@@ -81,7 +82,8 @@ def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str]) -> 
     expected = tuple(model.input_shape[1:3])
     if images.shape[1:3] != expected:
         raise ValueError(
-            f"the model takes {expected[0]}x{expected[1]} images, got {images.shape[1]}x{images.shape[2]}"
+            f"the model takes {expected[0]}x{expected[1]} images, got "
+            f"{images.shape[1]}x{images.shape[2]}"
         )
     class_names = model_classes(model)
     scores = score(model, images)
@@ -104,7 +106,8 @@ def predict_table(model, images: np.ndarray | ShardedImages, ids: list[str]) -> 
 
 MAX_UNLIKE_SHARE = 0.25
 """Above this share of a batch unlike the training cells, batch inference and ``predict`` warn: a
-quarter, about ten times the share in the training lab's own held-out cells (docs/experiments.md)."""
+quarter, about ten times the share in the training lab's own held-out cells
+(docs/experiments.md)."""
 
 
 def unlike_share(table: pd.DataFrame) -> float:
@@ -117,6 +120,7 @@ def unlike_share(table: pd.DataFrame) -> float:
 
 def unlike_warning(share: float) -> str:
     return (
-        f"this batch looks unlike the training lab ({share:.0%} of its images are unlike the training cells): "
+        f"this batch looks unlike the training lab ({share:.0%} of its images are unlike the "
+        "training cells): "
         "adapt with a few labelled cells, `bloodcell adapt --data FOLDER --output model.keras`"
     )
