@@ -15,15 +15,22 @@ from materializers.validation_materializer import ValidationReportMaterializer
 
 logger = get_logger(__name__)
 
-SUITES = "configs/expectations.yaml"  # relative to the ZenML source root; in every step's cache key
+# relative to the ZenML source root; in every step's cache key
+SUITES = "configs/expectations.yaml"
 
 
 def guard(
-    step: str, tables: dict[str, pd.DataFrame], raise_on_failure: bool = True, **params: Any
+    step: str, tables: dict[str, pd.DataFrame], raise_on_failure: bool = True, **thresholds: Any
 ) -> ValidationReport:
-    """Validate ``tables`` against the step's suite; save the report as ``<step>_expectations``."""
+    """Validate ``tables`` against the suite ``step`` of configs/expectations.yaml; save the report
+    as ``<step>_expectations``; log every check as a rule with its threshold (``passed
+    metrics.plain_accuracy 0.91 >= 0.3 (min_plain_accuracy)``).
+
+    ``thresholds`` are the values the suite names as ``{param: NAME}`` (``min_plain_accuracy=``,
+    ``max_fraction=``, ``image_size=``...). A failure raises :class:`ExpectationFailed` naming the
+    table, column, rule and threshold, unless ``raise_on_failure`` is False."""
     suites = load_suites(os.path.join(source_utils.get_source_root(), SUITES))
-    report = validate(step, tables, suites.get(step, {}), params)
+    report = validate(step, tables, suites.get(step, {}), thresholds)
     save_artifact(report, name=f"{step}_expectations", materializer=ValidationReportMaterializer)
     log_metadata(
         {
@@ -31,10 +38,5 @@ def guard(
             "expectations_failed": len(report.failures),
         }
     )
-    logger.info(
-        "%s: %d/%d expectations passed",
-        step,
-        len(report.results) - len(report.failures),
-        len(report.results),
-    )
+    logger.info("%s", report.summary())
     return report.raise_for_failures() if raise_on_failure else report

@@ -1,4 +1,5 @@
-"""The expectation suites in configs/expectations.yaml pass on real data and catch each kind of breakage."""
+"""The expectation suites in configs/expectations.yaml pass on real data and catch each kind of
+breakage; every check reads as a rule naming its threshold."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from bloodcell.data import tables
 from bloodcell.data.dataset import Dataset
 from bloodcell.data.split import stratified_split
 from bloodcell.data.stain import stain_params
-from bloodcell.data.validation import ExpectationFailed, load_suites, validate
+from bloodcell.data.validation import ExpectationFailed, load_suites, resolve_params, validate
 
 from conftest import ROOT
 
@@ -112,7 +113,7 @@ def test_failure_message_names_step_expectation_observed_and_threshold(sample_da
     assert "step 'ingest'" in msg
     assert (
         "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], "
-        "threshold {'min_value': 2.0}"
+        "threshold {'min_value': 2.0} (rule: samples.std >= 2.0)"
     ) in msg
     assert len(err.value.report.failures) >= 1
 
@@ -264,7 +265,7 @@ def _break(df, name: str, kwargs: dict, params: dict):
     """A copy of ``df`` that violates the expectation ``name`` with ``kwargs``."""
     df = df.copy()
     col = kwargs.get("column")
-    value = lambda v: params[v["param"]] if isinstance(v, dict) else v  # noqa: E731
+    value = lambda v: resolve_params({"v": v}, params, "test")["v"]  # noqa: E731
     if name == "expect_column_values_to_be_between":
         low, high = value(kwargs.get("min_value")), value(kwargs.get("max_value"))
         df[col] = df[col].astype(float)
@@ -325,3 +326,89 @@ def test_channel_stats_are_numpys_mean_and_std(sample_dataset):
     np.testing.assert_allclose(means, x.astype(np.float64).mean(axis=(1, 2)), rtol=1e-12)
     np.testing.assert_allclose(stds, x.astype(np.float64).std(axis=(1, 2)), rtol=1e-9)
     np.testing.assert_allclose(channel_means(x, block=7), means, rtol=1e-12)
+
+
+def test_max_fraction_moves_the_per_class_limit(sample_dataset):
+    """The per-class limit of filter_outliers is twice ``max_fraction`` (0.10 at the default 0.05,
+    as it was when written as a constant), not a number of its own."""
+    from bloodcell.data.outliers import OutlierConfig
+
+    assert OutlierConfig().max_fraction == 0.05
+    ds = sample_dataset
+    basophils = np.flatnonzero(ds.labels == 0)
+    lose = basophils[: int(0.15 * len(basophils))]  # 15% of one class, under 5% of the whole
+    kept = ds.subset(np.setdiff1d(np.arange(len(ds)), lose))
+    tbls = tables.filter_tables(ds, kept)
+    assert tbls["summary"].removed_fraction[0] < 0.05
+    at_default = failed("filter_outliers", tbls, max_fraction=0.05)
+    assert len(at_default) == 1 and "classes.removed_fraction" in at_default[0]
+    assert "(rule: classes.removed_fraction <= 0.1 (2 * max_fraction))" in at_default[0]
+    assert failed("filter_outliers", tbls, max_fraction=0.08) == []  # limit 0.16
+    report = validate("filter_outliers", tbls, SUITES["filter_outliers"], {"max_fraction": 0.08})
+    assert report.results[1].kwargs["max_value"] == 0.16
+
+
+def test_ingest_and_predict_input_share_the_model_input_block():
+    """Written once under ``shared.model_input``; both suites hold all of it, ingest more."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "expectations.yaml").read_text())
+    block = raw["shared"]["model_input"]
+    assert "shared" not in SUITES
+    assert len(block) >= 6
+    assert SUITES["predict_input"]["samples"] == block
+    ingest = SUITES["ingest"]["samples"]
+    assert all(e in ingest for e in block) and len(ingest) > len(block)
+    assert {"include": "model_input"} in raw["ingest"]["samples"]
+    assert {"include": "model_input"} in raw["predict_input"]["samples"]
+
+
+def test_an_unknown_include_is_a_clear_error(tmp_path):
+    suites = tmp_path / "suites.yaml"
+    suites.write_text("shared: {a: []}\ningest:\n  samples:\n    - include: b\n")
+    with pytest.raises(ValueError, match=r"ingest.samples includes 'b', .*\(\['a'\]\)"):
+        load_suites(suites)
+
+
+def test_every_check_reads_as_a_rule_with_its_threshold(sample_dataset):
+    metrics = tables.metrics_tables({"plain_accuracy": 0.91, "noisy_accuracy": 0.2})
+    report = validate(
+        "evaluate",
+        metrics,
+        SUITES["evaluate"],
+        {"min_plain_accuracy": 0.3, "min_noisy_accuracy": 0.5},
+    )
+    assert report.summary().splitlines() == [
+        "step 'evaluate': 1/2 expectations passed",
+        "  passed  metrics.plain_accuracy 0.91 >= 0.3 (min_plain_accuracy)",
+        "  FAILED  metrics.noisy_accuracy 0.2 >= 0.5 (min_noisy_accuracy)",
+    ]
+    ds = sample_dataset
+    params = {**tables.shape_params(ds), **stain_params(None)}
+    rules = [
+        r.rule
+        for r in validate("ingest", tables.ingest_tables(ds), SUITES["ingest"], params).results
+    ]
+    assert "samples.height == 96 (image_size)" in rules
+    assert "samples.channels == 3" in rules
+    assert "samples.dtype in ['uint8']" in rules
+    assert "samples.id unique" in rules and "samples.id not null" in rules
+    assert "0 <= samples.label <= 7 (max_label)" in rules
+    assert "classes has 8 (num_classes) rows" in rules
+    assert "140.0 (mean_r_min) <= samples.mean_r <= 255.0 (mean_r_max)" in rules
+    # a stored report (before rules were kept) still loads and reads
+    old = {
+        "step": "train",
+        "results": [
+            {
+                "table": "summary",
+                "expectation": "expect_column_values_to_be_between",
+                "kwargs": {"column": "best_val_accuracy", "min_value": 0.5},
+                "success": True,
+                "observed": "0 unexpected of 1, e.g. []",
+            }
+        ],
+    }
+    from bloodcell.data.validation import ValidationReport
+
+    assert ValidationReport.from_dict(old).results[0].rule == "summary.best_val_accuracy >= 0.5"
