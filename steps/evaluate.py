@@ -93,7 +93,7 @@ def evaluate(
                 r["accuracy"],
             )
     gate = guard(
-        "evaluate",
+        "evaluate",  # quality gate: plain, noisy accuracy >= their floors; marks, never raises
         metrics_tables(report.summary()),
         raise_on_failure=False,
         min_plain_accuracy=min_plain_accuracy,

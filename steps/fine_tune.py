@@ -112,7 +112,7 @@ def fine_tune(
     )
     log_metadata(info)
     guard(
-        "fine_tune",
+        "fine_tune",  # the model handed on, in inference mode: val accuracy >= min_val_accuracy
         metrics_tables({"val_accuracy": info["val_accuracy"]}),
         min_val_accuracy=min_val_accuracy,
     )

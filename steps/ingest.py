@@ -47,7 +47,13 @@ def ingest(
         conversions or "none",
     )
     log_code_version()
-    guard("ingest", ingest_tables(ds), **shape_params(ds), **params)
+    guard(
+        "ingest",  # image_size square RGB uint8, unique ids, labels 0..max_label, num_classes
+        # classes each present, pixel std >= 2 (not blank), channel means in the stain ranges
+        ingest_tables(ds),
+        **shape_params(ds),  # image_size, num_classes, max_label
+        **params,  # mean_r_min, mean_r_max, ... from stain_ranges
+    )
     log_metadata(
         {
             "samples": len(ds),

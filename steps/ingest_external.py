@@ -31,7 +31,11 @@ def ingest_external(
         logger.info(
             "External set %s: %d images from %s", name, part["stop"] - part["start"], part["path"]
         )
-    guard("ingest_external", external_tables(ds), **shape_params(ds))
+    guard(
+        "ingest_external",  # image_size square, unique ids, labels 0..max_label, pixel std >= 2
+        external_tables(ds),
+        **shape_params(ds),  # image_size, num_classes, max_label
+    )
     log_metadata(
         {
             "samples": len(ds),

@@ -41,6 +41,10 @@ def ingest_unlabeled(source: str, image_size: int | None = None) -> Annotated[Da
         ds.info["conversions"] or "none",
     )
     log_code_version()
-    guard("predict_input", unlabeled_tables(ds), image_size=image_size)
+    guard(
+        "predict_input",  # the model's input: image_size square, RGB uint8, unique ids
+        unlabeled_tables(ds),
+        image_size=image_size,
+    )
     log_metadata({"samples": len(ds), "fingerprint": ds.fingerprint, "source": str(source)})
     return ds

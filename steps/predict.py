@@ -59,7 +59,7 @@ def predict(
     )
     logger.info("status: %s", ", ".join(f"{k} {v}" for k, v in statuses.items()))
     gate = guard(
-        "predict",
+        "predict",  # warns when unlike_training_share > max_unlike_share; never raises
         metrics_tables({"unlike_training_share": share}),
         raise_on_failure=False,
         max_unlike_share=max_unlike_share,

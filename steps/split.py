@@ -34,6 +34,9 @@ def split(
         "val": val_fraction,
         "test": test_fraction,
     }
-    guard("split", split_tables(dataset, {"train": train, "val": val, "test": test}, expected))
+    guard(
+        "split",  # class counts within 2 samples of their share, sizes within 1 point, no leaks
+        split_tables(dataset, {"train": train, "val": val, "test": test}, expected),
+    )
     log_metadata({"train": len(train), "val": len(val), "test": len(test)})
     return train, val, test

@@ -78,7 +78,11 @@ def train(
             "distribute": cfg.distribute or "none",
         },
     )
-    guard("train", history_tables(history), min_val_accuracy=min_val_accuracy)
+    guard(
+        "train",  # no NaN loss or val_loss; best val accuracy >= min_val_accuracy
+        history_tables(history),
+        min_val_accuracy=min_val_accuracy,
+    )
     log_metadata(
         {
             "epochs": result.epochs,
