@@ -34,3 +34,56 @@ MIN_UNLABELLED = 32
 """The fewest of a lab's unlabelled cells batch-norm statistics are recomputed from."""
 
 __all__ = ["CLASS_NAMES", "MIN_UNLABELLED", "MODEL_ARTIFACT", "MODEL_NAME"]
+
+
+# Modules before the subpackages (version 0.1): artifacts written then name their types by these
+# paths (``bloodcell.dataset.Dataset``), and ZenML imports them to load the artifact. Each old
+# name imports as a thin module that forwards to the new one (``bloodcell.evaluation`` is a package
+# now: its ``__init__`` forwards ``EvaluationReport``).
+_OLD_NAMES = {
+    "data": (
+        "classes dataset decode dihedral images ingest npz outliers shards sharded_images split "
+        "stain tables validation"
+    ),
+    "model": (
+        "adaptation cnn compute efficientnet_lite history input_pipeline normalize packaging "
+        "predict referral torch_weights training transfer weight_averaging"
+    ),
+    "evaluation": "corruptions noncells plots promotion reliability",
+}
+_MOVED = {old: f"{package}.{old}" for package, names in _OLD_NAMES.items() for old in names.split()}
+_MOVED |= {
+    "calibration": "model.batchnorm",
+    "models": "model.build",
+    "mlops.cli": "cli",
+    "mlops.serve": "serving.deploy",
+    "mlops.serve_app": "serving.app",
+}
+
+
+def _install_moved_finder() -> None:
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+    import types
+
+    class _Forward(importlib.abc.Loader):
+        def create_module(self, spec):
+            return types.ModuleType(spec.name)
+
+        def exec_module(self, module):
+            target = importlib.import_module("bloodcell." + _MOVED[module.__name__[10:]])
+            module.__getattr__ = lambda name: getattr(target, name)
+            module.__doc__ = f"Moved: this is {target.__name__}."
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname.startswith("bloodcell.") and fullname[10:] in _MOVED:
+                return importlib.util.spec_from_loader(fullname, _Forward())
+            return None
+
+    sys.meta_path.append(_Finder())
+
+
+_install_moved_finder()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "bloodcell"
 LAYERS = ["data", "augment", "model", "evaluation", "mlops", "serving"]
-TOP = {"bloodcell", "bloodcell.cli"}  # the constants every layer may import; the CLI, above all
+# the constants and the options base (bloodcell.options) every layer may import; the CLI, above all
+TOP = {"bloodcell", "bloodcell.options", "bloodcell.cli"}
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:
@@ -91,3 +92,35 @@ def test_a_layer_that_imports_upward_is_caught(tmp_path):
     found = _imports(tmp_path / "x.py")
     assert found == [("bloodcell.serving.model", True), ("bloodcell.data.shards", False)]
     assert _layer("bloodcell.data.shards") < _layer("bloodcell.serving.model")
+
+
+def test_types_named_by_their_old_module_paths_still_load():
+    """Artifacts written before the subpackages name their types by the old paths; ZenML loads a
+    type with ``source_utils.load``."""
+    from zenml.utils import source_utils
+
+    from bloodcell.data.dataset import Dataset
+    from bloodcell.data.outliers import OutlierReport
+    from bloodcell.data.validation import ValidationReport
+    from bloodcell.evaluation.report import EvaluationReport
+    from bloodcell.model.history import TrainingHistory
+    from bloodcell.model.packaging import with_tta
+
+    old = {
+        "bloodcell.dataset.Dataset": Dataset,
+        "bloodcell.outliers.OutlierReport": OutlierReport,
+        "bloodcell.validation.ValidationReport": ValidationReport,
+        "bloodcell.evaluation.EvaluationReport": EvaluationReport,
+        "bloodcell.history.TrainingHistory": TrainingHistory,
+        "bloodcell.packaging.with_tta": with_tta,
+    }
+    for path, obj in old.items():
+        assert source_utils.load(path) is obj, path
+    import bloodcell.evaluation
+
+    try:
+        bloodcell.evaluation.NoSuchThing  # noqa: B018
+    except AttributeError as e:
+        assert "NoSuchThing" in str(e)
+    else:
+        raise AssertionError("an unknown attribute must raise")
