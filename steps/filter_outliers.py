@@ -18,7 +18,7 @@ from steps._guard import guard
 
 logger = get_logger(__name__)
 
-_DEFAULT = OutlierConfig()  # the step's defaults are the filter's own
+_DEFAULT = OutlierConfig()  # the step's defaults are the filter's own: written there, once
 
 
 @step(
@@ -41,17 +41,9 @@ def filter_outliers(
     seed: int = _DEFAULT.seed,
 ) -> tuple[Annotated[Dataset, "filtered_dataset"], Annotated[OutlierReport, "outlier_report"]]:
     """Remove what is not a stained blood-cell image; report every sample's scores and why."""
-    cfg = OutlierConfig(
-        n_components=n_components,
-        thumb=thumb,
-        z_threshold=z_threshold,
-        borderline_z=borderline_z,
-        duplicate_group_size=duplicate_group_size,
-        max_fraction=max_fraction,
-        always_keep=list(always_keep or []),
-        always_drop=list(always_drop or []),
-        seed=seed,
-    )
+    # the parameters are OutlierConfig's fields, with its defaults (tests/test_config_options.py)
+    given = {k: v for k, v in locals().items() if k != "dataset" and v is not None}
+    cfg = OutlierConfig.from_dict(given)
     result = bloodcell.data.outliers.filter_outliers(dataset, cfg)
     removed = result.report.removed
     logger.info(
@@ -62,5 +54,9 @@ def filter_outliers(
         list(removed.id[:20]),
     )
     log_metadata({"removed": len(removed), "removed_fraction": len(removed) / max(len(dataset), 1)})
-    guard("filter_outliers", filter_tables(dataset, result.kept), max_fraction=max_fraction)
+    guard(
+        "filter_outliers",  # removed share <= max_fraction overall, <= 2 * max_fraction a class
+        filter_tables(dataset, result.kept),
+        max_fraction=max_fraction,
+    )
     return result.kept, result.report

@@ -17,7 +17,7 @@ from steps._guard import guard
 
 logger = get_logger(__name__)
 
-_DEFAULT = RebalanceConfig()  # the step's defaults are the function's own
+_DEFAULT = RebalanceConfig()  # the step's defaults are the function's own: written there, once
 
 
 @step(
@@ -40,16 +40,11 @@ def rebalance(
     """Originals kept; minority classes topped up with RandAugment / AugMix variants.
 
     ``val`` and ``test`` are only read to check that nothing from them leaks into training."""
-    cfg = RebalanceConfig(
-        engine=engine,
-        multiplier=multiplier,
-        seed=seed,
-        group=group,
-        randaugment=randaugment or {},
-        augmix=augmix or {},
-        shift=shift,
-        zoom=zoom,
-    )
+    # the parameters are RebalanceConfig's fields, with its defaults (tests/test_config_options.py)
+    given = {
+        k: v for k, v in locals().items() if k not in ("train", "val", "test") and v is not None
+    }
+    cfg = RebalanceConfig.from_dict(given)
     sink = get_step_context().get_output_artifact_uri(
         "balanced_train"
     )  # large generated sets go there as shards
@@ -65,5 +60,8 @@ def rebalance(
     log_metadata(
         {"before": train.class_counts(), "after": balanced.class_counts(), "generated": generated}
     )
-    guard("rebalance", rebalance_tables(train, balanced, set(val.ids) | set(test.ids)))
+    guard(
+        "rebalance",  # each class >= 0.99 of the largest, originals all kept, no val/test source
+        rebalance_tables(train, balanced, set(val.ids) | set(test.ids)),
+    )
     return balanced

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import MISSING, fields
 
 import pytest
 
@@ -63,10 +62,10 @@ def _options():
     from bloodcell.model.training import TrainConfig
     from bloodcell.model.transfer import build_transfer
 
-    yield from ((f"training.{f.name}", f.name) for f in fields(TrainConfig))
-    yield from ((f"augment.{f.name}", f.name) for f in fields(OnlineAugment))
-    yield from ((f"adaptation.{f.name}", f.name) for f in fields(AdaptConfig))
-    yield from ((f"referral.{f.name}", f.name) for f in fields(ReferralConfig))
+    yield from ((f"training.{name}", name) for name in TrainConfig.model_fields)
+    yield from ((f"augment.{name}", name) for name in OnlineAugment.model_fields)
+    yield from ((f"adaptation.{name}", name) for name in AdaptConfig.model_fields)
+    yield from ((f"referral.{name}", name) for name in ReferralConfig.model_fields)
     for builder in (build_custom_cnn, build_transfer):
         for name in inspect.signature(builder).parameters:
             if name not in ("num_classes", "image_size", "name", "architecture"):
@@ -177,9 +176,9 @@ def _defaults():
             if p.default is not inspect.Parameter.empty:
                 yield step.name, name, p.default
     for cls in (TrainConfig, OnlineAugment, AdaptConfig, ReferralConfig):
-        for f in fields(cls):
-            if f.default is not MISSING:
-                yield cls.__name__, f.name, f.default
+        for name, f in cls.model_fields.items():
+            if f.default_factory is None:
+                yield cls.__name__, name, f.default
     for builder in (build_custom_cnn, build_transfer):
         for name, p in inspect.signature(builder).parameters.items():
             if name not in ("num_classes", "image_size", "name", "architecture"):

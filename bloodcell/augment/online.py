@@ -11,12 +11,13 @@ blur and JPEG compression. Each is off at 0 and drawn per image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import numpy as np
 import tensorflow as tf
+from pydantic import model_validator
 
 from bloodcell.data.dihedral import COUNT, index_table
+from bloodcell.options import Options
 
 # optical density <-> haematoxylin/eosin/DAB (Ruifrok & Johnston; skimage.color.rgb_from_hed)
 RGB_FROM_HED = np.array(
@@ -30,10 +31,11 @@ YIQ_FROM_RGB = np.array(
 RGB_FROM_YIQ = np.linalg.inv(YIQ_FROM_RGB).astype(np.float32)
 
 
-@dataclass
-class OnlineAugment:
+class OnlineAugment(Options):
     """Transforms applied on the fly to every training batch. The defaults are flips, rotations and
     noise; every lab-shift transform is off (``configs/train_cpu.yaml`` turns them on)."""
+
+    WHERE = "augment"
 
     dihedral: bool = True  # random flips and transposition: all 8 rotations/reflections
     noise_sigma_max: float = (
@@ -59,7 +61,8 @@ class OnlineAugment:
     jpeg_quality_min: int = 0  # JPEG at a quality ~ U(min, 95); 0: off
     jpeg_probability: float = 0.3
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> OnlineAugment:
         for name in ("brightness", "contrast", "saturation", "white_balance", "stain"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -76,9 +79,10 @@ class OnlineAugment:
                 f"augment.blur_sigma_max must be >= 0 and jpeg_quality_min 0 or 5..95, "
                 f"got {self.blur_sigma_max}, {self.jpeg_quality_min}"
             )
-        for f in fields(self):
-            if f.name.endswith("_probability") and not 0.0 <= getattr(self, f.name) <= 1.0:
-                raise ValueError(f"augment.{f.name} must be in [0, 1], got {getattr(self, f.name)}")
+        for name in type(self).model_fields:
+            if name.endswith("_probability") and not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        return self
 
     @property
     def lab_shift(self) -> bool:

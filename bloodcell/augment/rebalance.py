@@ -4,15 +4,16 @@ augmented copies of its own originals (RandAugment + AugMix), materialised once 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from bloodcell.data import dihedral
 from bloodcell.data.dataset import Dataset, generated_id
 from bloodcell.data.sharded_images import ShardedImages
 from bloodcell.data.shards import images_per_shard, write_shards
+from bloodcell.options import Options
 
 ENGINES = ("keras", "keras_cv")
 
@@ -112,26 +113,29 @@ def plan_sources(labels: np.ndarray, target: int, rng: np.random.Generator) -> n
     return np.concatenate(plan) if plan else np.empty(0, dtype=np.int64)
 
 
-@dataclass
-class RebalanceConfig:
+class RebalanceConfig(Options):
     """The ``rebalance`` step's options (its defaults are these)."""
+
+    WHERE = "steps.rebalance.parameters"
 
     engine: str = "keras"  # or "keras_cv"
     multiplier: float = 1.0  # every class to this multiple of the largest
     seed: int = 0
     group: int = 32  # images that share one RandAugment/AugMix operation choice
-    randaugment: dict[str, Any] = field(default_factory=dict)  # keras.layers.RandAugment options
-    augmix: dict[str, Any] = field(default_factory=dict)  # keras.layers.AugMix options
+    randaugment: dict[str, Any] = Field(default_factory=dict)  # keras.layers.RandAugment options
+    augmix: dict[str, Any] = Field(default_factory=dict)  # keras.layers.AugMix options
     shift: float = 0.05  # the light shift and zoom before them (zoom small: platelets stay small)
     zoom: float = 0.08
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> RebalanceConfig:
         if self.engine not in ENGINE_BUILDERS:
             raise ValueError(
                 f"unknown augmentation engine {self.engine!r}; choose one of {ENGINES}"
             )
         if self.multiplier < 1.0:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        return self
 
 
 def augment_images(
@@ -181,7 +185,8 @@ def _generated(train: Dataset, sources: np.ndarray, cfg: RebalanceConfig, sink: 
     def chunks():
         for k, start in enumerate(range(0, len(sources), per)):
             yield augment_images(
-                train.images[sources[start : start + per]], replace(cfg, seed=cfg.seed + k)
+                train.images[sources[start : start + per]],
+                cfg.model_copy(update={"seed": cfg.seed + k}),
             )
 
     return ShardedImages(

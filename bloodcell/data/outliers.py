@@ -20,30 +20,35 @@ dataset is flagged automatically (the most extreme first). A reviewed list overr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import Field
 from sklearn.decomposition import PCA
 
 from bloodcell.data.dataset import Dataset
 from bloodcell.data.stain import channel_means
+from bloodcell.options import Options
 
 SCORES = ("reconstruction_z", "distance_z", "texture_z", "colour_z")
 
 
-@dataclass
-class OutlierConfig:
+class OutlierConfig(Options):
+    """The ``filter_outliers`` step's parameters (its defaults are these)."""
+
+    WHERE = "steps.filter_outliers.parameters"
+
     n_components: int = 32
     thumb: int = 24
     z_threshold: float = 12.0
     borderline_z: float = 8.0  # kept samples above this are shown for review
     duplicate_group_size: int = 5
     max_fraction: float = 0.05
-    always_keep: list[str] = field(default_factory=list)
-    always_drop: list[str] = field(default_factory=list)
+    always_keep: list[str] = Field(default_factory=list)
+    always_drop: list[str] = Field(default_factory=list)
     seed: int = 0
 
     @classmethod
@@ -52,7 +57,9 @@ class OutlierConfig:
         if not path:
             return cls()
         cfg = yaml.safe_load(Path(path).read_text()) or {}
-        return cls(**(cfg.get("steps", {}).get("filter_outliers", {}).get("parameters", {}) or {}))
+        return cls.from_dict(
+            cfg.get("steps", {}).get("filter_outliers", {}).get("parameters", {}) or {}
+        )
 
 
 @dataclass
@@ -87,7 +94,9 @@ def _area_means(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     if images.ndim == 4:
         y_sizes, x_sizes = y_sizes[..., None], x_sizes[..., None]
     # summed in float32 straight from the input's dtype: no float copy of the whole images
-    summed = np.add.reduceat(np.add.reduceat(images, ys[:-1], axis=1, dtype=np.float32), xs[:-1], axis=2)
+    summed = np.add.reduceat(
+        np.add.reduceat(images, ys[:-1], axis=1, dtype=np.float32), xs[:-1], axis=2
+    )
     return summed / (y_sizes * x_sizes)
 
 
@@ -99,7 +108,9 @@ def thumbnails(images: np.ndarray, thumb: int) -> np.ndarray:
         raise ValueError(f"thumb size {thumb} is larger than the images ({h}x{w})")
     out = np.empty((n, thumb, thumb, c), dtype=np.float32)
     for start in range(0, n, 256):  # chunks keep memory small on big datasets
-        out[start:start + 256] = _area_means(np.asarray(images[start:start + 256]), thumb, thumb) / 255.0
+        out[start : start + 256] = (
+            _area_means(np.asarray(images[start : start + 256]), thumb, thumb) / 255.0
+        )
     return out.reshape(n, -1)
 
 
@@ -113,11 +124,17 @@ def texture_z(images: np.ndarray, block: int = 256) -> np.ndarray:
     """Robust z of log(1 + mean |neighbour difference|) per image, ``block`` images at a time."""
     energy = np.empty(len(images), dtype=np.float64)
     for start in range(0, len(images), block):
-        chunk = np.asarray(images[start:start + block]).astype(np.int16)
+        chunk = np.asarray(images[start : start + block]).astype(np.int16)
         n = len(chunk)
-        dx = np.abs(np.diff(chunk, axis=2)).reshape(n, -1).sum(axis=1, dtype=np.int64) / chunk[0, :, 1:].size
-        dy = np.abs(np.diff(chunk, axis=1)).reshape(n, -1).sum(axis=1, dtype=np.int64) / chunk[0, 1:].size
-        energy[start:start + n] = (dx + dy) / 2
+        dx = (
+            np.abs(np.diff(chunk, axis=2)).reshape(n, -1).sum(axis=1, dtype=np.int64)
+            / chunk[0, :, 1:].size
+        )
+        dy = (
+            np.abs(np.diff(chunk, axis=1)).reshape(n, -1).sum(axis=1, dtype=np.int64)
+            / chunk[0, 1:].size
+        )
+        energy[start : start + n] = (dx + dy) / 2
     return robust_z(np.log1p(energy))
 
 
@@ -136,9 +153,9 @@ def perceptual_hashes(images: np.ndarray, size: int = 16) -> np.ndarray:
     for start in range(0, n, 256):
         # area-average to size x (size + 1) cells, to luminance (both linear: cells first is
         # cheaper), then compare horizontal neighbours
-        cells = _area_means(np.asarray(images[start:start + 256]), size, size + 1) @ weights
+        cells = _area_means(np.asarray(images[start : start + 256]), size, size + 1) @ weights
         bits = cells[:, :, 1:] > cells[:, :, :-1]
-        out[start:start + 256] = np.packbits(bits.reshape(len(cells), -1), axis=1)
+        out[start : start + 256] = np.packbits(bits.reshape(len(cells), -1), axis=1)
     return out
 
 
@@ -149,18 +166,31 @@ def duplicate_groups(images: np.ndarray) -> np.ndarray:
     return counts[inverse.reshape(-1)]
 
 
-PCA_FIT_SAMPLES = 20000  # the PCA is fit on at most this many images (all of pbc96's 15k), then scores all
+PCA_FIT_SAMPLES = (
+    20000  # the PCA is fit on at most this many images (all of pbc96's 15k), then scores all
+)
 
 
-def pca_scores(images: np.ndarray, n_components: int = 32, thumb: int = 24, seed: int = 0,
-               fit_samples: int = PCA_FIT_SAMPLES) -> pd.DataFrame:
+def pca_scores(
+    images: np.ndarray,
+    n_components: int = 32,
+    thumb: int = 24,
+    seed: int = 0,
+    fit_samples: int = PCA_FIT_SAMPLES,
+) -> pd.DataFrame:
     """Per sample: robust z of the PCA reconstruction error and of the distance in PCA space. The
     PCA is fit on the thumbnails of ``fit_samples`` images drawn with ``seed`` (all, when there are
     no more), then every image is scored 2,048 at a time: memory does not grow with the dataset."""
     n = len(images)
-    fit_rows = np.sort(np.random.default_rng(seed).permutation(n)[:fit_samples]) if n > fit_samples else np.arange(n)
-    x = np.concatenate([thumbnails(images[fit_rows[a:a + 2048]], thumb) for a in range(0, len(fit_rows), 2048)]
-                       or [np.zeros((0, thumb * thumb * 3), np.float32)])
+    fit_rows = (
+        np.sort(np.random.default_rng(seed).permutation(n)[:fit_samples])
+        if n > fit_samples
+        else np.arange(n)
+    )
+    x = np.concatenate(
+        [thumbnails(images[fit_rows[a : a + 2048]], thumb) for a in range(0, len(fit_rows), 2048)]
+        or [np.zeros((0, thumb * thumb * 3), np.float32)]
+    )
     k = int(min(n_components, len(x) - 1, x.shape[1]))
     if k < 1:
         zeros = np.zeros(n)
@@ -168,10 +198,12 @@ def pca_scores(images: np.ndarray, n_components: int = 32, thumb: int = 24, seed
     pca = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(x)
     err, dist = np.empty(n), np.empty(n)
     for a in range(0, n, 2048):
-        chunk = x[a:a + 2048] if n <= fit_samples else thumbnails(images[a:a + 2048], thumb)
+        chunk = x[a : a + 2048] if n <= fit_samples else thumbnails(images[a : a + 2048], thumb)
         codes = pca.transform(chunk)
-        err[a:a + 2048] = np.sqrt(((chunk - pca.inverse_transform(codes)) ** 2).mean(axis=1))
-        dist[a:a + 2048] = np.sqrt(((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1))
+        err[a : a + 2048] = np.sqrt(((chunk - pca.inverse_transform(codes)) ** 2).mean(axis=1))
+        dist[a : a + 2048] = np.sqrt(
+            ((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1)
+        )
     return pd.DataFrame({"reconstruction_z": robust_z(err), "distance_z": robust_z(dist)})
 
 
@@ -208,7 +240,9 @@ def score_samples(ds: Dataset, cfg: OutlierConfig) -> pd.DataFrame:
     keep, drop = set(cfg.always_keep), set(cfg.always_drop)
     unknown = (keep | drop) - set(ds.ids)
     if unknown:
-        raise ValueError(f"reviewed list names ids that are not in the dataset: {sorted(unknown)[:5]}")
+        raise ValueError(
+            f"reviewed list names ids that are not in the dataset: {sorted(unknown)[:5]}"
+        )
     table.loc[table.id.isin(keep), "reason"] = ""
     table.loc[table.id.isin(drop), "reason"] = "reviewed: always_drop"
     table["flagged"] = table.reason != ""
@@ -216,7 +250,9 @@ def score_samples(ds: Dataset, cfg: OutlierConfig) -> pd.DataFrame:
     return table
 
 
-def filter_outliers(ds: Dataset, cfg: OutlierConfig | None = None, max_images: int = 96, **overrides) -> OutlierResult:
+def filter_outliers(
+    ds: Dataset, cfg: OutlierConfig | None = None, max_images: int = 96, **overrides
+) -> OutlierResult:
     """Remove the flagged samples; the report keeps every sample's scores and reason."""
     cfg = cfg or OutlierConfig(**overrides)
     table = score_samples(ds, cfg)
@@ -227,6 +263,9 @@ def filter_outliers(ds: Dataset, cfg: OutlierConfig | None = None, max_images: i
         idx = np.flatnonzero(mask)
         return ds.images[idx[np.argsort(-table.score.to_numpy()[idx])][:max_images]]
 
-    report = OutlierReport(table=table, removed_images=most_extreme(flagged),
-                           borderline_images=most_extreme(table.borderline.to_numpy()))
+    report = OutlierReport(
+        table=table,
+        removed_images=most_extreme(flagged),
+        borderline_images=most_extreme(table.borderline.to_numpy()),
+    )
     return OutlierResult(kept=kept, report=report)

@@ -12,11 +12,11 @@ alone (``recalibrated_on``: batch norm from its unlabelled cells).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import keras
 import numpy as np
+from pydantic import Field, model_validator
 
 from bloodcell import MIN_UNLABELLED
 from bloodcell.augment.online import OnlineAugment
@@ -27,6 +27,7 @@ from bloodcell.model.build import network_of
 from bloodcell.model.input_pipeline import make_dataset
 from bloodcell.model.packaging import with_float32_compute, with_tta
 from bloodcell.model.predict import model_classes
+from bloodcell.options import Options
 
 NO_BATCH_NORM = (
     "batch norm from the lab's images: the model has no batch-norm layer (rule: only batch norm's "
@@ -47,8 +48,11 @@ def _lab_augment() -> OnlineAugment:
     )
 
 
-@dataclass
-class AdaptConfig:
+class AdaptConfig(Options):
+    """The ``adapt`` step's ``adaptation`` options."""
+
+    WHERE = "adaptation"
+
     epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 5e-5  # Lion: a tenth of the recipe's
@@ -61,25 +65,15 @@ class AdaptConfig:
     recalibrate: str = (
         "lab"  # batch-norm statistics from: "lab" (the lab's cells), "mixed" (lab + replay), "none"
     )
-    augment: OnlineAugment = field(default_factory=_lab_augment)
+    augment: OnlineAugment = Field(default_factory=_lab_augment)
     seed: int = 0
     verbose: int = 0
 
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any] | None) -> AdaptConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(
-                f"unknown adaptation option(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        if isinstance(cfg.get("augment"), dict):
-            cfg["augment"] = OnlineAugment(**cfg["augment"])
-        out = cls(**cfg)
-        if out.recalibrate not in ("lab", "mixed", "none"):
-            raise ValueError(f"recalibrate {out.recalibrate!r}: choose 'lab', 'mixed' or 'none'")
-        return out
+    @model_validator(mode="after")
+    def _check(self) -> AdaptConfig:
+        if self.recalibrate not in ("lab", "mixed", "none"):
+            raise ValueError(f"recalibrate {self.recalibrate!r}: choose 'lab', 'mixed' or 'none'")
+        return self
 
 
 def in_model_labels(ds: Dataset, classes: list[str], where: str) -> Dataset:

@@ -26,17 +26,19 @@ give the same status for the same image. A model from before the rule answers
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
+from pydantic import model_validator
 
 from bloodcell.data import dihedral
 from bloodcell.data.dataset import Dataset
 from bloodcell.data.stain import CHANNELS, channel_stats, profile
 from bloodcell.model.build import all_layers, network_of, output_layer
+from bloodcell.options import Options
 
 STATUSES = ("accept", "review", "not_a_cell")
 CHECKS = ("blank", "far", "distance", "pixels", "stain", "confidence")
@@ -49,9 +51,10 @@ DISTANCE_LAYER = "gap"  # the pooled convolutional features, where a network nam
 THUMB = 24  # thumbnail side of the pixel check (the outlier filter's)
 
 
-@dataclass
-class ReferralConfig:
+class ReferralConfig(Options):
     """Options of the rule fitted in ``fine_tune`` (``referral:`` in its parameters)."""
+
+    WHERE = "referral"
 
     target_accuracy: float = 0.995  # accuracy among the accepted validation cells
     unusual_share: float = (
@@ -64,15 +67,9 @@ class ReferralConfig:
     pixel_components: int = 32  # principal components of the thumbnails (the outlier filter's)
     seed: int = 0
 
-    @classmethod
-    def from_dict(cls, options: dict[str, Any] | None) -> ReferralConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(options or {}) - known
-        if unknown:
-            raise ValueError(
-                f"unknown referral option(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        cfg = cls(**(options or {}))
+    @model_validator(mode="after")
+    def _check(self) -> ReferralConfig:
+        cfg = self
         if not 0.5 < cfg.target_accuracy <= 1.0:
             raise ValueError(
                 f"referral.target_accuracy {cfg.target_accuracy} (rule: between 0.5 and 1)"
@@ -83,7 +80,7 @@ class ReferralConfig:
             )
         if cfg.far_factor < 1.0:
             raise ValueError(f"referral.far_factor {cfg.far_factor} (rule: at least 1)")
-        return cfg
+        return self
 
 
 @keras.saving.register_keras_serializable(package="bloodcell")
@@ -561,7 +558,7 @@ def fit_referral(
         "stain_ranges": profile(fit, margin=cfg.stain_margin),
         "confidence_threshold": 0.0,
         "fitted_on": {"features": len(fit), "thresholds": len(val)},
-        "options": asdict(cfg),
+        "options": cfg.model_dump(),
     }
     probs = view_probabilities(val_views, kernel, bias, temperature)
     blank, stain = image_flags(val, rule)

@@ -10,11 +10,11 @@ it changes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import keras
 import numpy as np
+from pydantic import Field, model_validator
 
 from bloodcell.augment.online import OnlineAugment
 from bloodcell.data.dataset import Dataset
@@ -22,13 +22,18 @@ from bloodcell.model.batchnorm import RecalibrateEachEpoch, recalibrate_on
 from bloodcell.model.compute import check_distribute, compute_policy, in_current_scope
 from bloodcell.model.input_pipeline import make_dataset
 from bloodcell.model.weight_averaging import WeightAveraging
+from bloodcell.options import Options
 
 OPTIMIZERS = ("lion", "adamw")
 LR_SCHEDULES = ("cosine", "plateau")
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Options):
+    """The ``train`` step's ``training`` options (and ``fine_tune``'s, on top of
+    ``FINE_TUNE_DEFAULTS``)."""
+
+    WHERE = "training"
+
     epochs: int = 26
     batch_size: int = 64
     steps_per_epoch: int = (
@@ -52,7 +57,7 @@ class TrainConfig:
     recalibrate_final_samples: int = (
         4096  # training originals for the final recalibration (0: all of them)
     )
-    augment: OnlineAugment = field(default_factory=OnlineAugment)
+    augment: OnlineAugment = Field(default_factory=OnlineAugment)
     seed: int = 0
     verbose: int = 2
     backup_dir: str | None = None  # Keras BackupAndRestore: an interrupted fit resumes from here
@@ -63,33 +68,13 @@ class TrainConfig:
         None  # "mirrored": tf.distribute.MirroredStrategy over the visible GPUs
     )
 
-    @classmethod
-    def from_dict(
-        cls, cfg: dict[str, Any] | None, base: dict[str, Any] | None = None
-    ) -> TrainConfig:
-        """The defaults, then ``base`` (a recipe's own defaults), then ``cfg`` (the config's
-        options); ``augment`` options go on top of OnlineAugment's defaults. Unknown or bad
-        options are errors."""
-        merged = {**(base or {}), **(cfg or {})}
-        known = {f.name for f in fields(cls)}
-        unknown = set(merged) - known
-        if unknown:
-            raise ValueError(
-                f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        if isinstance(merged.get("augment"), dict):
-            known_augment = {f.name for f in fields(OnlineAugment)}
-            unknown = set(merged["augment"]) - known_augment
-            if unknown:
-                raise ValueError(
-                    f"unknown augment option(s) {sorted(unknown)}; known: {sorted(known_augment)}"
-                )
-            merged["augment"] = OnlineAugment(**merged["augment"])
-        out = cls(**merged)
-        out.validate()
-        return out
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        self.check()
+        return self
 
-    def validate(self) -> None:
+    def check(self) -> None:
+        """Raise a ValueError for options that do not go together."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.lr_schedule not in LR_SCHEDULES:
