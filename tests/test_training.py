@@ -28,10 +28,23 @@ def test_unknown_training_option_is_a_clear_error():
 
 
 def test_short_fit_learns_something(sample_dataset):
+    """Six epochs lift accuracy on the held-out test split (neither fitted nor used for early
+    stopping) well above the same network's before training. Everything random is seeded here, the
+    initial weights included, so the figures do not depend on what earlier tests drew: seed 0 gives
+    0.125 untrained and 0.300 trained on the 40 test cells, the same in two fits and after other
+    tests or alone; seeds 1 to 5 gave 0.325 to 0.400 against 0.125 to 0.150 untrained."""
+    import keras
+
     from bloodcell.data.split import stratified_split
 
-    tr, va, _ = stratified_split(sample_dataset)
+    tr, va, te = stratified_split(sample_dataset)
+
+    def accuracy(model) -> float:
+        return (model.predict(te.images.astype("float32"), verbose=0).argmax(1) == te.labels).mean()
+
+    keras.utils.set_random_seed(0)
     model = build_model("custom_cnn", 8, 96, filters=[16, 32, 64], stem_stride=2, dense_units=64)
+    untrained = accuracy(model)
     cfg = TrainConfig.from_dict(
         {
             "epochs": 6,
@@ -40,15 +53,16 @@ def test_short_fit_learns_something(sample_dataset):
             "verbose": 0,
             "recalibrate_samples_per_epoch": 128,
             "augment": {"noise_sigma_max": 20.0},
+            "seed": 0,
         }
     )
     history = train_model(model, tr, va, cfg)
     assert len(history["loss"]) == 6 and history["loss"][-1] < history["loss"][0]
     assert not any(np.isnan(history["loss"]))
-    # judged in inference mode after recalibration: at least twice chance (1/8) on its own data (the
-    # figure moves with the random state earlier tests leave: 0.29 after test_input_pipeline's fit)
-    acc = (model.predict(tr.images.astype("float32"), verbose=0).argmax(1) == tr.labels).mean()
-    assert acc > 0.25
+    # judged in inference mode after recalibration: at least 5 more of the 40 test cells right
+    # than untrained (0.175 more at seed 0, the least of seeds 0 to 5), and at least twice chance
+    trained = accuracy(model)
+    assert trained >= untrained + 0.125 and trained >= 0.25, (untrained, trained)
 
 
 def _tiny(sample_dataset, **cfg):
