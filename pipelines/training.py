@@ -3,7 +3,8 @@ evaluate (with other labs' images from ingest_external) -> promote.
 
 Run it with ``zenml pipeline run pipelines.training.training_pipeline -c configs/quickstart.yaml``.
 Every parameter comes from the YAML config; what a config leaves out keeps the step's default
-(the defaults are the quickstart's recipe). Each run makes a version of the model ``bloodcell-classifier``.
+(docs/configuration.md says what the steps' defaults are). Each run makes a version of the model
+``bloodcell-classifier``.
 """
 
 from zenml import Model, pipeline

@@ -2,9 +2,8 @@
 with the LR schedule, early stopping, backups, weight averaging and batch-norm recalibration, so
 that the model is judged (and shipped) in inference mode.
 
-``TrainConfig``'s defaults are the quickstart's fit, Lion for batch norm; ``configs/train_cpu.yaml``
-adds the lab-shift augmentation and AdamW with a warm-up for group norm. A config sets only what
-it changes.
+``TrainConfig``'s defaults are part of the steps' defaults (docs/configuration.md says what they
+are). A config sets only what it changes.
 """
 
 from __future__ import annotations
