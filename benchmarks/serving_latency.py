@@ -249,6 +249,7 @@ def main() -> None:
             ):
                 if args.compare_n:
                     info = deploy(
+                        "pipelines.serving.serving_pipeline",
                         model_path=str(model_path),
                         name=name,
                         cache_python_packages=cache,
@@ -257,7 +258,9 @@ def main() -> None:
                     results[label] = single(
                         Client(info["url"], info["key"]), images, args.compare_n
                     )
-            info = deploy(model_path=str(model_path), name=name)
+            info = deploy(
+                "pipelines.serving.serving_pipeline", model_path=str(model_path), name=name
+            )
             client = Client(info["url"], info["key"])
             single(client, images, 3)  # warm up
             before = store_bytes(db)
