@@ -1,10 +1,11 @@
 """The ``bloodcell`` command line.
 
     bloodcell outliers INPUT --output flagged.csv [--config configs/train_cpu.yaml]
-    bloodcell profile FOLDER [--margin 10]                       (a lab's stain ranges, as config YAML)
-    bloodcell predict MODEL INPUT --output predictions.csv      (MODEL: a .keras file or a model version)
+    bloodcell profile FOLDER [--margin 10]                  (a lab's stain ranges, as config YAML)
+    bloodcell predict MODEL INPUT --output predictions.csv (MODEL: a .keras file or a version)
     bloodcell export [--version production|latest|N] --output model.keras
-    bloodcell adapt [--version production] --data FOLDER --output model.keras [--check [NAME=]FOLDER ...] [--unlabelled]
+    bloodcell adapt [--version production] --data FOLDER --output model.keras
+                    [--check [NAME=]FOLDER ...] [--unlabelled]
     bloodcell lineage [--version production|latest|N] [--json]
     bloodcell schedule configs/retrain_weekly.yaml [--log runs.jsonl] [--register]
     bloodcell schedule -c CONFIG --cron "0 3 * * 1"
@@ -109,7 +110,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if len(table) and table.reason.iloc[0] == PREDATES:
         print(
-            f"warning: {PREDATES}: every image is accepted; retrain or export a newer version to get review flags"
+            f"warning: {PREDATES}: every image is accepted; "
+            "retrain or export a newer version to get review flags"
         )
     elif unlike_share(table) > MAX_UNLIKE_SHARE:
         print(f"warning: {unlike_warning(unlike_share(table))}")
@@ -127,7 +129,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"exported {info['name']} version {info['version']} ({info['stage'] or 'no stage'}{acc}) to {info['output']}"
+        f"exported {info['name']} version {info['version']} "
+        f"({info['stage'] or 'no stage'}{acc}) to {info['output']}"
     )
     return 0
 
@@ -140,13 +143,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     )
     how = "batch norm from the unlabelled cells of" if args.unlabelled else "adapted"
     print(
-        f"{how} {info['name']} version {info['base_version']} to {args.data}: new version {info['version']}, "
-        f"PBC test accuracy {info['plain_accuracy']:.4f}; exported to {info['output']} (config {info['config']})"
+        f"{how} {info['name']} version {info['base_version']} to {args.data}: "
+        f"new version {info['version']}, PBC test accuracy {info['plain_accuracy']:.4f}; "
+        f"exported to {info['output']} (config {info['config']})"
     )
     for check, (acc, bal) in info["checks"].items():
         print(f"check {check}: accuracy {acc:.4f}, balanced accuracy {bal:.4f}")
     print(
-        f"promote it when it checks out: zenml model version update {info['name']} {info['version']} --stage production"
+        "promote it when it checks out: zenml model version update "
+        f"{info['name']} {info['version']} --stage production"
     )
     return 0
 
@@ -210,21 +215,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"registered {line}")
     if info["journal"]:
         print(
-            f"ZenML's SQLite store is in {info['journal']} journal mode (a request's ~15 commits: see docs/configuration.md)"
+            f"ZenML's SQLite store is in {info['journal']} journal mode "
+            "(a request's ~15 commits: see docs/configuration.md)"
         )
     print(
-        f"deployment {info['name']!r} on stack {info['stack']!r} serves {info['serving']}; page at {info['url']}/"
+        f"deployment {info['name']!r} on stack {info['stack']!r} serves {info['serving']}; "
+        f"page at {info['url']}/"
     )
     print(f"url: {info['url']}")
     print(f"key: {info['key']}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bloodcell", description="Blood-cell classification pipeline tools"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _outliers_arguments(sub) -> None:
     p = sub.add_parser(
         "outliers", help="run the outlier filter on a folder of class folders or an .npz"
     )
@@ -236,9 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="pipeline YAML whose steps.filter_outliers.parameters to use")
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_outliers)
+
+
+def _profile_arguments(sub) -> None:
     p = sub.add_parser(
         "profile",
-        help="propose the stain-colour ranges of a folder of images your lab trusts (YAML to paste)",
+        help="propose the stain-colour ranges of a folder of images your lab trusts "
+        "(YAML to paste)",
     )
     p.add_argument(
         "folder", help="a folder of images (searched recursively), or an .npz with 'images'"
@@ -258,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--image-size", type=int, default=96)
     p.set_defaults(func=cmd_profile)
+
+
+def _predict_arguments(sub) -> None:
     p = sub.add_parser(
         "predict", help="classify a folder of images or an .npz with an exported .keras model"
     )
@@ -275,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         "--model-name", default=MODEL_NAME, help="registered model, when MODEL is a version"
     )
     p.set_defaults(func=cmd_predict)
+
+
+def _export_arguments(sub) -> None:
     p = sub.add_parser(
         "export", help="write a model version's model as one self-contained .keras file"
     )
@@ -282,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help=".keras file to write")
     p.add_argument("--model-name", default=MODEL_NAME)
     p.set_defaults(func=cmd_export)
+
+
+def _adapt_arguments(sub) -> None:
     p = sub.add_parser(
         "adapt",
         help="adapt a model version to a new lab's labelled cells (a new version) and export it",
@@ -297,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "--unlabelled",
         action="store_true",
         help="no labels: only recompute batch norm on the lab's cells "
-        f"(at least {MIN_UNLABELLED}; a few hundred are better); a model with no batch norm is refused",
+        f"(at least {MIN_UNLABELLED}; a few hundred are better); "
+        "a model with no batch norm is refused",
     )
     p.add_argument("--output", required=True, help=".keras file to write the adapted model to")
     p.add_argument(
@@ -308,14 +325,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model-name", default=MODEL_NAME)
     p.set_defaults(func=cmd_adapt)
+
+
+def _lineage_arguments(sub) -> None:
     p = sub.add_parser("lineage", help="which data, code and checks produced a model version")
     p.add_argument("--version", default="production", help=VERSION_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--model-name", default=MODEL_NAME)
     p.set_defaults(func=cmd_lineage)
+
+
+def _schedule_arguments(sub) -> None:
     p = sub.add_parser(
         "schedule",
-        help="run a pipeline on a cron schedule here, or register the schedule with the orchestrator",
+        help="run a pipeline on a cron schedule here, "
+        "or register the schedule with the orchestrator",
     )
     p.add_argument(
         "file",
@@ -346,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         "--max-runs", type=int, help="stop after this many runs (default: run until interrupted)"
     )
     p.set_defaults(func=cmd_schedule)
+
+
+def _serve_arguments(sub) -> None:
     from bloodcell.serving.model import Limits
 
     p = sub.add_parser(
@@ -377,7 +404,29 @@ def main(argv: list[str] | None = None) -> int:
         help="serving pipeline to deploy (its on_init: bloodcell.serving.app.load_served_model)",
     )
     p.set_defaults(func=cmd_serve)
-    args = parser.parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bloodcell", description="Blood-cell classification pipeline tools"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _outliers_arguments,
+        _profile_arguments,
+        _predict_arguments,
+        _export_arguments,
+        _adapt_arguments,
+        _lineage_arguments,
+        _schedule_arguments,
+        _serve_arguments,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, LookupError) as exc:  # IngestError is a ValueError
