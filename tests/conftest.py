@@ -16,6 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import sandbox  # noqa: E402
+
+sandbox.INIT_IN_PROCESS = True  # ZENML_CONFIG_PATH is this session's for good (above)
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
 
