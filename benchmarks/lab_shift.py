@@ -60,7 +60,7 @@ def main() -> None:
     from bloodcell.model.predict import model_classes
 
     model, train, test = (
-        load("fine_tune", "tuned_model"),
+        load("fine_tune", "shipped_model"),
         load("rebalance", "balanced_train"),
         load("split", "test"),
     )

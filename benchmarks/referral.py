@@ -166,7 +166,7 @@ def main() -> None:
     from bloodcell.model.referral import ReferralConfig, fit_referral, rule_layer, score
 
     base, train, val, test = (
-        load("fine_tune", "tuned_model"),
+        load("fine_tune", "shipped_model"),
         load("rebalance", "balanced_train"),
         load("split", "val"),
         load("split", "test"),
@@ -191,7 +191,7 @@ def main() -> None:
     if args.save:
         shipped.save(args.save)
     if args.cost_only:
-        return cost(load("fine_tune", "tuned_model"), shipped, test, out)
+        return cost(load("fine_tune", "shipped_model"), shipped, test, out)
 
     report = evaluate_model(shipped, test, corruption_samples=None)
     for name in ("plain", "noisy"):

@@ -27,13 +27,17 @@ CLASS_NAMES: tuple[str, ...] = (
 MODEL_NAME = "bloodcell-classifier"
 """The model in ZenML's Model Control Plane that every training run makes a version of."""
 
-MODEL_ARTIFACT = "tuned_model"
-"""The training pipeline's shipped model: the artifact a model version is used through."""
+MODEL_ARTIFACT = "shipped_model"
+"""The training pipeline's shipped model (packaged by ``fine_tune``): the artifact a model version
+is used through. Versions made before 0.2 hold it as ``tuned_model`` (``OLD_MODEL_ARTIFACTS``)."""
+
+OLD_MODEL_ARTIFACTS: tuple[str, ...] = ("tuned_model",)
+"""Earlier names of ``MODEL_ARTIFACT``, still read (``bloodcell.mlops.registry.model_artifact``)."""
 
 MIN_UNLABELLED = 32
 """The fewest of a lab's unlabelled cells batch-norm statistics are recomputed from."""
 
-__all__ = ["CLASS_NAMES", "MIN_UNLABELLED", "MODEL_ARTIFACT", "MODEL_NAME"]
+__all__ = ["CLASS_NAMES", "MIN_UNLABELLED", "MODEL_ARTIFACT", "MODEL_NAME", "OLD_MODEL_ARTIFACTS"]
 
 
 # Modules before the subpackages (version 0.1): artifacts written then name their types by these

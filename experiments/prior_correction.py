@@ -49,7 +49,7 @@ def one_run(kept: Path) -> dict:
         load("split", "val"),
         load("split", "test"),
     )
-    shipped = load("fine_tune", "tuned_model")
+    shipped = load("fine_tune", "shipped_model")
     inner = next((layer for layer in shipped.layers if isinstance(layer, keras.Model)), shipped)
     sets = {
         "val": (val.images, val.labels),

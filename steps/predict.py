@@ -13,6 +13,7 @@ from zenml.logger import get_logger
 from bloodcell import MODEL_ARTIFACT
 from bloodcell.data.dataset import Dataset
 from bloodcell.data.tables import metrics_tables
+from bloodcell.mlops.registry import model_artifact
 from bloodcell.model.predict import MAX_UNLIKE_SHARE, predict_table, unlike_share, unlike_warning
 from steps._guard import guard
 
@@ -30,7 +31,7 @@ def predict(
     An odd image gets its status; the run goes on. Above ``max_unlike_share`` of the images
     unlike the training cells, the ``predict`` expectation warns (it does not stop the run)."""
     version = get_step_context().model
-    artifact = version.get_artifact(MODEL_ARTIFACT)
+    artifact = model_artifact(version)
     if artifact is None:
         raise RuntimeError(
             f"model {version.name} version {version.version} has no {MODEL_ARTIFACT!r} artifact: "

@@ -16,6 +16,7 @@ from bloodcell import MODEL_ARTIFACT
 from bloodcell.data.dataset import Dataset
 from bloodcell.evaluation.promotion import decide
 from bloodcell.evaluation.report import EvaluationReport
+from bloodcell.mlops.registry import model_artifact
 from bloodcell.model.predict import model_classes
 
 logger = get_logger(__name__)
@@ -41,7 +42,7 @@ def promote(
         production = None  # this version is production already (a rerun): compare with nothing
     if production is not None:
         prod_version = str(production.number)
-        artifact = production.get_artifact(MODEL_ARTIFACT)
+        artifact = model_artifact(production)
         if artifact is None:
             logger.warning(
                 "production version %s has no %s artifact; treating it as absent",

@@ -27,45 +27,57 @@ from steps._metadata import log_to_model
 
 logger = get_logger(__name__)
 
+RENAMED_MODEL_OPTION = (
+    "train: the parameter 'model' is now 'network' (the options of the network builder); "
+    "rename steps.train.parameters.model to steps.train.parameters.network in your config"
+)
+
 
 @step(
     cache_policy=content_cache_policy(__name__),
     output_materializers={
-        "model": KerasModelMaterializer,
+        "trained_model": KerasModelMaterializer,
         "training_history": TrainingHistoryMaterializer,
     },
 )
 def train(
-    train: Dataset,
-    val: Dataset,
+    train_set: Dataset,
+    val_set: Dataset,
     architecture: str = "custom_cnn",
-    model: dict[str, Any] | None = None,
+    network: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     min_val_accuracy: float = 0.0,
-) -> tuple[Annotated[keras.Model, "model"], Annotated[TrainingHistory, "training_history"]]:
-    """Build ``architecture`` with the ``model`` options (``bloodcell.model.build``) and fit it with the
-    ``training`` options (``bloodcell.model.training.TrainConfig``; unset options keep the CPU recipe)."""
+    model: dict[str, Any] | None = None,
+) -> tuple[Annotated[keras.Model, "trained_model"], Annotated[TrainingHistory, "training_history"]]:
+    """Build ``architecture`` with the ``network`` options (``bloodcell.model.build``) and fit it
+    on ``train_set`` with the ``training`` options (``bloodcell.model.training.TrainConfig``).
+    ``model``: the name of ``network`` before 0.2, refused with a message that says so."""
+    if model is not None:
+        raise ValueError(RENAMED_MODEL_OPTION)
     cfg = TrainConfig.from_dict(training)
-    keys = (train.fingerprint, val.fingerprint, architecture, model, training)
+    keys = (train_set.fingerprint, val_set.fingerprint, architecture, network, training)
     with (
         backup_slot("train", *keys, folder=cfg.backup_dir) as slot,
         bloodcell.model.compute.compute_scope(cfg.compute_policy, cfg.distribute),
     ):
         cfg.backup_dir = slot.path
         net = bloodcell.model.build.build_model(
-            architecture, train.class_names, image_size=train.images.shape[1], **(model or {})
+            architecture,
+            train_set.class_names,
+            image_size=train_set.images.shape[1],
+            **(network or {}),
         )
         logger.info(
             "Training %s (%d parameters, %d trainable) on %d images, validating on %d; backups in %s",
             net.name,
             net.count_params(),
             sum(int(np.prod(w.shape)) for w in net.trainable_weights),
-            len(train),
-            len(val),
+            len(train_set),
+            len(val_set),
             cfg.backup_dir,
         )
         start = time.perf_counter()
-        history = bloodcell.model.training.train_model(net, train, val, cfg, slot.callbacks)
+        history = bloodcell.model.training.train_model(net, train_set, val_set, cfg, slot.callbacks)
         wall = time.perf_counter() - start
     epochs = len(history.get("loss", []))
     result = TrainingHistory(
@@ -73,7 +85,7 @@ def train(
         info={
             "architecture": architecture,
             "wall_seconds": round(wall, 1),
-            "images_per_second": round(len(train) * epochs / wall, 1) if epochs else 0.0,
+            "images_per_second": round(len(train_set) * epochs / wall, 1) if epochs else 0.0,
             "compute_policy": cfg.compute_policy,
             "distribute": cfg.distribute or "none",
         },
@@ -93,13 +105,13 @@ def train(
     log_to_model(
         {
             "architecture": architecture,
-            "class_names": list(train.class_names),
-            "image_size": int(train.images.shape[1]),
-            "train_fingerprint": train.fingerprint,
-            "train_samples": len(train),
-            "val_fingerprint": val.fingerprint,
-            "val_samples": len(val),
-            "data_source": str(train.info.get("source", "")),
+            "class_names": list(train_set.class_names),
+            "image_size": int(train_set.images.shape[1]),
+            "train_fingerprint": train_set.fingerprint,
+            "train_samples": len(train_set),
+            "val_fingerprint": val_set.fingerprint,
+            "val_samples": len(val_set),
+            "data_source": str(train_set.info.get("source", "")),
         }
     )
     return net, result

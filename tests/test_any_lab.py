@@ -92,7 +92,7 @@ def test_five_classes_at_64_px_train_evaluate_and_travel_with_the_model(five_cla
     assert str(run.status) == "completed"
     dataset = run.steps["ingest"].outputs["dataset"][0].load()
     assert dataset.class_names == WBC and dataset.images.shape[1:] == (64, 64, 3)
-    model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    model = run.steps["fine_tune"].outputs["shipped_model"][0].load()
     assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 5)
     assert class_names_of(model) == WBC  # inside the shipped (TTA) model
     report = run.steps["evaluate"].outputs["evaluation"][0].load()
@@ -190,7 +190,7 @@ def test_a_three_class_npz_at_32_px(tmp_path):
     cfg["steps"]["train"]["parameters"]["training"].update(epochs=1, swa_epochs=0)
     cfg["model"] = {"name": "bloodcell-three"}
     run, _ = _run(proj, cfg, "three")
-    model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    model = run.steps["fine_tune"].outputs["shipped_model"][0].load()
     assert model.input_shape == (None, 32, 32, 3) and class_names_of(model) == [
         "basal",
         "eosin",

@@ -68,3 +68,28 @@ def test_flat_step_parameters_are_the_models_fields_with_its_defaults(step, cls,
 def test_fine_tune_defaults_sit_under_the_configs_options():
     cfg = fine_tune_config({"epochs": 3})
     assert (cfg.epochs, cfg.optimizer, cfg.learning_rate) == (3, "adamw", 1e-5)
+
+
+def test_the_old_name_of_train_network_options_fails_naming_the_new_one(sample_dataset):
+    from steps.train import train
+
+    with pytest.raises(ValueError, match="'model' is now 'network'") as e:
+        train.entrypoint(sample_dataset, sample_dataset, model={"filters": [8, 16, 32, 64]})
+    assert "steps.train.parameters.network" in str(e.value)
+
+
+def test_model_versions_made_before_the_rename_still_give_their_model():
+    """Versions made before 0.2 hold the shipped model as ``tuned_model``."""
+    from bloodcell import MODEL_ARTIFACT
+    from bloodcell.mlops.registry import model_artifact
+
+    class Version:  # a ZenML model version's lookup by artifact name
+        def __init__(self, artifacts):
+            self.artifacts = artifacts
+
+        def get_artifact(self, name):
+            return self.artifacts.get(name)
+
+    assert model_artifact(Version({MODEL_ARTIFACT: "new", "tuned_model": "old"})) == "new"
+    assert model_artifact(Version({"tuned_model": "old"})) == "old"
+    assert model_artifact(Version({"test": "split"})) is None

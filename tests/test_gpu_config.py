@@ -28,7 +28,7 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     cfg = yaml.safe_load(text.replace("step_operator: gpu\n", f"step_operator: {OPERATOR}\n"))
     steps = cfg["steps"]
     assert steps["train"]["parameters"]["architecture"] == "efficientnetv2s"
-    assert steps["train"]["parameters"]["model"]["weights"] == "imagenet"
+    assert steps["train"]["parameters"]["network"]["weights"] == "imagenet"
     cfg["model"] = {"name": "bloodcell-gpu-config-test"}
     steps["ingest"]["parameters"]["source"] = "data/sample"
     # the other labs' sets live outside the project: evaluated elsewhere (test_any_lab.py)
@@ -38,7 +38,7 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     ]
     steps["filter_outliers"] = {"parameters": {"n_components": 16}}
     steps["rebalance"]["parameters"]["multiplier"] = 1.0
-    steps["train"]["parameters"]["model"]["weights"] = None
+    steps["train"]["parameters"]["network"]["weights"] = None
     for name in ("train", "fine_tune"):
         p = steps[name]["parameters"]
         assert p["training"]["mixed_precision"] == "float16"
@@ -115,7 +115,7 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
         and ft["epochs"] == 1
         and ft["tta"] is True
     )
-    model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    model = run.steps["fine_tune"].outputs["shipped_model"][0].load()
     assert model.name == "efficientnetv2s_transfer_tta" and model.output_shape == (None, 8)
     # shipped computing in float32, whatever it was trained in
     assert {layer.dtype_policy.name for layer in [model, *all_layers(model)]} == {"float32"}

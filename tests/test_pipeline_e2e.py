@@ -104,7 +104,7 @@ def test_first_run_produces_every_artifact(first_run):
     assert [len(p) for p in parts.values()] == [320, 40, 40]
     assert not set(parts["train"].ids) & set(parts["test"].ids)
 
-    model = run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    model = run.steps["fine_tune"].outputs["shipped_model"][0].load()
     probs = model.predict(parts["test"].images[:2].astype("float32"), verbose=0)
     assert probs.shape == (2, 8)
 
@@ -128,7 +128,7 @@ def test_first_run_produces_every_artifact(first_run):
     rule = model.get_layer("referral_rule").rule
     assert (
         rule["temperature"] > 0
-        and run.steps["fine_tune"].outputs["tuned_model"][0].run_metadata["referral"] == rule
+        and run.steps["fine_tune"].outputs["shipped_model"][0].run_metadata["referral"] == rule
     )
     assert set(report.trust) == {"plain", "noisy"} and 0 <= report.trust["plain"]["ece_after"] <= 1
     assert (
@@ -284,7 +284,7 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
     assert set(table.status) <= {"accept", "review", "not_a_cell"}
     # the same status as `bloodcell predict` (predict_table) and the model's own probabilities
     images = run.steps["ingest_unlabeled"].outputs["images"][0].load()
-    model = first_run.steps["fine_tune"].outputs["tuned_model"][0].load()
+    model = first_run.steps["fine_tune"].outputs["shipped_model"][0].load()
     expected = predict_table(model, images.images, images.ids)
     assert (
         table.status.tolist() == expected.status.tolist()
@@ -341,7 +341,7 @@ def test_failed_expectation_stops_the_run_with_a_clear_message(project, first_ru
     assert str(run.steps["train"].status) == "failed"
     validation = run.steps["train"].outputs["train_expectations"][0].load()
     assert not validation.success and validation.failures[0].kwargs["min_value"] == 1.01
-    assert "model" not in run.steps["train"].outputs
+    assert "trained_model" not in run.steps["train"].outputs
 
 
 def test_bad_input_fails_the_run_and_writes_no_artifact(project, first_run, tmp_path):

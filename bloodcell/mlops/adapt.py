@@ -15,8 +15,14 @@ from typing import Any
 
 import yaml
 
-from bloodcell import MODEL_ARTIFACT, MODEL_NAME
-from bloodcell.mlops.registry import export_model, get_version, image_size_of, latest_with_model
+from bloodcell import MODEL_NAME
+from bloodcell.mlops.registry import (
+    export_model,
+    get_version,
+    image_size_of,
+    latest_with_model,
+    model_artifact,
+)
 from bloodcell.mlops.runlog import RunFailed, failure_lines
 
 
@@ -73,7 +79,7 @@ def run_adaptation(
             "a version the training pipeline made; an adapted version holds neither: adapt its "
             "base version)"
         )
-    model = base.get_artifact(MODEL_ARTIFACT)
+    model = model_artifact(base)
     if unlabelled and model is not None and model.run_metadata.get("batch_norm_layers") == 0:
         from bloodcell.model.adaptation import NO_BATCH_NORM
 

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from bloodcell import MODEL_ARTIFACT, MODEL_NAME
+from bloodcell import MODEL_ARTIFACT, MODEL_NAME, OLD_MODEL_ARTIFACTS
 
 logger = logging.getLogger("bloodcell.registry")
 
@@ -42,6 +42,16 @@ def get_version(version: str = "production", name: str = MODEL_NAME):
         ) from None
 
 
+def model_artifact(version):
+    """A model version's shipped model artifact (not loaded), under its current name or an earlier
+    one (``OLD_MODEL_ARTIFACTS``); None if it holds none. ``version``: a model version response."""
+    for name in (MODEL_ARTIFACT, *OLD_MODEL_ARTIFACTS):
+        artifact = version.get_artifact(name)
+        if artifact is not None:
+            return artifact
+    return None
+
+
 def latest_with_model(name: str = MODEL_NAME):
     """The newest version of ``name`` that holds a model (``MODEL_ARTIFACT``); newer versions
     without one (runs that failed or stopped early) are skipped, and the log says so."""
@@ -54,7 +64,7 @@ def latest_with_model(name: str = MODEL_NAME):
             model=name, sort_by="desc:number", page=page, size=50
         )
         for mv in versions.items:
-            if mv.get_artifact(MODEL_ARTIFACT) is not None:
+            if model_artifact(mv) is not None:
                 if skipped:
                     logger.warning(
                         "model %s: latest version with a model is %s; newer version(s) %s hold "
@@ -79,7 +89,7 @@ def image_size_of(mv) -> int:
     """The image size a model version's model takes: from its model artifact's metadata (the
     materializer records the input shape), else the version's ``image_size``, else 96. A run whose
     ingest was cached logs no ``image_size`` on its new version, so the artifact comes first."""
-    artifact = mv.get_artifact(MODEL_ARTIFACT)
+    artifact = model_artifact(mv)
     shape = artifact.run_metadata.get("input_shape") if artifact is not None else None
     if shape and len(shape) == 4 and int(shape[1]) > 0:
         return int(shape[1])
@@ -89,7 +99,7 @@ def image_size_of(mv) -> int:
 def version_with_model(version: str = "production", name: str = MODEL_NAME):
     """The model version and its model artifact (not loaded); a clear error if it holds none."""
     mv = get_version(version, name)
-    artifact = mv.get_artifact(MODEL_ARTIFACT)
+    artifact = model_artifact(mv)
     if artifact is None:
         raise LookupError(
             f"model {name!r} version {mv.number} holds no model (no {MODEL_ARTIFACT!r} artifact: "
