@@ -55,43 +55,8 @@ def evaluate(
         external=external,
         non_cells=non_cell_images,
     )
-    for name, m in report.sets.items():
-        logger.info(
-            "%s test accuracy %.4f, macro-F1 %.4f (n=%d)", name, m.accuracy, m.macro_f1, m.n
-        )
-    for name, m in report.external.items():
-        logger.info(
-            "external set %s: accuracy %.4f, balanced accuracy %.4f (n=%d)",
-            name,
-            m.accuracy,
-            m.balanced_accuracy,
-            m.n,
-        )
-    for name, t in report.trust.items():
-        logger.info(
-            "%s: ECE %.4f -> %.4f calibrated; %.1f%% accepted at %.4f accuracy, %.1f%% review, %.1f%% not a cell",
-            name,
-            t["ece_before"],
-            t["ece_after"],
-            100 * t["coverage"],
-            t["accuracy_accepted"],
-            100 * t["review"],
-            100 * t["not_a_cell"],
-        )
-    if report.non_cells:
-        logger.info(
-            "generated non-cell images accepted: %.1f%%",
-            100 * report.summary()["non_cells_accepted"],
-        )
-    for r in report.corruptions:
-        if r["severity"]:
-            logger.info(
-                "%s severity %d (%g): accuracy %.4f",
-                r["corruption"],
-                r["severity"],
-                r["setting"],
-                r["accuracy"],
-            )
+    for line in report.log_lines():
+        logger.info(line)
     gate = guard(
         "evaluate",  # quality gate: plain, noisy accuracy >= their floors; marks, never raises
         metrics_tables(report.summary()),

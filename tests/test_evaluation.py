@@ -60,6 +60,9 @@ def test_corruption_table_in_the_report(sample_dataset):
     clean = [r for r in report.corruptions if r["severity"] == 0]
     assert len({r["accuracy"] for r in clean}) == 1 and all(r["setting"] is None for r in clean)
     assert "| blur |" in report.markdown()
+    lines = report.log_lines()  # the step's log: one line a set, a trust figure, a corruption
+    assert lines[0].startswith(f"plain test accuracy {report.sets['plain'].accuracy:.4f}")
+    assert sum("severity" in line for line in lines) == 18 and len(lines) == 2 + 2 + 18
     again = EvaluationReport.from_dict(report.to_dict())
     assert again.corruptions == report.corruptions
     assert (

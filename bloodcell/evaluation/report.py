@@ -111,6 +111,34 @@ class EvaluationReport:
             ) / max(n, 1)
         return out
 
+    def log_lines(self) -> list[str]:
+        """One line per figure, for the step's log."""
+        lines = [
+            f"{name} test accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f} (n={m.n})"
+            for name, m in self.sets.items()
+        ]
+        lines += [
+            f"external set {name}: accuracy {m.accuracy:.4f}, "
+            f"balanced accuracy {m.balanced_accuracy:.4f} (n={m.n})"
+            for name, m in self.external.items()
+        ]
+        lines += [
+            f"{name}: ECE {t['ece_before']:.4f} -> {t['ece_after']:.4f} calibrated; "
+            f"{100 * t['coverage']:.1f}% accepted at {t['accuracy_accepted']:.4f} accuracy, "
+            f"{100 * t['review']:.1f}% review, {100 * t['not_a_cell']:.1f}% not a cell"
+            for name, t in self.trust.items()
+        ]
+        if self.non_cells:
+            accepted = 100 * self.summary()["non_cells_accepted"]
+            lines.append(f"generated non-cell images accepted: {accepted:.1f}%")
+        lines += [
+            f"{r['corruption']} severity {r['severity']} ({r['setting']:g}): "
+            f"accuracy {r['accuracy']:.4f}"
+            for r in self.corruptions
+            if r["severity"]
+        ]
+        return lines
+
     def markdown(self) -> str:
         lines = ["| set | n | accuracy | macro-F1 |", "|---|---|---|---|"]
         for name, m in self.sets.items():
