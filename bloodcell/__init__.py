@@ -22,7 +22,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "neutrophil",
     "platelet",
 )
-"""PBC's 8 classes; class index = position in this tuple (alphabetical folder order, as in BloodMNIST)."""
+"""PBC's 8 classes; class index = position in this tuple (alphabetical folder order, as in
+BloodMNIST)."""
 
 MODEL_NAME = "bloodcell-classifier"
 """The model in ZenML's Model Control Plane that every training run makes a version of."""

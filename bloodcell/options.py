@@ -30,7 +30,8 @@ class Options(BaseModel):
         where: str | None = None,
     ):
         """The defaults, then ``base``, then ``options``; unknown or bad options are errors (a
-        ``ValueError`` naming them and ``where`` they are, e.g. ``steps.train.parameters.training``)."""
+        ``ValueError`` naming them and ``where`` they are, e.g.
+        ``steps.train.parameters.training``)."""
         where = where or cls.WHERE
         merged = {**(base or {}), **(options or {})}
         check_keys(cls, merged, where)

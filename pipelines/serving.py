@@ -29,12 +29,16 @@ from bloodcell.serving.app import (
 )
 from steps.classify import classify
 
-PAGE = "pipelines/serving_page"  # relative to the source root (where `zenml init` ran), as ZenML requires
+# relative to the source root (where `zenml init` ran), as ZenML requires
+PAGE = "pipelines/serving_page"
 
-# ZenML's default policy, plus blob: images: the page shows the files it sends without uploading them twice
+# ZenML's default policy, plus blob: images: the page shows the files it sends without uploading
+# them twice
 CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' blob:; "
-    "style-src 'self' 'unsafe-inline'; base-uri 'self'; form-action 'self'; font-src 'self'; frame-src 'self'"
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' blob:; "
+    "style-src 'self' 'unsafe-inline'; base-uri 'self'; form-action 'self'; font-src 'self'; "
+    "frame-src 'self'"
 )
 
 DEPLOYMENT = DeploymentSettings(

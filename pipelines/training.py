@@ -22,10 +22,12 @@ from steps.train import train
 
 MODEL = Model(
     name=MODEL_NAME,
-    description="Blood-cell image classifier made by the bloodcell ZenML training pipeline: RGB images in "
+    description="Blood-cell image classifier made by the bloodcell ZenML training pipeline: "
+    "RGB images in "
     "(0..255), one probability per class out. Each version's metadata names its classes, image "
     "size, data fingerprints and test metrics.",
-    license="Code Apache-2.0; the trained weights carry the terms of the data in the version's lineage "
+    license="Code Apache-2.0; the trained weights carry the terms of the data in the version's "
+    "lineage "
     "(PBC: CC BY 4.0, Acevedo et al. 2020)",
 )
 

@@ -35,10 +35,10 @@ def adapt(
 ) -> Annotated[keras.Model, MODEL_ARTIFACT]:
     """``base`` (a shipped model) adapted to ``lab`` (the new lab's labelled cells; any subset of
     its classes), ``replay`` (the base version's training data) mixed in so it keeps every class;
-    ``adaptation``: options of ``bloodcell.model.adaptation.AdaptConfig``. Its calibration and referral
-    rule are refitted (the base rule's options): class means on its training cells, temperature and
-    thresholds on the lab's labelled ``checks`` (from ``ingest_external``) where there are any,
-    else on ``val`` (the base version's)."""
+    ``adaptation``: options of ``bloodcell.model.adaptation.AdaptConfig``. Its calibration and
+    referral rule are refitted (the base rule's options): class means on its training cells,
+    temperature and thresholds on the lab's labelled ``checks`` (from ``ingest_external``) where
+    there are any, else on ``val`` (the base version's)."""
     cfg = AdaptConfig.from_dict(adaptation)
     model, info = adapt_model(base, lab, replay, cfg)
     options = options_of(base)

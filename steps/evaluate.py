@@ -42,7 +42,8 @@ def evaluate(
     confusion matrix on each of other labs' sets (``external``, from ``ingest_external``). On
     each set, the calibration error before and after calibration, the risk-coverage curve and the
     referral rule's coverage and accuracy among the accepted cells; the rule's answers on
-    ``non_cell_images`` generated non-cell images of each kind (``bloodcell.evaluation.noncells``; 0: none).
+    ``non_cell_images`` generated non-cell images of each kind (``bloodcell.evaluation.noncells``;
+    0: none).
 
     The quality gate (floors in the config) marks a model below it as failing; it does not stop
     the run, so the report of a failing model is still there to look at."""

@@ -49,7 +49,8 @@ def fine_tune(
     min_val_accuracy: float = 0.0,
 ) -> Annotated[keras.Model, MODEL_ARTIFACT]:
     """Fine-tune (transfer models), package the shipped model (calibrated, with the referral rule:
-    ``referral`` holds options of ``bloodcell.model.referral.ReferralConfig``), check its val accuracy."""
+    ``referral`` holds options of ``bloodcell.model.referral.ReferralConfig``), check its val
+    accuracy."""
     bloodcell.model.packaging.check_prior_correction(prior_correction)
     referral_cfg = bloodcell.model.referral.ReferralConfig.from_dict(referral)
     info: dict[str, Any] = {}
@@ -102,7 +103,8 @@ def fine_tune(
         )
     rule = info["referral"]
     logger.info(
-        "calibrated with temperature %.3f; referral rule: accept at confidence >= %.4f and distance <= %.2f "
+        "calibrated with temperature %.3f; referral rule: accept at confidence >= %.4f "
+        "and distance <= %.2f "
         "(val: %.1f%% accepted at %s accuracy)",
         rule["temperature"],
         rule["confidence_threshold"],

@@ -1,6 +1,6 @@
 """Adaptation without labels: a model version's shipped model with its batch-norm statistics
-recomputed on a new lab's unlabelled cells (``bloodcell.model.adaptation.recalibrated_on``); the result
-is the new version's shipped model."""
+recomputed on a new lab's unlabelled cells (``bloodcell.model.adaptation.recalibrated_on``); the
+result is the new version's shipped model."""
 
 from __future__ import annotations
 

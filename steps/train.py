@@ -68,7 +68,8 @@ def train(
             **(network or {}),
         )
         logger.info(
-            "Training %s (%d parameters, %d trainable) on %d images, validating on %d; backups in %s",
+            "Training %s (%d parameters, %d trainable) on %d images, validating on %d; "
+            "backups in %s",
             net.name,
             net.count_params(),
             sum(int(np.prod(w.shape)) for w in net.trainable_weights),

@@ -54,6 +54,7 @@ def zenml(
     )
     if check and res.returncode != 0:
         raise RuntimeError(
-            f"zenml {' '.join(args)} failed ({res.returncode}):\n{failure_lines(res.stdout + res.stderr)}"
+            f"zenml {' '.join(args)} failed ({res.returncode}):\n"
+            f"{failure_lines(res.stdout + res.stderr)}"
         )
     return res

@@ -26,7 +26,10 @@ def browser_missing() -> str | None:
     except ImportError:
         return "playwright is not installed (pip install -e '.[dev]')"
     if not Path(CHROMIUM).is_file():
-        return f"no chromium at {CHROMIUM} (`make browser` installs Debian's with apt-get; set BLOODCELL_CHROMIUM for another)"
+        return (
+            f"no chromium at {CHROMIUM} (`make browser` installs Debian's with apt-get; "
+            "set BLOODCELL_CHROMIUM for another)"
+        )
     return None
 
 

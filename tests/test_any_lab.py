@@ -97,7 +97,8 @@ def test_five_classes_at_64_px_train_evaluate_and_travel_with_the_model(five_cla
     assert class_names_of(model) == WBC  # inside the shipped (TTA) model
     report = run.steps["evaluate"].outputs["evaluation"][0].load()
     assert report.class_names == WBC and report.sets["plain"].n == 25
-    # the other lab's set: n, accuracy, balanced accuracy over the 3 classes it has, recall per class
+    # the other lab's set: n, accuracy, balanced accuracy over the 3 classes it has, recall per
+    # class
     lab2 = report.external["lab2"]
     assert lab2.n == 12 and lab2.present == ["lymphocyte", "monocyte", "neutrophil"]
     recalls = [lab2.per_class[c]["recall"] for c in lab2.present]
@@ -283,7 +284,8 @@ def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, 
         and "external_newlab_balanced_accuracy" in meta
         and "plain_accuracy" in meta
     )
-    # lineage: the adaptation run read the base version's shipped model and training data, and the lab's cells
+    # lineage: the adaptation run read the base version's shipped model and training data, and
+    # the lab's cells
     adaptation_run = Client().get_pipeline("adaptation_pipeline").last_run
     inputs = {name: avs[0].id for name, avs in adaptation_run.steps["adapt"].inputs.items()}
     assert inputs["base"] == base.get_artifact(MODEL_ARTIFACT).id
@@ -298,7 +300,8 @@ def test_adapt_a_version_to_a_new_lab_with_a_few_labelled_cells(five_class_run, 
 
 def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_run, tmp_path):
     """`bloodcell adapt --unlabelled`: a flat folder of a new lab's cells (no classes) makes a new
-    version whose batch norm comes from them, with lineage to the base model and the lab's images."""
+    version whose batch norm comes from them, with lineage to the base model and the lab's
+    images."""
     from zenml.client import Client
 
     from bloodcell import MODEL_ARTIFACT
@@ -348,7 +351,8 @@ def test_adapt_without_labels_takes_batch_norm_from_the_labs_cells(five_class_ru
     assert run.steps["recalibrate"].inputs["base"][0].id == base.get_artifact(MODEL_ARTIFACT).id
     assert run.steps["ingest_unlabeled"].outputs["images"][0].run_metadata["source"] == str(cells)
     assert class_names_of(load_model(out)) == WBC
-    # too few cells for batch-norm statistics: a clear error naming the rule, and no new version with a model
+    # too few cells for batch-norm statistics: a clear error naming the rule, and no new version
+    # with a model
     few = tmp_path / "few"
     few.mkdir()
     for f in sorted(cells.iterdir())[:5]:

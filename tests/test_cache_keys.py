@@ -94,8 +94,8 @@ def test_every_cached_step_key_covers_every_module_its_code_loads():
 
 
 def test_train_key_holds_the_framing_layer_it_trains_with():
-    """The issue that started this: bloodcell.model.normalize (CellFraming runs inside the trained model)
-    was missing from train's hand-kept list; filter_outliers missed bloodcell.data.stain."""
+    """The issue that started this: bloodcell.model.normalize (CellFraming runs inside the trained
+    model) was missing from train's hand-kept list; filter_outliers missed bloodcell.data.stain."""
     from steps.filter_outliers import filter_outliers
     from steps.train import train
 
@@ -116,7 +116,8 @@ def test_import_closure_follows_every_kind_of_import(tmp_path):
     (pkg / "sub").mkdir(parents=True)
     files = {
         "__init__.py": "VERSION = 1\n",
-        "step.py": "import os\nimport numpy as np\nfrom proj import direct\nfrom .sub import relative\n"
+        "step.py": "import os\nimport numpy as np\nfrom proj import direct\n"
+        "from .sub import relative\n"
         "def run():\n    from proj.lazy import thing  # inside a function\n    return thing\n",
         "direct.py": "from proj.deep import CONSTANT  # a name, not a module: deep is the module\n",
         "deep.py": "CONSTANT = 3\nimport proj.step  # a cycle\n",

@@ -79,7 +79,8 @@ def test_two_identical_runs_at_once_both_finish(project, tmp_path):
     """The second starts while the first is training (a schedule firing while someone runs the
     same config): it must neither resume from the first's live backup nor write into it. The first
     is held (SIGSTOP) from its first backup until the second's fit has begun, so the two fits
-    overlap however slow the machine (else the second could find the first's fit done and cached)."""
+    overlap however slow the machine (else the second could find the first's fit done and
+    cached)."""
     from zenml.client import Client
 
     store = Path(Client().active_stack.artifact_store.path)
@@ -112,7 +113,8 @@ def test_two_identical_runs_at_once_both_finish(project, tmp_path):
 
 
 def _backup_epoch(store: Path) -> int:
-    """The last finished epoch in the newest training backup in ``store`` (0 if there is none yet)."""
+    """The last finished epoch in the newest training backup in ``store`` (0 if there is none
+    yet)."""
     metas = sorted(
         store.glob("checkpoints/train/**/training_metadata.json"), key=lambda p: p.stat().st_mtime
     )
@@ -123,7 +125,8 @@ def _backup_epoch(store: Path) -> int:
 
 
 def _wait_until(done, run: subprocess.Popen, log: Path, timeout_message: str) -> None:
-    """Poll ``done()`` until true; fail with ``run``'s log if it exits first, or after 15 minutes."""
+    """Poll ``done()`` until true; fail with ``run``'s log if it exits first, or after 15
+    minutes."""
     deadline = time.monotonic() + 900
     while not done():
         assert run.poll() is None, log.read_text()[-3000:]

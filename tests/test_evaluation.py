@@ -99,7 +99,8 @@ def test_corruption_table_read_in_chunks_is_the_table_read_whole(sample_dataset)
 
 
 def _lab(tmp_path, name: str, folders: dict[str, str], sample_dir, per_class: int = 4):
-    """A folder of another "lab": ``folders`` maps its folder names to the sample class they copy."""
+    """A folder of another "lab": ``folders`` maps its folder names to the sample class they
+    copy."""
     import shutil
 
     root = tmp_path / name

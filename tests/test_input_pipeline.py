@@ -14,7 +14,8 @@ from bloodcell.model import input_pipeline
 
 @pytest.fixture
 def streamed(sample_dataset, tmp_path, monkeypatch) -> Dataset:
-    """Every other sample cell, in 64-image shards, as a split leaves them: a subset of the shards."""
+    """Every other sample cell, in 64-image shards, as a split leaves them: a subset of the
+    shards."""
     written = shards.write_shards(str(tmp_path), sample_dataset.images, per_shard=64)
     whole = Dataset(
         ShardedImages([(str(tmp_path), s) for s in written], (96, 96, 3)),

@@ -60,7 +60,8 @@ def served(tmp_path_factory):
         res = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
         if check and res.returncode:
             raise AssertionError(
-                f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+                f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n"
+                f"{res.stderr[-5000:]}"
             )
         return res
 

@@ -81,7 +81,8 @@ def test_first_run_produces_every_artifact(first_run):
     assert sorted(run.steps) == sorted(STEPS)
     status = _status(run)
     # the cache is keyed on content: filter_outliers/split/rebalance may come from another test's
-    # run on the same sample with the same parameters (test_gpu_config's); training is this run's own
+    # run on the same sample with the same parameters (test_gpu_config's); training is this run's
+    # own
     assert all(
         status[s] == "completed"
         for s in ("ingest", "train", "ingest_external", "evaluate", "promote")
@@ -161,8 +162,9 @@ def _version(run):
 
 
 def test_first_version_is_promoted_and_exports_from_the_registry(project, first_run, tmp_path):
-    """No production version yet: the first run's passes the gate and is promoted. `bloodcell export`
-    writes it from the registry; its predictions (and those of `predict production`) are evaluate's."""
+    """No production version yet: the first run's passes the gate and is promoted. `bloodcell
+    export` writes it from the registry; its predictions (and those of `predict production`) are
+    evaluate's."""
     from zenml.client import Client
 
     from bloodcell.cli import main as cli

@@ -1,4 +1,5 @@
-"""`bloodcell schedule` on a schedule of seconds: runs, skips overlapping triggers, survives a failed run."""
+"""`bloodcell schedule` on a schedule of seconds: runs, skips overlapping triggers, survives a
+failed run."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_cron_expressions():
 def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path):
     proj = make_sandbox(tmp_path / "proj")
     (proj / "sched_probe.py").write_text(PROBE)
-    # the cron comes from the config's ZenML `schedule:` section, which is stripped for the local stack
+    # the cron comes from the config's ZenML `schedule:` section, which is stripped for the local
+    # stack
     (proj / "sched.yaml").write_text(
         "enable_cache: false\nschedule:\n  cron_expression: '*/2 * * * * *'\n"
     )
@@ -78,7 +80,8 @@ def test_schedule_of_seconds_runs_one_at_a_time_and_survives_a_failure(tmp_path)
     outcomes = [json.loads(line) for line in log.read_text().splitlines()]
     assert [o["status"] for o in outcomes] == ["failed", "completed", "completed"]
     assert "scheduled run fails on purpose" in outcomes[0]["error"]
-    # never two at once: each run starts after the previous one finished, though the trigger fires every 2 s
+    # never two at once: each run starts after the previous one finished, though the trigger fires
+    # every 2 s
     for prev, nxt in zip(outcomes, outcomes[1:]):
         assert datetime.fromisoformat(nxt["started"]) >= datetime.fromisoformat(prev["finished"])
     assert max(o["seconds"] for o in outcomes) > 2

@@ -100,18 +100,16 @@ def test_every_bad_image_is_named_with_its_rule_and_nothing_is_decoded(files):
     e = err.value
     assert e.status == 400 and e.error.startswith("7 of 9 image(s) break a rule")
     rules = {d["index"]: d["rule"] for d in e.details}
-    assert (
-        rules
-        == {
-            1: "an image is base64 (standard alphabet, with padding)",
-            2: "an image is a PNG/JPEG/BMP/TIFF file",
-            3: "every image decodes completely",
-            4: "an image has at least one byte",
-            5: "an image has at most 100000 bytes",
-            6: "an image has at most 1000000 pixels",
-            7: "an image is a PNG/JPEG/BMP/TIFF file",  # GIF is a format PIL reads, but not one a request may hold
-        }
-    )
+    assert rules == {
+        1: "an image is base64 (standard alphabet, with padding)",
+        2: "an image is a PNG/JPEG/BMP/TIFF file",
+        3: "every image decodes completely",
+        4: "an image has at least one byte",
+        5: "an image has at most 100000 bytes",
+        6: "an image has at most 1000000 pixels",
+        # GIF is a format PIL reads, but not one a request may hold
+        7: "an image is a PNG/JPEG/BMP/TIFF file",
+    }
     assert all(d["message"].startswith(f"image {d['index']}: ") for d in e.details)
     assert json.loads(json.dumps(e.body()))["details"][0]["index"] == 1
 
@@ -338,7 +336,8 @@ def test_body_size_limit_with_and_without_content_length(monkeypatch):
 
 def test_package_list_patch_fits_the_installed_zenml():
     """Pinned: the internal ``cache_package_list`` replaces is where and what it expects in the
-    ZenML installed here; a ZenML upgrade that changes it fails this test (and the service start)."""
+    ZenML installed here; a ZenML upgrade that changes it fails this test (and the service
+    start)."""
     from zenml.environment import Environment
 
     from bloodcell.serving import app as serve_app

@@ -1,4 +1,5 @@
-"""The local GPU step operator: the pool of GPU indices, and a real pipeline run through it (on CPU)."""
+"""The local GPU step operator: the pool of GPU indices, and a real pipeline run through it (on
+CPU)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ from zenml.utils import source_utils
 
 @step(enable_cache=False)
 def where() -> int:
-    log_metadata({"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    log_metadata({"pid": os.getpid(),
+                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                   "cwd": os.getcwd(), "source_root": source_utils.get_source_root()})
     return os.getpid()
 
 
 @step(enable_cache=False)
 def maybe_crash(pid: int) -> int:
-    log_metadata({"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+    log_metadata({"pid": os.getpid(),
+                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
     if os.environ.get("PROBE_CRASH"):
         raise ValueError("probe crash on purpose")
     return pid
@@ -130,7 +133,8 @@ def test_steps_run_in_their_own_processes_with_a_gpu(gpu_project):
     assert cli_pid not in pids.values() and len(set(pids.values())) == 2
     assert all(s.run_metadata["cuda_visible_devices"] in ("0", "1") for s in run.steps.values())
     assert "[local_gpu] step 'where' starts in a new process on GPU" in out
-    # the step process works where the orchestrator does: the repository, its source root, relative paths
+    # the step process works where the orchestrator does: the repository, its source root,
+    # relative paths
     meta = run.steps["where"].run_metadata
     assert meta["cwd"] == meta["source_root"] == str(gpu_project.resolve())
 

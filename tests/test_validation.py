@@ -112,7 +112,8 @@ def test_failure_message_names_step_expectation_observed_and_threshold(sample_da
     msg = str(err.value)
     assert "step 'ingest'" in msg
     assert (
-        "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, e.g. [0.0], "
+        "expect_column_values_to_be_between on samples.std: observed 1 unexpected of 400, "
+        "e.g. [0.0], "
         "threshold {'min_value': 2.0} (rule: samples.std >= 2.0)"
     ) in msg
     assert len(err.value.report.failures) >= 1

@@ -1,5 +1,6 @@
 """Online augmentation: transforms drawn afresh for every training batch, inside the tf.data
-pipeline (``bloodcell.model.input_pipeline``). Seeded and stateless: the same seed gives the same batch.
+pipeline (``bloodcell.model.input_pipeline``). Seeded and stateless: the same seed gives the same
+batch.
 
 Besides the 8 rotations/reflections and white noise, the lab-shift transforms make a model expect
 another lab's images: another stain (jitter of the haematoxylin/eosin optical densities, hue),

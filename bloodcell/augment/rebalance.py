@@ -91,7 +91,8 @@ ENGINE_BUILDERS = {"keras": _keras_core, "keras_cv": _keras_cv}
 
 
 def geometric(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each image through one of its 8 rotations/reflections, drawn at random (exact, no interpolation)."""
+    """Each image through one of its 8 rotations/reflections, drawn at random (exact, no
+    interpolation)."""
     return dihedral.apply_each(images, rng.integers(0, dihedral.COUNT, len(images)))
 
 
@@ -141,7 +142,8 @@ class RebalanceConfig(Options):
 def augment_images(
     images: np.ndarray, cfg: RebalanceConfig | None = None, **overrides: Any
 ) -> np.ndarray:
-    """Flip/rot90, a small shift and zoom, then RandAugment on even positions and AugMix on odd ones.
+    """Flip/rot90, a small shift and zoom, then RandAugment on even positions and AugMix on odd
+    ones.
 
     uint8 in, uint8 out. ``cfg.group`` images share one RandAugment/AugMix operation choice. Zoom
     is at most ``cfg.zoom`` either way, so small cells (platelets) stay small. The same input,
@@ -197,9 +199,11 @@ def _generated(train: Dataset, sources: np.ndarray, cfg: RebalanceConfig, sink: 
 def rebalance(
     train: Dataset, cfg: RebalanceConfig | None = None, sink: str | None = None, **overrides: Any
 ) -> Dataset:
-    """Bring every class to ``cfg.multiplier`` x the size of the largest by augmenting its originals.
+    """Bring every class to ``cfg.multiplier`` x the size of the largest by augmenting its
+    originals.
 
-    Originals come first, unchanged; each generated sample's id is ``dataset.generated_id(source, k)``.
+    Originals come first, unchanged; each generated sample's id is
+    ``dataset.generated_id(source, k)``.
     ``sink``: the folder where generated images beyond ``IN_MEMORY_BYTES`` are written as shards.
     """
     cfg = cfg or RebalanceConfig(**overrides)

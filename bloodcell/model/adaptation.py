@@ -31,7 +31,8 @@ from bloodcell.options import Options
 
 NO_BATCH_NORM = (
     "batch norm from the lab's images: the model has no batch-norm layer (rule: only batch norm's "
-    "statistics depend on the images they saw; group norm needs none), so unlabelled cells cannot adapt it: "
+    "statistics depend on the images they saw; group norm needs none), so unlabelled cells "
+    "cannot adapt it: "
     "adapt it with a few labelled cells a class (`bloodcell adapt` without --unlabelled)"
 )
 
@@ -92,7 +93,8 @@ def _check_size(model: keras.Model, images: Dataset, what: str) -> None:
     size = tuple(model.input_shape[1:3])
     if images.images.shape[1:3] != size:
         raise ValueError(
-            f"{what} are {images.images.shape[1]}x{images.images.shape[2]}, the model takes {size[0]}x{size[1]}"
+            f"{what} are {images.images.shape[1]}x{images.images.shape[2]}, "
+            f"the model takes {size[0]}x{size[1]}"
         )
 
 
@@ -175,7 +177,8 @@ def recalibrated_on(
         raise ValueError(NO_BATCH_NORM)
     if len(images) < MIN_UNLABELLED:
         raise ValueError(
-            f"batch norm from the lab's images: {len(images)} image(s) given, at least {MIN_UNLABELLED} are "
+            f"batch norm from the lab's images: {len(images)} image(s) given, "
+            f"at least {MIN_UNLABELLED} are "
             "needed (rule: enough cells for stable statistics; a few hundred are better)"
         )
     _check_size(model, images, "the lab's images")

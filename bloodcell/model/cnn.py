@@ -30,8 +30,8 @@ def build_custom_cnn(
     pooling. ``stem_stride`` 2 makes the first conv a strided one (a quarter of the compute).
     ``norm``: ``batch`` (batch norm), or ``group`` (group norm, 8 channels a group: no batch
     statistics, so nothing in the model depends on which images were batched together).
-    Preprocessing (``input_norm``: ``bloodcell.model.normalize``; scaling 0..255 to 0..1) is inside the model,
-    so it takes raw pixels.
+    Preprocessing (``input_norm``: ``bloodcell.model.normalize``; scaling 0..255 to 0..1) is
+    inside the model, so it takes raw pixels.
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")

@@ -21,7 +21,8 @@ INPUT_NORMS = (None, "frame")
 class CellFraming(keras.layers.Layer):
     """Zoom each image about its nucleus (the densest ``dense`` share of the optical density, and
     at least one standard deviation above its mean) so the nucleus spans ``nucleus`` of the side:
-    by a factor from ``min_zoom`` (out) to ``max_zoom`` (in). Uncovered border: the image's median."""
+    by a factor from ``min_zoom`` (out) to ``max_zoom`` (in). Uncovered border: the image's
+    median."""
 
     def __init__(
         self,

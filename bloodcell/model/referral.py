@@ -42,7 +42,8 @@ from bloodcell.options import Options
 
 STATUSES = ("accept", "review", "not_a_cell")
 CHECKS = ("blank", "far", "distance", "pixels", "stain", "confidence")
-"""What sent an image to review or not_a_cell; all but ``confidence`` say it is unlike the training cells."""
+"""What sent an image to review or not_a_cell; all but ``confidence`` say it is unlike the
+training cells."""
 UNLIKE = CHECKS[:-1]
 PREDATES = "model predates referral"
 RULE_VERSION = 1
@@ -466,7 +467,8 @@ def from_features(
     kernel: np.ndarray,
     bias: np.ndarray,
 ) -> Scores:
-    """:class:`Scores` from the images' features (``Scorer.view_features``) and the rule ``layer``."""
+    """:class:`Scores` from the images' features (``Scorer.view_features``) and the rule
+    ``layer``."""
     return from_rule(features, images, *rule_weights(layer), kernel, bias)
 
 

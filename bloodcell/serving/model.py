@@ -1,6 +1,6 @@
 """Online classification, without ZenML: the rules a request's images must follow, decoding them
-exactly as ``bloodcell predict`` reads files (:func:`bloodcell.data.images.decode_image`), the answer
-for each image, and an occlusion map of where the model looked.
+exactly as ``bloodcell predict`` reads files (:func:`bloodcell.data.images.decode_image`), the
+answer for each image, and an occlusion map of where the model looked.
 
 A request is all or nothing: if any image breaks a rule, :func:`decode_request` raises one
 :class:`RequestError` that lists every such image by index with the rule it broke, and nothing is
@@ -29,7 +29,10 @@ from bloodcell.data.images import IngestError, decode_image
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 """The image formats a request may hold (PIL's names); PIL's other decoders are never tried."""
 
-REQUEST_SHAPE = 'the body is {"parameters": {"images": ["<base64 of an image file>", ...], "explain": <index, optional>}}'
+REQUEST_SHAPE = (
+    'the body is {"parameters": {"images": ["<base64 of an image file>", ...], '
+    '"explain": <index, optional>}}'
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class Limits:
                 raise ValueError(f"serving limit {name}={value!r} (rule: a positive integer)")
         if self.max_pixels > Image.MAX_IMAGE_PIXELS:
             raise ValueError(
-                f"serving limit max_pixels={self.max_pixels} (rule: at most PIL's decompression-bomb "
+                f"serving limit max_pixels={self.max_pixels} "
+                "(rule: at most PIL's decompression-bomb "
                 f"limit, {Image.MAX_IMAGE_PIXELS} pixels)"
             )
 
@@ -88,8 +92,9 @@ _WHITESPACE = str.maketrans("", "", " \t\r\n")
 def decode_request(
     images: list[str] | None, image_size: int, limits: Limits
 ) -> tuple[np.ndarray, list[str]]:
-    """The images (base64 of image files; line breaks and a ``data:`` URL prefix are allowed) as a uint8 batch
-    ``(n, image_size, image_size, 3)`` and the SHA-256 of each file; or a :class:`RequestError`."""
+    """The images (base64 of image files; line breaks and a ``data:`` URL prefix are allowed) as a
+    uint8 batch ``(n, image_size, image_size, 3)`` and the SHA-256 of each file; or a
+    :class:`RequestError`."""
     if not images:
         raise RequestError(
             "no images",
@@ -237,7 +242,8 @@ class ServingModel:
         return served
 
     def score(self, batch: np.ndarray) -> Any:
-        """``bloodcell.model.referral.Scores`` of a batch: what ``bloodcell predict`` gives for it."""
+        """``bloodcell.model.referral.Scores`` of a batch: what ``bloodcell predict`` gives for
+        it."""
         from bloodcell.model.referral import from_rule, predates
 
         if self.rule is None:
@@ -256,9 +262,10 @@ class ServingModel:
     def classify(
         self, batch: np.ndarray, digests: list[str], explain: int | None = None
     ) -> dict[str, Any]:
-        """``{"model": ..., "predictions": [...], "model_ms": ...}``: per image its class, confidence,
-        status and reason (``bloodcell.model.referral``), top 3 and every class's probability; ``occlusion`` on the image ``explain`` names; the
-        milliseconds the model took."""
+        """``{"model": ..., "predictions": [...], "model_ms": ...}``: per image its class,
+        confidence, status and reason (``bloodcell.model.referral``), top 3 and every class's
+        probability; ``occlusion`` on the image ``explain`` names; the milliseconds the model
+        took."""
         check_explain(explain, len(batch))
         started = time.perf_counter()
         scores = self.score(batch)
