@@ -37,6 +37,7 @@ train-cpu:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Debian's chromium, for tests/test_serving_e2e.py's page test; where it cannot be installed, that
 # one test is skipped (saying why) and everything else runs
@@ -51,8 +52,11 @@ browser:
 	    || echo "browser: apt-get could not install chromium: the serving page test will be skipped"; \
 	fi
 
-test: lint browser
-	$(BIN)/python -m pytest --durations=25
+# TEST_WORKERS processes, each taking whole test files (module fixtures such as a trained run are
+# built once), with their own throw-away ZenML store; the 25 slowest tests are listed at the end
+TEST_WORKERS ?= 2
+test: lint browser .zen
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # the slow kinds are pytest markers (pyproject.toml): whole pipeline runs, servers, the browser;
 # the rest runs in FAST_WORKERS processes (pytest-xdist; its workers find ZenML's source root
