@@ -321,7 +321,7 @@ def test_caching(project, first_run):
 
     # 3. a module train reaches only through bloodcell.model.build (the cell framing layer) changed:
     # train reruns, and the steps after it; the steps before it come from the cache
-    normalize_py = project / "bloodcell" / "normalize.py"
+    normalize_py = project / "bloodcell" / "model" / "normalize.py"
     normalize_py.write_text(normalize_py.read_text() + "\n# edited by test_caching\n")
     run4, _ = _run(project)
     status = _status(run4)

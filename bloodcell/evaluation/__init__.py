@@ -3,9 +3,12 @@ promotion rule. Imports ``bloodcell.data``, ``bloodcell.augment`` and ``bloodcel
 
 
 def __getattr__(name: str):
-    # artifacts written before the subpackages name ``bloodcell.evaluation.EvaluationReport``
+    # Artifacts written before the subpackages name ``bloodcell.evaluation.EvaluationReport``.
+    # Imported by name, not by an import statement: steps/_cache.py reads import statements, and
+    # every step that touches this package (plots) would otherwise have report.py and the whole
+    # model package in its cache key.
     if name == "EvaluationReport":
-        from bloodcell.evaluation.report import EvaluationReport
+        import importlib
 
-        return EvaluationReport
+        return importlib.import_module("bloodcell.evaluation.report").EvaluationReport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
