@@ -65,6 +65,7 @@ def train(
             architecture,
             train_set.class_names,
             image_size=train_set.images.shape[1],
+            seed=cfg.seed,
             **(network or {}),
         )
         logger.info(

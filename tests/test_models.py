@@ -225,3 +225,28 @@ def test_a_mixed_precision_model_ships_computing_in_float32(tmp_path, sample_dat
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
     np.testing.assert_allclose(loaded.predict(x, verbose=0), p_plain, atol=1e-6)
+
+
+def test_a_seeded_build_ignores_what_the_process_drew_before():
+    """The train step builds with its seed: a cached step before it (which would have seeded and
+    drawn) must not change the initial weights."""
+    import random
+
+    import keras
+
+    def weights(draws: int):
+        keras.utils.set_random_seed(123)
+        for _ in range(draws):  # what earlier steps might have drawn
+            keras.random.uniform((4,))
+            np.random.rand()
+            random.random()
+        m = build_model("custom_cnn", 8, image_size=32, seed=0, filters=[8, 8, 8, 8], dense_units=8)
+        return m.get_weights()
+
+    for a, b in zip(weights(0), weights(5)):
+        np.testing.assert_array_equal(a, b)
+    unseeded = [build_model("custom_cnn", 8, 32, filters=[8, 8, 8, 8], dense_units=8) for _ in "ab"]
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(unseeded[0].get_weights(), unseeded[1].get_weights())
+    )

@@ -61,10 +61,19 @@ BUILDERS = {
 
 
 def build_model(
-    architecture: str, classes: int | Sequence[str], image_size: int, **kwargs: Any
+    architecture: str,
+    classes: int | Sequence[str],
+    image_size: int,
+    *,
+    seed: int | None = None,
+    **kwargs: Any,
 ) -> keras.Model:
     """Build the model named ``architecture`` with the given keyword arguments. ``classes``: the
-    class names (the model then carries them: ``class_names_of``), or just their number."""
+    class names (the model then carries them: ``class_names_of``), or just their number.
+    ``seed``: seeds Keras, NumPy and Python first, so the initial weights are the seed's alone (not
+    whatever the process drew before)."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     try:
         builder = BUILDERS[architecture]
     except KeyError:
