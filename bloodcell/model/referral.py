@@ -70,17 +70,16 @@ class ReferralConfig(Options):
 
     @model_validator(mode="after")
     def _check(self) -> ReferralConfig:
-        cfg = self
-        if not 0.5 < cfg.target_accuracy <= 1.0:
+        if not 0.5 < self.target_accuracy <= 1.0:
             raise ValueError(
-                f"referral.target_accuracy {cfg.target_accuracy} (rule: between 0.5 and 1)"
+                f"referral.target_accuracy {self.target_accuracy} (rule: between 0.5 and 1)"
             )
-        if not 0.0 <= cfg.unusual_share < 0.5:
+        if not 0.0 <= self.unusual_share < 0.5:
             raise ValueError(
-                f"referral.unusual_share {cfg.unusual_share} (rule: between 0 and 0.5)"
+                f"referral.unusual_share {self.unusual_share} (rule: between 0 and 0.5)"
             )
-        if cfg.far_factor < 1.0:
-            raise ValueError(f"referral.far_factor {cfg.far_factor} (rule: at least 1)")
+        if self.far_factor < 1.0:
+            raise ValueError(f"referral.far_factor {self.far_factor} (rule: at least 1)")
         return self
 
 
@@ -451,25 +450,14 @@ def score(model: keras.Model, images: Any, scorer: Scorer | None = None) -> Scor
 
         return predates(predict_probabilities(model, images))
     scorer = scorer or Scorer(model)
-    return from_features(scorer.view_features(images), images, layer, *scorer.head_weights())
+    features = scorer.view_features(images)
+    return from_rule(features, images, *rule_weights(layer), *scorer.head_weights())
 
 
 def predates(probs: np.ndarray) -> Scores:
     """The answer of a model from before the rule: its probabilities, every image accepted."""
     n = len(probs)
     return Scores(probs, probs, np.full(n, np.nan), ["accept"] * n, [PREDATES] * n, [""] * n)
-
-
-def from_features(
-    features: tuple[np.ndarray, np.ndarray],
-    images: Any,
-    layer: ReferralRule,
-    kernel: np.ndarray,
-    bias: np.ndarray,
-) -> Scores:
-    """:class:`Scores` from the images' features (``Scorer.view_features``) and the rule
-    ``layer``."""
-    return from_rule(features, images, *rule_weights(layer), kernel, bias)
 
 
 def rule_weights(layer: ReferralRule) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -489,16 +477,13 @@ def from_rule(
     kernel: np.ndarray,
     bias: np.ndarray,
 ) -> Scores:
-    """:func:`from_features` with the rule's options and weights already read (``rule_weights``)."""
+    """:class:`Scores` from the images' features (``Scorer.view_features``), the rule's options
+    and weights (``rule_weights``) and the head's kernel and bias."""
     views, pooled = features
     probs = view_probabilities(views, kernel, bias)
     uncal = view_probabilities(views, kernel, bias, 1.0 / rule["temperature"])
     dist = distances(pooled, w["class_means"], w["precision"])
-    pixels = pixel_residuals(
-        images,
-        np.asarray(w["pixel_mean"], np.float64),
-        np.asarray(w["pixel_components"], np.float64),
-    )
+    pixels = pixel_residuals(images, w["pixel_mean"], w["pixel_components"])
     blank, stain = image_flags(images, rule)
     return Scores(
         probs.astype(np.float32),
