@@ -92,8 +92,6 @@ def load_served_model(
     ``pipeline_state``. Options left out: see :data:`OPTIONS`. ``cache_python_packages`` and
     ``sqlite_wal``: see :func:`cache_package_list` and :func:`use_sqlite_wal`."""
     global _SERVED
-    import bloodcell.model.build  # noqa: F401 - registers the layers the project's models carry
-
     started = time.perf_counter()
     o = serve_options(
         version=version,
@@ -113,12 +111,8 @@ def load_served_model(
 
         from bloodcell.model.predict import load_model
 
-        model, name, number, stage = (
-            load_model(model_path),
-            Path(model_path).name,
-            None,
-            None,
-        )  # a file: no version
+        model = load_model(model_path)
+        name, number, stage = Path(model_path).name, None, None  # a file: no version
     else:
         from bloodcell.mlops.registry import load_version_model
 

@@ -234,9 +234,8 @@ class ServingModel:
             scorer = Scorer(model)
             served.features = _traced(scorer.model, size)
             served.rule = (*rule_weights(layer), *scorer.head_weights())
-        warm = np.zeros(
-            (1, size, size, 3), np.uint8
-        )  # trace and warm up now, not on the first request
+        # trace and warm up now, not on the first request
+        warm = np.zeros((1, size, size, 3), np.uint8)
         served.predict(warm)
         served.score(warm)
         return served
