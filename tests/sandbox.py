@@ -58,3 +58,23 @@ def zenml(
             f"{failure_lines(res.stdout + res.stderr)}"
         )
     return res
+
+
+def register_local_gpu_stack(proj: Path, operator: str, stack: str, gpus: str, lock_dir: Path):
+    """What `make stack-gpu-local` does, in ``proj``: the local_gpu step operator flavor, an
+    operator ``operator`` over ``gpus`` (``"[0, 1]"``) with its locks in ``lock_dir``, and the
+    stack ``stack`` (default orchestrator and artifact store, that operator), set active."""
+    flavor = "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor"
+    zenml(proj, "step-operator", "flavor", "register", flavor, check=False)  # once per store
+    zenml(
+        proj,
+        "step-operator",
+        "register",
+        operator,
+        "--flavor=local_gpu",
+        f"--gpus={gpus}",
+        f"--lock_dir={lock_dir}",
+    )
+    zenml(
+        proj, "stack", "register", stack, "-o", "default", "-a", "default", "-s", operator, "--set"
+    )

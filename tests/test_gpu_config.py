@@ -12,7 +12,7 @@ import yaml
 from bloodcell.model.build import all_layers
 from bloodcell.model.training import TrainConfig
 
-from sandbox import make_sandbox, zenml
+from sandbox import make_sandbox, register_local_gpu_stack, zenml
 
 pytestmark = pytest.mark.pipeline
 
@@ -54,36 +54,7 @@ def test_train_gpu_config_runs_on_cpu_with_tiny_sizes(tmp_path):
     }  # the rule's features: 8 TTA views each
     (proj / "configs" / "gpu_tiny.yaml").write_text(yaml.safe_dump(cfg))
 
-    zenml(
-        proj,
-        "step-operator",
-        "flavor",
-        "register",
-        "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor",
-        check=False,
-    )
-    zenml(
-        proj,
-        "step-operator",
-        "register",
-        OPERATOR,
-        "--flavor=local_gpu",
-        "--gpus=[0]",
-        f"--lock_dir={tmp_path / 'locks'}",
-    )
-    zenml(
-        proj,
-        "stack",
-        "register",
-        OPERATOR,
-        "-o",
-        "default",
-        "-a",
-        "default",
-        "-s",
-        OPERATOR,
-        "--set",
-    )
+    register_local_gpu_stack(proj, OPERATOR, OPERATOR, "[0]", tmp_path / "locks")
     try:
         zenml(
             proj,

@@ -13,7 +13,7 @@ import pytest
 
 from bloodcell.mlops.step_operator import acquire_gpu
 
-from sandbox import ZENML, make_sandbox, zenml
+from sandbox import ZENML, make_sandbox, register_local_gpu_stack
 
 PROBE = """
 import os
@@ -73,36 +73,7 @@ def gpu_project(tmp_path_factory):
         "steps:\n  where:\n    step_operator: gpu\n  maybe_crash:\n    step_operator: gpu\n"
     )
     locks = tmp_path_factory.mktemp("locks")
-    zenml(
-        proj,
-        "step-operator",
-        "flavor",
-        "register",
-        "bloodcell.mlops.step_operator.LocalGPUStepOperatorFlavor",
-        check=False,
-    )
-    zenml(
-        proj,
-        "step-operator",
-        "register",
-        "gpu",
-        "--flavor=local_gpu",
-        "--gpus=[0, 1]",
-        f"--lock_dir={locks}",
-    )
-    zenml(
-        proj,
-        "stack",
-        "register",
-        "gpu-local",
-        "-o",
-        "default",
-        "-a",
-        "default",
-        "-s",
-        "gpu",
-        "--set",
-    )
+    register_local_gpu_stack(proj, "gpu", "gpu-local", "[0, 1]", locks)
     return proj
 
 
