@@ -299,7 +299,8 @@ def test_inference_pipeline_predicts_with_the_production_version(project, first_
 
 
 def test_caching(project, first_run):
-    fingerprint = lambda r: r.steps["ingest"].outputs["dataset"][0].run_metadata["fingerprint"]  # noqa: E731
+    def fingerprint(run) -> str:
+        return run.steps["ingest"].outputs["dataset"][0].run_metadata["fingerprint"]
 
     # 1. nothing changed: ingest re-reads the data, every later step comes from the cache
     run2, _ = _run(project)

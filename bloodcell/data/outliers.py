@@ -53,7 +53,8 @@ class OutlierConfig(Options):
 
     @classmethod
     def from_pipeline_config(cls, path: str | None) -> OutlierConfig:
-        """The ``filter_outliers`` parameters of a training pipeline config (defaults for the rest)."""
+        """The ``filter_outliers`` parameters of a training pipeline config (defaults for the
+        rest)."""
         if not path:
             return cls()
         cfg = yaml.safe_load(Path(path).read_text()) or {}
@@ -86,7 +87,8 @@ class OutlierResult:
 
 
 def _area_means(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """(N, H, W, ...) float down to (N, rows, cols, ...) by averaging over as-equal-as-possible cells."""
+    """(N, H, W, ...) float down to (N, rows, cols, ...) by averaging over as-equal-as-possible
+    cells."""
     h, w = images.shape[1:3]
     ys = np.linspace(0, h, rows + 1).astype(int)
     xs = np.linspace(0, w, cols + 1).astype(int)

@@ -8,8 +8,9 @@ of expectations, written as ``{expectation_type: {kwargs}}`` with GX's snake-cas
         - expect_column_values_to_be_between: {column: label, min_value: 0, max_value: 7}
 
 ``{param: NAME}`` takes a threshold from the parameter NAME the step passes to ``validate`` (to
-``guard`` in a step); ``{param: NAME, times: K}`` takes K times it. Blocks of expectations that several suites share are written once under
-the top-level ``shared:`` key and pulled into a table's list with ``- include: BLOCK``.
+``guard`` in a step); ``{param: NAME, times: K}`` takes K times it. Blocks of expectations that
+several suites share are written once under the top-level ``shared:`` key and pulled into a
+table's list with ``- include: BLOCK``.
 
 Every check reads as a rule (:attr:`CheckResult.rule`), e.g. ``metrics.plain_accuracy >= 0.3
 (min_plain_accuracy)``. A failed expectation raises :class:`ExpectationFailed` naming the step,
