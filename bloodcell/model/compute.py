@@ -1,9 +1,11 @@
 """Where and in what precision a model computes: the Keras mixed-precision policy (float16 on
-GPUs, bfloat16 on CPUs that have it) and the distribution strategy (all visible GPUs)."""
+GPUs, bfloat16 on CPUs that have it) and the distribution strategy (all the GPUs of this machine;
+without GPUs, its logical CPU devices when it was split into several)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import tensorflow as tf
 
 MIXED_PRECISION = (False, True, "float16", "bfloat16", "auto")
 DISTRIBUTE = (None, "mirrored")
+
+logger = logging.getLogger("bloodcell.model.compute")
 
 
 def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -49,17 +53,51 @@ def check_distribute(distribute: str | None) -> None:
         raise ValueError(f"unknown distribute {distribute!r}; choose null or 'mirrored'")
 
 
+def mirrored_devices() -> list[str]:
+    """The devices ``distribute: mirrored`` mirrors the model over, as logical device names: every
+    visible GPU of this machine (what ``tf.distribute.MirroredStrategy()`` picks by itself); with
+    none, the logical CPU devices when there are more than one (a CPU split with
+    ``tf.config.set_logical_device_configuration`` before TensorFlow starts, as
+    tests/test_mirrored.py does), else the one CPU (a single replica: no speed-up)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return [d.name for d in gpus]
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """``tf.distribute.MirroredStrategy`` over ``mirrored_devices()``, saying how many replicas it
+    has (a warning when it has one)."""
+    devices = mirrored_devices()
+    strategy = tf.distribute.MirroredStrategy(devices)
+    n = strategy.num_replicas_in_sync
+    (logger.info if n > 1 else logger.warning)(
+        "distribute: mirrored over %d replica(s): %s", n, ", ".join(devices)
+    )
+    return strategy
+
+
 @contextlib.contextmanager
 def compute_scope(policy: str, distribute: str | None = None) -> Iterator[None]:
     """Build, compile and fit inside this: the dtype ``policy`` and the distribution strategy
-    (``mirrored``: tf.distribute.MirroredStrategy over the visible GPUs), restored afterwards
-    (other steps in the process are not affected)."""
+    (``mirrored``: ``mirrored_strategy()``, over the GPUs of this machine), restored afterwards
+    (other steps in the process are not affected).
+
+    Under ``mirrored`` the model's variables are mirrored on every replica and Keras ``fit`` splits
+    each batch of the input pipeline (the *global* batch, ``training.batch_size``, best a multiple
+    of the replica count) across the replicas, sums their gradients (of each replica's mean loss
+    over the replica count) and applies one update to every copy: each replica computes
+    ``batch_size / replicas`` images a step, and the updates are those of a one-device fit on the
+    same batches, up to float rounding (tests/test_mirrored.py checks this). Not quite the same
+    fit: batch norm normalises with each replica's own statistics, dropout draws a mask a
+    replica, and Keras 3 draws a first batch to build the model and then starts the input
+    pipeline again, at its next shuffle (so the batches come in another order)."""
     check_distribute(distribute)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
         if distribute == "mirrored":
-            with tf.distribute.MirroredStrategy().scope():
+            with mirrored_strategy().scope():
                 yield
         else:
             yield
