@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bloodcell import CLASS_NAMES
-from bloodcell.data.sharded_images import ShardedImages, row_hashes
+from bloodcell.data.sharded_images import ShardedImages, concat_images, row_hashes
 
 UNLABELED = -1
 
@@ -148,8 +148,4 @@ class Dataset:
     def concat_images(self, more: np.ndarray | ShardedImages) -> np.ndarray | ShardedImages:
         """This dataset's images followed by ``more``: sharded if either is (nothing is read), else
         one array."""
-        if isinstance(self.images, ShardedImages):
-            return self.images.append(more)
-        if isinstance(more, ShardedImages):
-            return ShardedImages([self.images], self.images.shape[1:]).append(more)
-        return np.concatenate([self.images, more])
+        return concat_images(self.images, more)

@@ -36,6 +36,62 @@ logger = logging.getLogger("bloodcell.data.ingest")
 __all__ = ["IngestError", "read_external", "read_source", "read_unlabeled"]
 
 
+def list_folder(
+    root: Path,
+    classes: Sequence[str] | None = None,
+    class_map: dict[str, str] | None = None,
+    min_classes: int = MIN_CLASSES,
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class list of a folder with one sub-folder per class, and its image files with their
+    labels, in the order a dataset holds them: class folders sorted by name, each one's files
+    sorted by name. An empty class folder or a folder inside one is an :class:`IngestError`."""
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_names, class_of = folder_classes(folders, classes, class_map, str(root), min_classes)
+    files: list[tuple[Path, int]] = []
+    for name in folders:
+        label = class_names.index(class_of[name])
+        files += [(p, label) for p in class_files(root / name)]
+    return class_names, files
+
+
+def class_files(folder: Path) -> list[Path]:
+    """The image files of one class folder, sorted by name (hidden files skipped)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if not any(p.is_file() for p in entries):
+        raise IngestError(
+            f"{folder}: empty class folder (rule: every class folder holds at least one image)"
+        )
+    for p in entries:
+        if p.is_dir():
+            raise IngestError(
+                f"{p}: nested folder inside a class folder (rule: class folders hold image "
+                "files only)"
+            )
+    return entries
+
+
+def read_files(
+    root: Path,
+    files: Sequence[tuple[Path, int]],
+    image_size: int,
+    class_names: list[str],
+    info: dict,
+    sink: str | None = None,
+) -> Dataset:
+    """``files`` (paths under ``root``, with labels) decoded into a dataset, ids their paths
+    relative to ``root``; ``sink`` as in ``read_folder``."""
+    conversions: Counter = Counter()
+    paths = [p for p, _ in files]
+    images = collect(decoded(paths, image_size, conversions), image_size, sink)
+    return Dataset(
+        images=images,
+        labels=np.array([label for _, label in files], dtype=np.int64),
+        ids=[p.relative_to(root).as_posix() for p in paths],
+        class_names=class_names,
+        info={**info, "conversions": dict(conversions)},
+    )
+
+
 def read_folder(
     root: Path,
     image_size: int = 96,
@@ -50,37 +106,16 @@ def read_folder(
     decoded, and the dataset's images are those shards (memory holds one shard, whatever the
     size)."""
     check_image_size(image_size)
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_names, class_of = folder_classes(folders, classes, class_map, str(root), min_classes)
-    files: list[tuple[Path, int]] = []
-    for name in folders:
-        folder = root / name
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-        if not any(p.is_file() for p in entries):
-            raise IngestError(
-                f"{folder}: empty class folder (rule: every class folder holds at least one image)"
-            )
-        for p in entries:
-            if p.is_dir():
-                raise IngestError(
-                    f"{p}: nested folder inside a class folder (rule: class folders hold image "
-                    "files only)"
-                )
-            files.append((p, class_names.index(class_of[name])))
-    conversions: Counter = Counter()
-    paths = [p for p, _ in files]
-    images = collect(decoded(paths, image_size, conversions), image_size, sink)
-    ids = [p.relative_to(root).as_posix() for p, _ in files]
-    info = {"source": str(root), "format": "folder", "conversions": dict(conversions)}
+    class_names, files = list_folder(root, classes, class_map, min_classes)
+    return read_files(root, files, image_size, class_names, folder_info(root, class_map), sink)
+
+
+def folder_info(root: Path, class_map: dict[str, str] | None) -> dict:
+    """The provenance a folder source's dataset carries (its conversions are added as read)."""
+    info: dict = {"source": str(root), "format": "folder"}
     if class_map:
         info["class_map"] = {str(k): str(v) for k, v in class_map.items()}
-    return Dataset(
-        images=images,
-        labels=np.array([label for _, label in files], dtype=np.int64),
-        ids=ids,
-        class_names=class_names,
-        info=info,
-    )
+    return info
 
 
 def read_npz(

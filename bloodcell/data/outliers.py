@@ -20,6 +20,7 @@ dataset is flagged automatically (the most extreme first). A reviewed list overr
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pydantic import Field
 from sklearn.decomposition import PCA
 
 from bloodcell.data.dataset import Dataset
+from bloodcell.data.features import ImageFeatures
 from bloodcell.data.stain import channel_means
 from bloodcell.options import Options
 
@@ -122,8 +124,8 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - med) / max(mad, 1e-12)
 
 
-def texture_z(images: np.ndarray, block: int = 256) -> np.ndarray:
-    """Robust z of log(1 + mean |neighbour difference|) per image, ``block`` images at a time."""
+def texture_energy(images: np.ndarray, block: int = 256) -> np.ndarray:
+    """Mean |neighbour difference| per image, both ways, ``block`` images at a time."""
     energy = np.empty(len(images), dtype=np.float64)
     for start in range(0, len(images), block):
         chunk = np.asarray(images[start : start + block]).astype(np.int16)
@@ -137,12 +139,21 @@ def texture_z(images: np.ndarray, block: int = 256) -> np.ndarray:
             / chunk[0, 1:].size
         )
         energy[start : start + n] = (dx + dy) / 2
-    return robust_z(np.log1p(energy))
+    return energy
+
+
+def texture_z(images: np.ndarray, block: int = 256) -> np.ndarray:
+    """Robust z of log(1 + mean |neighbour difference|) per image."""
+    return robust_z(np.log1p(texture_energy(images, block)))
 
 
 def colour_z(images: np.ndarray) -> np.ndarray:
     """Largest |robust z| over per-channel means and the R-G and B-G casts of each image."""
-    means = channel_means(images)
+    return colour_z_of(channel_means(images))
+
+
+def colour_z_of(means: np.ndarray) -> np.ndarray:
+    """``colour_z`` from the images' (N, 3) channel means."""
     feats = np.column_stack([means, means[:, 0] - means[:, 1], means[:, 2] - means[:, 1]])
     return np.abs(np.column_stack([robust_z(f) for f in feats.T])).max(axis=1)
 
@@ -163,7 +174,11 @@ def perceptual_hashes(images: np.ndarray, size: int = 16) -> np.ndarray:
 
 def duplicate_groups(images: np.ndarray) -> np.ndarray:
     """For each sample, how many samples (itself included) share its perceptual hash."""
-    hashes = perceptual_hashes(images)
+    return duplicate_groups_of(perceptual_hashes(images))
+
+
+def duplicate_groups_of(hashes: np.ndarray) -> np.ndarray:
+    """``duplicate_groups`` from the images' perceptual hashes."""
     _, inverse, counts = np.unique(hashes, axis=0, return_inverse=True, return_counts=True)
     return counts[inverse.reshape(-1)]
 
@@ -171,6 +186,14 @@ def duplicate_groups(images: np.ndarray) -> np.ndarray:
 PCA_FIT_SAMPLES = (
     20000  # the PCA is fit on at most this many images (all of pbc96's 15k), then scores all
 )
+
+
+def fit_rows(n: int, fit_samples: int, seed: int) -> np.ndarray:
+    """The rows the PCA is fit on: ``fit_samples`` drawn with ``seed``, in order (all, when there
+    are no more)."""
+    if n > fit_samples:
+        return np.sort(np.random.default_rng(seed).permutation(n)[:fit_samples])
+    return np.arange(n)
 
 
 def pca_scores(
@@ -184,41 +207,101 @@ def pca_scores(
     PCA is fit on the thumbnails of ``fit_samples`` images drawn with ``seed`` (all, when there are
     no more), then every image is scored 2,048 at a time: memory does not grow with the dataset."""
     n = len(images)
-    fit_rows = (
-        np.sort(np.random.default_rng(seed).permutation(n)[:fit_samples])
-        if n > fit_samples
-        else np.arange(n)
-    )
+    rows = fit_rows(n, fit_samples, seed)
     x = np.concatenate(
-        [thumbnails(images[fit_rows[a : a + 2048]], thumb) for a in range(0, len(fit_rows), 2048)]
+        [thumbnails(images[rows[a : a + 2048]], thumb) for a in range(0, len(rows), 2048)]
         or [np.zeros((0, thumb * thumb * 3), np.float32)]
     )
-    k = int(min(n_components, len(x) - 1, x.shape[1]))
+    if n <= fit_samples:  # the fit thumbnails are all of them
+        return scores_from_thumbnails(n, x, [(np.arange(n), x)], n_components, seed)
+    blocks = (
+        (np.arange(a, min(a + 2048, n)), thumbnails(images[a : a + 2048], thumb))
+        for a in range(0, n, 2048)
+    )
+    return scores_from_thumbnails(n, x, blocks, n_components, seed)
+
+
+def scores_from_thumbnails(
+    n: int,
+    fit: np.ndarray,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    n_components: int,
+    seed: int,
+) -> pd.DataFrame:
+    """``pca_scores`` from thumbnails: the PCA fit on ``fit``, then each of ``blocks`` (rows, their
+    thumbnails; every row of ``n`` once) scored 2,048 rows at a time."""
+    k = int(min(n_components, len(fit) - 1, fit.shape[1]))
     if k < 1:
         zeros = np.zeros(n)
         return pd.DataFrame({"reconstruction_z": zeros, "distance_z": zeros})
-    pca = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(x)
+    pca = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(fit)
     err, dist = np.empty(n), np.empty(n)
-    for a in range(0, n, 2048):
-        chunk = x[a : a + 2048] if n <= fit_samples else thumbnails(images[a : a + 2048], thumb)
-        codes = pca.transform(chunk)
-        err[a : a + 2048] = np.sqrt(((chunk - pca.inverse_transform(codes)) ** 2).mean(axis=1))
-        dist[a : a + 2048] = np.sqrt(
-            ((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1)
-        )
+    for rows, x in blocks:
+        for a in range(0, len(rows), 2048):
+            chunk, where = x[a : a + 2048], rows[a : a + 2048]
+            codes = pca.transform(chunk)
+            err[where] = np.sqrt(((chunk - pca.inverse_transform(codes)) ** 2).mean(axis=1))
+            dist[where] = np.sqrt(
+                ((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1)
+            )
     return pd.DataFrame({"reconstruction_z": robust_z(err), "distance_z": robust_z(dist)})
 
 
 def score_samples(ds: Dataset, cfg: OutlierConfig) -> pd.DataFrame:
     """Every sample's scores, whether it is flagged, and why."""
-    table = pca_scores(ds.images, cfg.n_components, cfg.thumb, cfg.seed)
+    table = pca_scores(ds.images, cfg.n_components, cfg.thumb, cfg.seed, PCA_FIT_SAMPLES)
     table["texture_z"] = texture_z(ds.images)
     table["colour_z"] = colour_z(ds.images)
+    return flag_samples(ds, table, duplicate_groups(ds.images), cfg)
+
+
+def score_features(ds: Dataset, parts: Sequence[ImageFeatures], cfg: OutlierConfig) -> pd.DataFrame:
+    """``score_samples`` from per-image features computed elsewhere (each chunk's, in any order):
+    the same table for the same images, as the features are the same numbers. Their ids must be
+    the dataset's; the thumbnails are scored a part at a time, never all in memory."""
+    where = {sid: r for r, sid in enumerate(i for p in parts for i in p.ids)}
+    if len(where) != len(ds) or any(sid not in where for sid in ds.ids):
+        raise ValueError(
+            f"the features are of {len(where)} images, not of the dataset's {len(ds)} (rule: one "
+            "row of features for each sample)"
+        )
+    thumbs = {p.thumb for p in parts}
+    if thumbs != {cfg.thumb}:
+        raise ValueError(
+            f"features computed at thumb {sorted(thumbs)}, filter_outliers.thumb is {cfg.thumb} "
+            "(rule: the chunks are scored at the filter's thumbnail size)"
+        )
+    n = len(ds)
+    order = np.array([where[sid] for sid in ds.ids], dtype=np.int64)  # dataset row -> part rows
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)  # rows of the parts, one after the other -> dataset row
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    rows = order[fit_rows(n, PCA_FIT_SAMPLES, cfg.seed)]
+    fit = np.empty((len(rows), cfg.thumb * cfg.thumb * 3), np.float32)
+    for k, p in enumerate(parts):
+        mine = (rows >= starts[k]) & (rows < starts[k + 1])
+        fit[mine] = p.thumbs[rows[mine] - starts[k]]
+    if n <= PCA_FIT_SAMPLES:  # the fit thumbnails are all of them, in the dataset's order
+        blocks: Iterable = [(np.arange(n), fit)]
+    else:
+        blocks = ((position[starts[k] : starts[k + 1]], p.thumbs) for k, p in enumerate(parts))
+    table = scores_from_thumbnails(n, fit, blocks, cfg.n_components, cfg.seed)
+    table["texture_z"] = robust_z(np.log1p(np.concatenate([p.texture for p in parts])[order]))
+    table["colour_z"] = colour_z_of(np.concatenate([p.means for p in parts])[order])
+    groups = duplicate_groups_of(np.concatenate([p.phash for p in parts])[order])
+    return flag_samples(ds, table, groups, cfg)
+
+
+def flag_samples(
+    ds: Dataset, table: pd.DataFrame, groups: np.ndarray, cfg: OutlierConfig
+) -> pd.DataFrame:
+    """The table of ``score_samples`` from the samples' z-scores (``SCORES``) and duplicate
+    groups: what is flagged and why."""
     table.insert(0, "id", ds.ids)
     table.insert(1, "label", [ds.class_names[i] for i in ds.labels])
     magnitude = table[list(SCORES)].abs()
     table["score"] = magnitude.max(axis=1)
-    table["duplicate_group"] = duplicate_groups(ds.images)
+    table["duplicate_group"] = groups
     worst = magnitude.idxmax(axis=1)
 
     by_score = table.score > cfg.z_threshold
@@ -253,11 +336,16 @@ def score_samples(ds: Dataset, cfg: OutlierConfig) -> pd.DataFrame:
 
 
 def filter_outliers(
-    ds: Dataset, cfg: OutlierConfig | None = None, max_images: int = 96, **overrides
+    ds: Dataset,
+    cfg: OutlierConfig | None = None,
+    max_images: int = 96,
+    features: Sequence[ImageFeatures] | None = None,
+    **overrides,
 ) -> OutlierResult:
-    """Remove the flagged samples; the report keeps every sample's scores and reason."""
+    """Remove the flagged samples; the report keeps every sample's scores and reason.
+    ``features``: the samples' per-image features, computed already (``score_features``)."""
     cfg = cfg or OutlierConfig(**overrides)
-    table = score_samples(ds, cfg)
+    table = score_samples(ds, cfg) if features is None else score_features(ds, features, cfg)
     flagged = table.flagged.to_numpy()
     kept = ds.subset(np.flatnonzero(~flagged), outliers_removed=int(flagged.sum()))
 

@@ -191,6 +191,17 @@ class ShardedImages:
         )
 
 
+def concat_images(
+    first: np.ndarray | ShardedImages, more: np.ndarray | ShardedImages
+) -> np.ndarray | ShardedImages:
+    """``first`` followed by ``more``: sharded if either is (nothing is read), else one array."""
+    if isinstance(first, ShardedImages):
+        return first.append(more)
+    if isinstance(more, ShardedImages):
+        return ShardedImages([first], first.shape[1:]).append(more)
+    return np.concatenate([first, more])
+
+
 def write_hashed(
     sink: str, chunks: Iterator[np.ndarray], image_shape: Sequence[int], prefix: str = "source"
 ) -> ShardedImages:

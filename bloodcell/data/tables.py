@@ -13,15 +13,19 @@ from bloodcell.data.dataset import Dataset
 from bloodcell.data.stain import channel_stats
 
 
-def sample_table(ds: Dataset) -> pd.DataFrame:
-    """id, label, shape, dtype, per-channel mean/std and content hash of every sample."""
+def sample_table(ds: Dataset, stats: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """id, label, shape, dtype, per-channel mean/std and content hash of every sample.
+    ``stats``: the (N, 3) channel means and stds, where they were computed already (no pixels
+    are read then)."""
     n = len(ds)
-    means = np.empty((n, 3))
-    stds = np.empty((n, 3))
-    for start in range(0, n, 2048):
-        means[start : start + 2048], stds[start : start + 2048] = channel_stats(
-            ds.images[start : start + 2048]
-        )
+    if stats is not None:
+        means, stds = stats
+    else:
+        means, stds = np.empty((n, 3)), np.empty((n, 3))
+        for start in range(0, n, 2048):
+            means[start : start + 2048], stds[start : start + 2048] = channel_stats(
+                ds.images[start : start + 2048]
+            )
     h, w, c = ds.images.shape[1:]
     return pd.DataFrame(
         {
@@ -72,8 +76,10 @@ def shape_params(ds: Dataset) -> dict[str, int]:
     }
 
 
-def ingest_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
-    return {"samples": sample_table(ds), "classes": class_table(ds)}
+def ingest_tables(
+    ds: Dataset, stats: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, pd.DataFrame]:
+    return {"samples": sample_table(ds, stats), "classes": class_table(ds)}
 
 
 def unlabeled_tables(ds: Dataset) -> dict[str, pd.DataFrame]:
