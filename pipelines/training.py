@@ -5,15 +5,20 @@ Run it with ``zenml pipeline run pipelines.training.training_pipeline -c configs
 Every parameter comes from the YAML config; what a config leaves out keeps the step's default
 (docs/configuration.md says what the steps' defaults are). Each run makes a version of the model
 ``bloodcell-classifier``.
+
+The data steps, and the pipeline parameter ``fan_out`` that reads the source a chunk at a time,
+are ``pipelines.data``'s (the pipeline is dynamic for them: the chunks are known only once the
+source has been listed).
 """
+
+from typing import Any
 
 from zenml import Model, pipeline
 
 from bloodcell import MODEL_NAME
+from pipelines.data import DATA_STEPS, clean_data
 from steps.evaluate import evaluate
-from steps.filter_outliers import filter_outliers
 from steps.fine_tune import fine_tune
-from steps.ingest import ingest
 from steps.ingest_external import ingest_external
 from steps.promote import promote
 from steps.rebalance import rebalance
@@ -31,12 +36,22 @@ MODEL = Model(
     "(PBC: CC BY 4.0, Acevedo et al. 2020)",
 )
 
+# every step the pipeline may run: the config's ``steps:`` blocks apply to each run of them
+STEPS = [
+    *DATA_STEPS,
+    split,
+    rebalance,
+    train,
+    fine_tune,
+    evaluate,
+    ingest_external,
+    promote,
+]
 
-@pipeline(enable_cache=True, model=MODEL)
-def training_pipeline() -> None:
-    dataset = ingest()
-    filtered, _outliers = filter_outliers(dataset)
-    train_set, val_set, test_set = split(filtered)
+
+@pipeline(dynamic=True, enable_cache=True, model=MODEL, depends_on=STEPS)
+def training_pipeline(fan_out: dict[str, Any] | None = None) -> None:
+    train_set, val_set, test_set = split(clean_data(fan_out))
     balanced = rebalance(train_set, val_set, test_set)
     trained, _history = train(balanced, val_set)
     shipped = fine_tune(trained, balanced, val_set)

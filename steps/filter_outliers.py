@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from zenml import log_metadata, step
 from zenml.logger import get_logger
@@ -30,6 +30,8 @@ _DEFAULT = OutlierConfig()  # the step's defaults are the filter's own: written 
 )
 def filter_outliers(
     dataset: Dataset,
+    # ImageFeatures, one a chunk (typed Any: ZenML checks a parameter's type with pydantic)
+    features: tuple[Any, ...] = (),
     n_components: int = _DEFAULT.n_components,
     thumb: int = _DEFAULT.thumb,
     z_threshold: float = _DEFAULT.z_threshold,
@@ -40,11 +42,15 @@ def filter_outliers(
     always_drop: list[str] | None = None,
     seed: int = _DEFAULT.seed,
 ) -> tuple[Annotated[Dataset, "filtered_dataset"], Annotated[OutlierReport, "outlier_report"]]:
-    """Remove what is not a stained blood-cell image; report every sample's scores and why."""
+    """Remove what is not a stained blood-cell image; report every sample's scores and why.
+    ``features``: the per-image features the fan-out path's chunks computed (``score_chunk``);
+    without them (the single path) they are computed here, from the images."""
     # the parameters are OutlierConfig's fields, with its defaults (tests/test_config_options.py)
-    given = {k: v for k, v in locals().items() if k != "dataset" and v is not None}
+    given = {
+        k: v for k, v in locals().items() if k not in ("dataset", "features") and v is not None
+    }
     cfg = OutlierConfig.from_dict(given)
-    result = bloodcell.data.outliers.filter_outliers(dataset, cfg)
+    result = bloodcell.data.outliers.filter_outliers(dataset, cfg, features=features or None)
     removed = result.report.removed
     logger.info(
         "Removed %d of %d samples as outliers (%d borderline kept for review): %s",

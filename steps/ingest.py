@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
@@ -35,6 +36,19 @@ def ingest(
     # a folder's images go straight into the output artifact's folder as shards, as they are decoded
     sink = get_step_context().get_output_artifact_uri("dataset")
     ds = read_source(source, image_size=image_size, classes=classes, class_map=class_map, sink=sink)
+    return checked(ds, source, image_size, params)
+
+
+def checked(
+    ds: Dataset,
+    source: str,
+    image_size: int,
+    params: dict[str, float],
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Dataset:
+    """Log what was read, run the ``ingest`` expectation suite on it (``params``: the stain
+    ranges' suite parameters; ``stats``: the images' channel means and stds where they are known
+    already) and record its metadata: the one tail of ``ingest`` and ``gather_chunks``."""
     conversions = ds.info.get("conversions", {})
     logger.info(
         "Ingested %d images of %d classes %s from %s (%s), fingerprint %s, conversions %s",
@@ -50,7 +64,7 @@ def ingest(
     guard(
         "ingest",  # image_size square RGB uint8, unique ids, labels 0..max_label, num_classes
         # classes each present, pixel std >= 2 (not blank), channel means in the stain ranges
-        ingest_tables(ds),
+        ingest_tables(ds, stats),
         **shape_params(ds),  # image_size, num_classes, max_label
         **params,  # mean_r_min, mean_r_max, ... from stain_ranges
     )

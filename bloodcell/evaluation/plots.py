@@ -180,3 +180,17 @@ def risk_coverage_curves(trust: dict[str, dict]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def feature_summary(texture: np.ndarray, means: np.ndarray, title: str) -> bytes:
+    """A chunk's per-image features at a glance: the texture energy's spread and each image's
+    stain cast (red minus green against blue minus green), where outliers stand apart."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.hist(np.log1p(texture), bins=40, color="#7a4fa3")
+    left.set_xlabel("log(1 + texture energy)")
+    left.set_ylabel("images")
+    right.scatter(means[:, 0] - means[:, 1], means[:, 2] - means[:, 1], s=3, alpha=0.4)
+    right.set_xlabel("red - green")
+    right.set_ylabel("blue - green")
+    fig.suptitle(title)
+    return _png(fig)
