@@ -84,3 +84,50 @@ def test_the_s3_endpoint_option_of_kubernetes_sh_is_the_s3_stores():
     """kubernetes.sh passes an S3-compatible server's endpoint through the store's client_kwargs."""
     text = (ROOT / "configs" / "stacks" / "kubernetes.sh").read_text()
     assert "--client_kwargs=" in text and "client_kwargs" in _flavors()[("artifact_store", "s3")]
+
+
+def _printed_config(script: Path) -> dict:
+    """The pipeline config a stack script prints (its ``cat <<YAML`` block), with the script's
+    default values for its variables."""
+    import yaml
+
+    text = script.read_text()
+    defaults = {
+        m.group(1): m.group(2).strip("'")
+        for m in re.finditer(r"^(\w+)=\$\{\w+:-(.*?)\}\s*(?:#.*)?$", text, re.M)
+    }
+    block = text.split("cat <<YAML\n", 1)[1].split("\nYAML", 1)[0].split("\n", 1)[1]
+    return yaml.safe_load(re.sub(r"\$(\w+)", lambda m: defaults[m.group(1)], block))
+
+
+def test_the_config_kubernetes_sh_prints_is_one_zenml_and_the_pipeline_take():
+    """Every key of the printed config is a field of the installed ZenML's run configuration, of
+    the Kubernetes settings or of the pipeline (its steps and its fan_out options)."""
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+    from zenml.enums import StepRuntime
+    from zenml.integrations.kubernetes.flavors import (
+        KubernetesOrchestratorSettings,
+        KubernetesStepOperatorSettings,
+    )
+    from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
+
+    from bloodcell.data.chunks import FanOut
+    from pipelines.training import STEPS
+
+    cfg = _printed_config(ROOT / "configs" / "stacks" / "kubernetes.sh")
+    PipelineRunConfiguration.model_validate(cfg)  # top-level and step-level keys, runtime values
+    FanOut.from_dict(cfg["parameters"]["fan_out"])
+    assert int(cfg["environment"]["ZENML_DYNAMIC_PIPELINE_WORKER_COUNT"]) >= 1
+    assert set(cfg["steps"]) <= {s.name for s in STEPS}
+    kinds = {
+        "orchestrator": KubernetesOrchestratorSettings,
+        "step_operator": KubernetesStepOperatorSettings,
+    }
+    blocks = [cfg["settings"]] + [s.get("settings", {}) for s in cfg["steps"].values()]
+    for settings in blocks:  # names only: the values' validators need the kubernetes client
+        for kind, values in settings.items():
+            assert set(values) <= set(kinds[kind].model_fields), (kind, values)
+            pod = values.get("pod_settings", {})
+            assert set(pod) <= set(KubernetesPodSettings.model_fields), pod
+    for name in ("ingest_chunk", "score_chunk"):  # the chunks run as pods of their own
+        assert StepRuntime(cfg["steps"][name]["runtime"]) == StepRuntime.ISOLATED
