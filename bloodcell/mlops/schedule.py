@@ -3,6 +3,7 @@
 A schedule file (``configs/retrain_weekly.yaml``) names a pipeline config and a ZenML schedule::
 
     pipeline_config: train_cpu.yaml   # relative to the schedule file
+    parameters: {fan_out: {chunk_size: 2000}}   # optional: pipeline parameters on top of it
     schedule: {name: bloodcell-retrain-weekly, cron_expression: "0 3 * * 1"}
 
 ``bloodcell schedule FILE --register`` registers it with the active stack's orchestrator (one that
@@ -111,7 +112,8 @@ def unscheduled_config(config: str) -> tuple[str, str | None]:
 
 
 def load_schedule(path: str) -> tuple[str, dict]:
-    """A schedule file's pipeline config (its path resolved against the file's folder) and its
+    """A schedule file's pipeline config (its path resolved against the file's folder; with the
+    file's ``parameters`` set on top of the config's, a merged copy in a temporary file) and its
     ``schedule`` section (``name``, ``cron_expression``)."""
     p = Path(path)
     if not p.is_file():
@@ -129,7 +131,18 @@ def load_schedule(path: str) -> tuple[str, dict]:
     config = (p.parent / spec["pipeline_config"]).resolve()
     if not config.is_file():
         raise FileNotFoundError(f"{p}: its pipeline_config {config} does not exist")
-    return str(config), dict(spec["schedule"])
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ValueError(f"{p}: parameters {parameters!r} (rule: a mapping of pipeline parameters)")
+    if not parameters:
+        return str(config), dict(spec["schedule"])
+    merged = yaml.safe_load(config.read_text()) or {}
+    merged["parameters"] = {**(merged.get("parameters") or {}), **parameters}
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=f"{config.stem}.{p.stem}.", suffix=".yaml", delete=False
+    ) as tmp:
+        yaml.safe_dump(merged, tmp, sort_keys=False)
+    return tmp.name, dict(spec["schedule"])
 
 
 def register_schedule(config: str, schedule: dict, source: str) -> str:
