@@ -56,6 +56,7 @@ def _step_parameters():
 
 def _options():
     from bloodcell.augment.online import OnlineAugment
+    from bloodcell.data.chunks import FanOut
     from bloodcell.model.adaptation import AdaptConfig
     from bloodcell.model.cnn import build_custom_cnn
     from bloodcell.model.referral import ReferralConfig
@@ -66,6 +67,7 @@ def _options():
     yield from ((f"augment.{name}", name) for name in OnlineAugment.model_fields)
     yield from ((f"adaptation.{name}", name) for name in AdaptConfig.model_fields)
     yield from ((f"referral.{name}", name) for name in ReferralConfig.model_fields)
+    yield from ((f"fan_out.{name}", name) for name in FanOut.model_fields)
     for builder in (build_custom_cnn, build_transfer):
         for name in inspect.signature(builder).parameters:
             if name not in ("num_classes", "image_size", "name", "architecture"):
@@ -165,6 +167,7 @@ def _same(documented, default) -> bool:
 def _defaults():
     """(table, option, the code's default) for every parameter and option with a default."""
     from bloodcell.augment.online import OnlineAugment
+    from bloodcell.data.chunks import FanOut
     from bloodcell.model.adaptation import AdaptConfig
     from bloodcell.model.cnn import build_custom_cnn
     from bloodcell.model.referral import ReferralConfig
