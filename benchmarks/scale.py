@@ -158,7 +158,7 @@ def pipeline_config(images: Path, n: int, epochs: int, steps: int, held_out: int
             "split": {"parameters": {"val_fraction": fraction, "test_fraction": fraction}},
             "train": {
                 "parameters": {
-                    "model": {"filters": [16, 32, 64, 128], "dense_units": 128},
+                    "network": {"filters": [16, 32, 64, 128], "dense_units": 128},
                     "training": {
                         "epochs": epochs,
                         "steps_per_epoch": steps,
@@ -229,9 +229,8 @@ def step_images(run, epochs: int, steps: int) -> dict[str, int]:
     return out
 
 
-def run_pipeline(
-    images: Path, n: int, workdir: Path, epochs: int, steps: int, held_out: int
-) -> dict:
+def prepare(workdir: Path) -> tuple[Path, dict[str, str]]:
+    """A throw-away copy of the project with its own ZenML store under ``workdir``."""
     env = {
         **os.environ,
         "ZENML_CONFIG_PATH": str(workdir / "zenml"),
@@ -241,14 +240,22 @@ def run_pipeline(
     os.environ.update(env)
     proj = make_sandbox(workdir / "proj")
     env["PYTHONPATH"] = str(proj)
-    config = proj / "configs" / "scale.yaml"
-    config.write_text(yaml.safe_dump(pipeline_config(images, n, epochs, steps, held_out)))
-    log = workdir / "pipeline.log"
-    print(f"pipeline: running (log: {log})", flush=True)
+    return proj, env
+
+
+def run_pipeline(
+    proj: Path, env: dict[str, str], pipeline: str, config: dict, name: str
+) -> tuple[dict, object, RssSampler]:
+    """Run ``pipeline`` with ``config`` in ``proj``: its wall time, peak RSS and whether it failed,
+    the ZenML run, and the memory samples."""
+    path = proj / "configs" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = proj.parent / f"{name}.log"
+    print(f"{name}: running {pipeline} (log: {log})", flush=True)
     t0 = time.time()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)],
+            [ZENML, "pipeline", "run", pipeline, "-c", str(path)],
             cwd=proj,
             env=env,
             stdout=out,
@@ -257,30 +264,55 @@ def run_pipeline(
         sampler = RssSampler(proc.pid)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
         sampler.stopped.set()
         sampler.join()
     wall = time.time() - t0
-    failed = proc.returncode != 0
 
     from zenml.client import Client
 
     run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
+    result = {
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(max(usage.ru_maxrss / 1024, sampler.peak())),
+        "run": str(run.id),
+        "failed": os.waitstatus_to_exitcode(status) != 0,
+        "log": str(log),
+    }
+    return result, run, sampler
+
+
+def step_times(run, t0: float, wall: float) -> dict[str, tuple[float, float]]:
+    """Each finished step's start and end (epoch seconds), checked against the run's own span."""
+    out = {}
+    for name, s in run.steps.items():
+        if s.end_time is None or str(s.status) not in ("completed", "cached"):
+            continue
+        start, end = _epoch(s.start_time), _epoch(s.end_time)
+        if not t0 - 1 <= start <= end <= t0 + wall + 1:  # ZenML's times are naive UTC
+            raise SystemExit(
+                f"step {name}'s times {s.start_time}..{s.end_time} fall outside the run"
+            )
+        out[name] = (start, end)
+    return out
+
+
+def training_run(images: Path, n: int, workdir: Path, epochs: int, steps: int, held_out: int):
+    proj, env = prepare(workdir)
+    config = pipeline_config(images, n, epochs, steps, held_out)
+    t0 = time.time()
+    result, run, sampler = run_pipeline(
+        proj, env, "pipelines.training.training_pipeline", config, "scale"
+    )
     counts = step_images(run, epochs, steps)
+    times = step_times(run, t0, result["wall_s"])
     steps_out = {}
     for name, s in sorted(
         run.steps.items(), key=lambda kv: (kv[1].start_time is None, kv[1].start_time or 0)
     ):
-        if s.end_time is None or str(s.status) != "completed":
+        if name not in times:
             steps_out[name] = {"status": str(s.status)}
             continue
-        start, end = _epoch(s.start_time), _epoch(s.end_time)
-        if (
-            not t0 - 1 <= start <= end <= t0 + wall + 1
-        ):  # ZenML's times are naive UTC: check the reading
-            raise SystemExit(
-                f"step {name}'s times {s.start_time}..{s.end_time} fall outside the run"
-            )
+        start, end = times[name]
         handled = counts.get(name, 0)
         steps_out[name] = {
             "wall_s": round(end - start, 1),
@@ -288,14 +320,142 @@ def run_pipeline(
             "images_per_s": round(handled / max(end - start, 1e-9)) if handled else None,
             "peak_rss_mb": round(sampler.peak(start, end)),
         }
-    return {
-        "wall_s": round(wall, 1),
-        "peak_rss_mb": round(max(usage.ru_maxrss / 1024, sampler.peak())),
-        "steps": steps_out,
-        "run": str(run.id),
-        "failed": failed,
-        "log": str(log),
+    return {**result, "steps": steps_out}
+
+
+MAPPED = ("ingest_chunk_", "score_chunk_")
+
+
+def data_run(proj: Path, env: dict[str, str], images: Path, chunk_size: int | None, name: str):
+    """The data pipeline (ingest and the outlier filter) once, single or fanned out: the data
+    steps' wall time and peak RSS, the dataset fingerprints, and the mapped steps' figures."""
+    config = {
+        "steps": {"ingest": {"parameters": {"source": str(images), "stain_ranges": stain_ranges()}}}
     }
+    if chunk_size:
+        config["parameters"] = {"fan_out": {"chunk_size": chunk_size}}
+    t0 = time.time()
+    result, run, sampler = run_pipeline(proj, env, "pipelines.data.data_pipeline", config, name)
+    if result["failed"]:
+        raise SystemExit(f"{name}: the pipeline failed, its log is {result['log']}")
+    times = step_times(run, t0, result["wall_s"])
+    begin = min(start for start, _ in times.values())
+    finish = max(end for _, end in times.values())
+    gathered = "gather_chunks" if chunk_size else "ingest"
+    out = {
+        **result,
+        "data_steps_s": round(finish - begin, 1),
+        "data_steps_peak_rss_mb": round(sampler.peak(begin, finish)),
+        "fingerprint": run.steps[gathered].outputs["dataset"][0].run_metadata["fingerprint"],
+        "filtered_fingerprint": run.steps["filter_outliers"]
+        .outputs["filtered_dataset"][0]
+        .run_metadata["fingerprint"],
+        "steps": {
+            n: {"status": str(run.steps[n].status), "wall_s": round(e - s, 1)}
+            for n, (s, e) in sorted(times.items(), key=lambda kv: kv[1])
+            if not n.startswith(MAPPED)
+        },
+    }
+    mapped = {n: times[n] for n in times if n.startswith(MAPPED)}
+    if mapped:
+        walls = [e - s for s, e in mapped.values()]
+        ran = [n for n in mapped if str(run.steps[n].status) == "completed"]
+        out["mapped"] = {
+            "steps": len(mapped),
+            "ran": len(ran),
+            "cached": len(mapped) - len(ran),
+            "mean_wall_s": round(float(np.mean(walls)), 2),
+            "max_wall_s": round(float(np.max(walls)), 1),
+            # from the plan to the gather: the whole fanned-out phase, per mapped step
+            "phase_s": round(times["gather_chunks"][0] - times["plan_chunks"][1], 1),
+        }
+    return out
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+def grow(images: Path, copy: Path, share: float) -> int:
+    """``copy``: ``images`` as hard links (instant; the files keep their times), then ``share``
+    more cells of each class numbered after the old ones, as a scanner numbers new images."""
+    shutil.copytree(images, copy, copy_function=_link)
+    added = 0
+    for c, folder in enumerate(sorted(p for p in copy.iterdir() if p.is_dir())):
+        have = sum(1 for _ in folder.iterdir())
+        more = max(1, round(share * have))
+        _synthesize((str(SOURCE / folder.name), str(folder), c, have, more))
+        added += more
+    return added
+
+
+def fan_out_runs(args, images: Path, workdir: Path) -> dict:
+    """Single, fanned out, fanned out again unchanged and, with ``--new``, after the source grew:
+    all in one store, so the later runs see the earlier ones' cache as a user's would."""
+    source = workdir / "source"
+    shutil.copytree(images, source, copy_function=_link)
+    proj, env = prepare(workdir)
+    env["ZENML_DYNAMIC_PIPELINE_WORKER_COUNT"] = str(args.parallelism)
+    single = data_run(proj, env, source, None, "single")
+    fanned = data_run(proj, env, source, args.chunk_size, "fan_out")
+    unchanged = data_run(proj, env, source, args.chunk_size, "fan_out_unchanged")
+    steps = fanned["mapped"]["steps"]
+    out = {
+        "chunk_size": args.chunk_size,
+        "parallelism": args.parallelism,
+        "single": single,
+        "fan_out": fanned,
+        "fan_out_unchanged": unchanged,
+        "fingerprint_single": single["fingerprint"],
+        "fingerprint_fanout": fanned["fingerprint"],
+        "same_dataset": single["fingerprint"] == fanned["fingerprint"]
+        and single["filtered_fingerprint"] == fanned["filtered_fingerprint"],
+        "wall_ratio": round(fanned["data_steps_s"] / single["data_steps_s"], 3),
+        "rss_ratio": round(fanned["data_steps_peak_rss_mb"] / single["data_steps_peak_rss_mb"], 3),
+        # what fanning out adds, spread over its mapped steps; and a cache hit's cost
+        "overhead_per_mapped_step_s": round(
+            (fanned["data_steps_s"] - single["data_steps_s"]) / steps, 3
+        ),
+        "cached_mapped_step_s": round(unchanged["mapped"]["phase_s"] / steps, 3),
+        "first_data_steps_s": fanned["data_steps_s"],
+    }
+    if args.new:
+        shutil.rmtree(source)
+        added = grow(images, source, args.new)
+        rerun = data_run(proj, env, source, args.chunk_size, "fan_out_new")
+        out.update(
+            new_images=added,
+            fan_out_new=rerun,
+            rerun_data_steps_s=rerun["data_steps_s"],
+            rerun_share=round(rerun["data_steps_s"] / fanned["data_steps_s"], 3),
+        )
+    return out
+
+
+def report_fan_out(result: dict) -> None:
+    print(f"\n{result['images']} images, {result['cpus']} CPUs, chunk size {result['chunk_size']}")
+    print(f"{'run':18s} {'data steps s':>12s} {'peak RSS MB':>12s} {'mapped ran/cached':>18s}")
+    for name in ("single", "fan_out", "fan_out_unchanged", "fan_out_new"):
+        if name in result:
+            r = result[name]
+            mapped = r.get("mapped")
+            ran = f"{mapped['ran']}/{mapped['cached']}" if mapped else ""
+            print(
+                f"{name:18s} {r['data_steps_s']:12.1f} {r['data_steps_peak_rss_mb']:12d} {ran:>18s}"
+            )
+    print(
+        f"same dataset: {result['same_dataset']}; fan-out/single wall {result['wall_ratio']}, "
+        f"RSS {result['rss_ratio']}; overhead {result['overhead_per_mapped_step_s']} s and a cache "
+        f"hit {result['cached_mapped_step_s']} s a mapped step"
+    )
+    if "rerun_share" in result:
+        print(
+            f"{result['new_images']} new images: data steps {result['rerun_data_steps_s']} s, "
+            f"{100 * result['rerun_share']:.1f}% of the first run's"
+        )
 
 
 def main() -> None:
@@ -319,6 +479,21 @@ def main() -> None:
     parser.add_argument(
         "--keep", metavar="DIR", help="run in DIR (a new folder) and keep its ZenML store"
     )
+    parser.add_argument(
+        "--fan-out",
+        action="store_true",
+        help="run the data steps (pipelines.data) single and fanned out, and compare them",
+    )
+    parser.add_argument("--chunk-size", type=int, default=5000, help="with --fan-out")
+    parser.add_argument(
+        "--parallelism", type=int, default=os.cpu_count(), help="chunk steps at once (--fan-out)"
+    )
+    parser.add_argument(
+        "--new",
+        type=float,
+        default=0.0,
+        help="with --fan-out: then add this share of new cells a class and run again",
+    )
     args = parser.parse_args()
     if args.images < 800:
         raise SystemExit(
@@ -333,7 +508,19 @@ def main() -> None:
     workdir = Path(
         args.keep or tempfile.mkdtemp(prefix="bloodcell-scale-", dir=os.environ.get("TMPDIR"))
     )
-    result = run_pipeline(images, args.images, workdir, args.epochs, args.steps, args.held_out)
+    if args.fan_out:
+        result = {
+            "images": args.images,
+            "cpus": os.cpu_count(),
+            **fan_out_runs(args, images, workdir),
+        }
+        report_fan_out(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        if not args.keep:
+            shutil.rmtree(workdir)
+        return
+    result = training_run(images, args.images, workdir, args.epochs, args.steps, args.held_out)
     if not (args.keep or result["failed"]):
         shutil.rmtree(workdir)
     result = {

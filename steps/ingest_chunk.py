@@ -19,6 +19,9 @@ logger = get_logger(__name__)
 # so an unchanged chunk is served from the cache and an edited file reruns its chunk alone.
 @step(
     cache_policy=content_cache_policy(__name__),
+    # a chunk is a part: its pictures would cost more than its work (the gathered dataset has
+    # them), so the dashboard shows a chunk's metadata only
+    enable_artifact_visualization=False,
     output_materializers={"chunk_dataset": DatasetMaterializer},
 )
 def ingest_chunk(chunk: dict) -> Annotated[Dataset, "chunk_dataset"]:

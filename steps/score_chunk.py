@@ -16,6 +16,9 @@ from steps._cache import content_cache_policy
 
 @step(
     cache_policy=content_cache_policy(__name__),
+    # a chunk is a part: its pictures would cost more than its work (the gathered dataset has
+    # them), so the dashboard shows a chunk's metadata only
+    enable_artifact_visualization=False,
     output_materializers={"chunk_features": ImageFeaturesMaterializer},
 )
 def score_chunk(
