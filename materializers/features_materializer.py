@@ -10,7 +10,7 @@ import numpy as np
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from bloodcell.data.features import ImageFeatures
+from bloodcell.data.features import ImageFeatures, StoredArray
 from bloodcell.evaluation import plots
 from materializers._io import read_json, read_npy, write_bytes, write_json, write_npy
 
@@ -23,18 +23,20 @@ class ImageFeaturesMaterializer(BaseMaterializer):
 
     def save(self, data: ImageFeatures) -> None:
         for name in ARRAYS:
-            write_npy(self, f"{name}.npy", getattr(data, name))
+            write_npy(self, f"{name}.npy", np.asarray(getattr(data, name)))
         write_json(self, "meta.json", {"ids": data.ids, "thumb": data.thumb})
 
     def load(self, data_type: type[Any]) -> ImageFeatures:
         meta = read_json(self, "meta.json")
-        arrays = {name: read_npy(self, f"{name}.npy") for name in ARRAYS}
-        return ImageFeatures(ids=meta["ids"], thumb=int(meta["thumb"]), **arrays)
+        arrays = {name: read_npy(self, f"{name}.npy") for name in ARRAYS if name != "thumbs"}
+        # the thumbnails are most of the bytes: read when the filter scores this chunk
+        thumbs = StoredArray(lambda: read_npy(self, "thumbs.npy"), len(meta["ids"]))
+        return ImageFeatures(ids=meta["ids"], thumb=int(meta["thumb"]), thumbs=thumbs, **arrays)
 
     def compute_content_hash(self, data: ImageFeatures) -> str:
         h = hashlib.sha256(f"{data.thumb}\n".encode() + "\n".join(data.ids).encode())
         for name in ARRAYS:
-            h.update(np.ascontiguousarray(getattr(data, name)).tobytes())
+            h.update(np.ascontiguousarray(np.asarray(getattr(data, name))).tobytes())
         return h.hexdigest()
 
     def extract_metadata(self, data: ImageFeatures) -> dict[str, Any]:

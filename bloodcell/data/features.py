@@ -8,26 +8,47 @@ features equal the single path's for the same images, whatever the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bloodcell.data.stain import channel_stats
 
 
+class StoredArray:
+    """An array kept where it is stored and read whole each time it is asked for
+    (``np.asarray``, indexing), never held: a loaded artifact's thumbnails, so that a step given
+    every chunk's features holds one chunk's at a time."""
+
+    def __init__(self, read: Callable[[], np.ndarray], length: int):
+        self._read, self._length = read, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self._read()
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._read()[key]
+
+
 @dataclass
 class ImageFeatures:
     """For each image (row ``i`` is ``ids[i]``): per-channel ``means`` and ``stds`` (N, 3) on
     0..255, the ``texture`` energy (mean |neighbour difference|), a 16x16 difference ``phash``
-    (N, 32) uint8, and the ``thumbs`` (N, thumb*thumb*3) float32 the PCA scores."""
+    (N, 32) uint8, and the ``thumbs`` (N, thumb*thumb*3) float32 the PCA scores (in memory, or a
+    :class:`StoredArray` for a loaded artifact)."""
 
     ids: list[str]
     means: np.ndarray
     stds: np.ndarray
     texture: np.ndarray
     phash: np.ndarray
-    thumbs: np.ndarray
+    thumbs: np.ndarray | StoredArray
     thumb: int
 
     def __post_init__(self) -> None:

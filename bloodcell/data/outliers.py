@@ -278,13 +278,16 @@ def score_features(ds: Dataset, parts: Sequence[ImageFeatures], cfg: OutlierConf
     starts = np.cumsum([0] + [len(p) for p in parts])
     rows = order[fit_rows(n, PCA_FIT_SAMPLES, cfg.seed)]
     fit = np.empty((len(rows), cfg.thumb * cfg.thumb * 3), np.float32)
-    for k, p in enumerate(parts):
+    for k, p in enumerate(parts):  # a part's thumbnails are read when used (StoredArray)
         mine = (rows >= starts[k]) & (rows < starts[k + 1])
-        fit[mine] = p.thumbs[rows[mine] - starts[k]]
+        if mine.any():
+            fit[mine] = np.asarray(p.thumbs)[rows[mine] - starts[k]]
     if n <= PCA_FIT_SAMPLES:  # the fit thumbnails are all of them, in the dataset's order
         blocks: Iterable = [(np.arange(n), fit)]
     else:
-        blocks = ((position[starts[k] : starts[k + 1]], p.thumbs) for k, p in enumerate(parts))
+        blocks = (
+            (position[starts[k] : starts[k + 1]], np.asarray(p.thumbs)) for k, p in enumerate(parts)
+        )
     table = scores_from_thumbnails(n, fit, blocks, cfg.n_components, cfg.seed)
     table["texture_z"] = robust_z(np.log1p(np.concatenate([p.texture for p in parts])[order]))
     table["colour_z"] = colour_z_of(np.concatenate([p.means for p in parts])[order])
