@@ -33,6 +33,10 @@ from steps.plan_chunks import plan_chunks
 from steps.score_chunk import score_chunk
 
 os.environ.setdefault("ZENML_DYNAMIC_PIPELINE_WORKER_COUNT", str(os.cpu_count() or 1))
+# ZenML 0.98 resolves a step's inputs through a cache of at most 100 step runs that evicts while
+# it resolves: a step fed by more than about 100 steps (gather_chunks, filter_outliers over 50+
+# chunks) fails with "No step `ingest_chunk_...` found in current run". Big enough for any source.
+os.environ.setdefault("ZENML_EXECUTION_CONTEXT_STEP_RUN_CACHE_SIZE", "1000000")
 
 # every data step a run may use: the config's ``steps:`` blocks apply to each run of them
 DATA_STEPS = [ingest, plan_chunks, ingest_chunk, score_chunk, gather_chunks, filter_outliers]

@@ -110,3 +110,20 @@ def test_new_images_rerun_only_their_chunks_and_a_bad_one_names_its_chunk(projec
     assert again == bad
     assert str(fixed.steps["gather_chunks"].status) == "cached"  # the same images as before
     assert all(str(fixed.steps[s].status) == "cached" for s in DOWNSTREAM)
+
+
+def test_a_step_fed_by_over_a_hundred_chunk_steps_runs(project):
+    # ZenML 0.98 evicts step runs from a 100-entry cache while it resolves a step's inputs;
+    # pipelines/data.py raises that bound (without it this run fails in gather_chunks)
+    cfg = yaml.safe_load((project / "configs" / "single.yaml").read_text())
+    cfg = {"steps": {k: cfg["steps"][k] for k in ("ingest", "filter_outliers")}}
+    cfg["parameters"] = {"fan_out": {"chunk_size": 6}}
+    (project / "configs" / "many_chunks.yaml").write_text(yaml.safe_dump(cfg))
+    res = zenml(
+        project, "pipeline", "run", "pipelines.data.data_pipeline", "-c", "configs/many_chunks.yaml"
+    )
+    from zenml.client import Client
+
+    run = Client().get_pipeline("data_pipeline").last_run
+    assert len(_status(run, "ingest_chunk_")) > 50, res.stdout[-500:]
+    assert str(run.steps["filter_outliers"].status) in ("completed", "cached")

@@ -45,6 +45,7 @@ parameters:
   fan_out: {chunk_size: $CHUNK_SIZE}
 environment:
   ZENML_DYNAMIC_PIPELINE_WORKER_COUNT: "$PARALLELISM"
+  ZENML_EXECUTION_CONTEXT_STEP_RUN_CACHE_SIZE: "1000000"   # pipelines/data.py says why
 settings:
   orchestrator:
     pod_settings:
