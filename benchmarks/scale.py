@@ -381,13 +381,17 @@ def _link(src: str, dst: str) -> None:
 
 def grow(images: Path, copy: Path, share: float) -> int:
     """``copy``: ``images`` as hard links (instant; the files keep their times), then ``share``
-    more cells of each class numbered after the old ones, as a scanner numbers new images."""
+    more cells of each class numbered after the old ones, as a scanner numbers new images, and
+    dated a week after the newest old one, as a weekly export is."""
     shutil.copytree(images, copy, copy_function=_link)
+    week_later = max(p.stat().st_mtime for p in copy.rglob("*.jpg")) + 7 * 24 * 3600
     added = 0
     for c, folder in enumerate(sorted(p for p in copy.iterdir() if p.is_dir())):
         have = sum(1 for _ in folder.iterdir())
         more = max(1, round(share * have))
         _synthesize((str(SOURCE / folder.name), str(folder), c, have, more))
+        for k in range(have, have + more):
+            os.utime(folder / f"{k:07d}.jpg", (week_later, week_later))
         added += more
     return added
 

@@ -73,6 +73,24 @@ def test_new_and_edited_files_change_only_their_chunks(source):
     assert len(differ) == 1 and f"monocyte/{victim.name}" in edited[differ[0]][0]
 
 
+def test_a_later_batch_of_images_makes_chunks_of_its_own(source):
+    # a week's new images, named after the old ones: every old chunk stays as it was (cached)
+    before = chunks_of(source, chunk_size=4)
+    last = {n.split("/")[0]: len(files) for n, (files, _) in before.items()}  # dicts keep order
+    folders = [f for f in ("eosinophil", "monocyte", "platelet") if last[f] >= 2]
+    assert folders
+    week_later = max(p.stat().st_mtime for p in source.rglob("*.jpg")) + 7 * 24 * 3600
+    for folder in folders:
+        for k in range(3):
+            new = source / folder / f"ZZ_new_{k}.jpg"
+            shutil.copy(sorted((source / folder).iterdir())[k], new)
+            os.utime(new, (week_later, week_later))
+    after = chunks_of(source, chunk_size=4)
+    assert all(after[n] == before[n] for n in before)
+    added = [f for n in set(after) - set(before) for f in after[n][0]]
+    assert sorted(added) == sorted(f"{f}/ZZ_new_{k}.jpg" for f in folders for k in range(3))
+
+
 def test_a_bad_image_names_the_chunk_the_file_and_the_rule(source, tmp_path):
     victim = sorted((source / "lymphocyte").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:300])

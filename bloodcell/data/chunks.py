@@ -6,8 +6,13 @@ not by their count: a file whose relative path hashes to 0 modulo ``chunk_size``
 chunk (content-defined chunking, as rsync and restic cut bytes), so chunks hold ``chunk_size``
 files on average and no more than ``MAX_CHUNK`` times that. The same source always gives the same
 chunks, and adding, removing or editing a file changes only the chunk it lands in (adding a file
-that begins a chunk splits one in two). Files that sort after the old ones (dated or numbered
-exports) land in the last chunk of their class.
+that begins a chunk splits one in two).
+
+New images usually come as a batch whose names sort after the old ones (analysers number or date
+them). So that such a batch does not reopen the last chunk of each class, a file written more
+than ``NEW_AFTER_S`` after the file before it (in name order) also begins a chunk, once the chunk
+before holds half a chunk size: a week's images then make chunks of their own, and every old
+chunk stays cached.
 
 A chunk is named by its class folder and first file. Its ``digest`` covers each file's relative
 path, size and modification time: it is the chunk step's parameter, so ZenML's cache reruns a
@@ -17,6 +22,7 @@ chunk whose files changed, and only that one.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,9 @@ from bloodcell.data.sharded_images import concat_images
 from bloodcell.options import Options
 
 MAX_CHUNK = 4  # a run longer than this many chunk sizes is cut by count
+NEW_AFTER_S = 3600  # a file this much newer than the one before it begins a chunk (see above)
+
+Entry = tuple[Path, str, os.stat_result]  # a file, its path relative to the source, its stat
 
 
 @dataclass(frozen=True)
@@ -68,24 +77,36 @@ def _starts_chunk(relpath: str, chunk_size: int) -> bool:
     return value % chunk_size == 0
 
 
-def _digest(root: Path, files: Sequence[Path]) -> str:
+def _digest(run: Sequence[Entry]) -> str:
     h = hashlib.sha256()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for _, rel, st in run:
+        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
-def cut(root: Path, files: Sequence[Path], chunk_size: int) -> list[list[Path]]:
-    """One class folder's sorted ``files`` cut into chunks (the module's rule)."""
+def entries(folder: Path, files: Sequence[Path]) -> list[Entry]:
+    """Each of one class folder's ``files`` with its path relative to the source and its stat."""
+    return [(p, f"{folder.name}/{p.name}", p.stat()) for p in files]
+
+
+def cut(files: Sequence[Entry], chunk_size: int) -> list[list[Entry]]:
+    """One class folder's sorted files cut into chunks (the module's rule)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size {chunk_size} (rule: at least 1 file a chunk)")
-    runs: list[list[Path]] = []
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        if not runs or _starts_chunk(rel, chunk_size) or len(runs[-1]) >= MAX_CHUNK * chunk_size:
+    runs: list[list[Entry]] = []
+    last_time = None
+    for entry in files:
+        _, rel, st = entry
+        newer = last_time is not None and st.st_mtime_ns - last_time > NEW_AFTER_S * 10**9
+        if (
+            not runs
+            or _starts_chunk(rel, chunk_size)
+            or len(runs[-1]) >= MAX_CHUNK * chunk_size
+            or (newer and 2 * len(runs[-1]) >= chunk_size)
+        ):
             runs.append([])
-        runs[-1].append(p)
+        runs[-1].append(entry)
+        last_time = st.st_mtime_ns
     return runs
 
 
@@ -121,9 +142,8 @@ def plan_chunks(
     for p, label in files:
         by_folder.setdefault(p.parent.name, (label, []))[1].append(p)
     for folder, (label, paths) in by_folder.items():
-        for run in cut(root, paths, chunk_size):
-            rel = tuple(p.relative_to(root).as_posix() for p in run)
-            chunks.append(Chunk(folder, label, rel, _digest(root, run)))
+        for run in cut(entries(root / folder, paths), chunk_size):
+            chunks.append(Chunk(folder, label, tuple(rel for _, rel, _ in run), _digest(run)))
     return ChunkPlan(str(root), class_names, chunks)
 
 
@@ -135,14 +155,14 @@ def chunk_files(spec: dict) -> list[Path]:
     where = f"chunk {spec['folder']}/{spec['first']} ({spec['files']} files)"
     if not folder.is_dir():
         raise IngestError(f"{where}: {folder} is gone (rule: the source does not change in a run)")
-    for run in cut(root, class_files(folder), int(spec["chunk_size"])):
-        if run[0].name == spec["first"]:
-            if _digest(root, run) != spec["digest"]:
+    for run in cut(entries(folder, class_files(folder)), int(spec["chunk_size"])):
+        if run[0][0].name == spec["first"]:
+            if _digest(run) != spec["digest"]:
                 raise IngestError(
                     f"{where}: its files changed after the run listed them (rule: the source does "
                     "not change in a run; run again)"
                 )
-            return run
+            return [p for p, _, _ in run]
     raise IngestError(
         f"{where}: no longer begins a chunk (rule: the source does not change in a run)"
     )

@@ -56,18 +56,19 @@ def list_folder(
 
 def class_files(folder: Path) -> list[Path]:
     """The image files of one class folder, sorted by name (hidden files skipped)."""
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    if not any(p.is_file() for p in entries):
+    with os.scandir(folder) as it:  # the entries' types come with the listing: no stat a file
+        listed = sorted((e.name, e.is_dir()) for e in it if not e.name.startswith("."))
+    nested = [name for name, is_dir in listed if is_dir]
+    if nested:
+        raise IngestError(
+            f"{folder / nested[0]}: nested folder inside a class folder (rule: class folders hold "
+            "image files only)"
+        )
+    if not listed:
         raise IngestError(
             f"{folder}: empty class folder (rule: every class folder holds at least one image)"
         )
-    for p in entries:
-        if p.is_dir():
-            raise IngestError(
-                f"{p}: nested folder inside a class folder (rule: class folders hold image "
-                "files only)"
-            )
-    return entries
+    return [folder / name for name, _ in listed]
 
 
 def read_files(
