@@ -1,7 +1,16 @@
 """Scale benchmark (issue 22): the training pipeline on N synthetic cells, with wall time, images/s
-and peak RSS per step.
+and peak RSS per step; with ``--fan-out`` (issue 32), the data steps single and fanned out.
 
     .venv/bin/python benchmarks/scale.py --images 200000 --json scale-200k.json
+    .venv/bin/python benchmarks/scale.py --images 200000 --fan-out --new 0.01 --json fan-out.json
+
+``--fan-out`` runs the data pipeline (``pipelines.data``: ingest and the outlier filter) on the
+cells in one fresh store four times: single, fanned out (``--chunk-size``, ``--parallelism``
+chunk steps at once), fanned out again unchanged (every chunk a cache hit), and, with ``--new
+SHARE``, after SHARE more cells a class were added, numbered after the old ones and dated a week
+later. For each: the data steps' wall time (first start to last end) and peak RSS, the dataset
+fingerprints (``fingerprint_single``, ``fingerprint_fanout``), the mapped steps (ran, cached,
+their phase's wall and peak RSS), ``first_data_steps_s`` and ``rerun_data_steps_s``.
 
 The N cells are made from pbc96, balanced over its 8 classes: each is a random crop (70-100% of the
 side) of a random pbc96 image of its class, resized back to 96 px, turned by one of the 8
@@ -351,7 +360,11 @@ def data_run(proj: Path, env: dict[str, str], images: Path, chunk_size: int | No
         .outputs["filtered_dataset"][0]
         .run_metadata["fingerprint"],
         "steps": {
-            n: {"status": str(run.steps[n].status), "wall_s": round(e - s, 1)}
+            n: {
+                "status": str(run.steps[n].status),
+                "wall_s": round(e - s, 1),
+                "peak_rss_mb": round(sampler.peak(s, e)),
+            }
             for n, (s, e) in sorted(times.items(), key=lambda kv: kv[1])
             if not n.startswith(MAPPED)
         },
@@ -368,6 +381,9 @@ def data_run(proj: Path, env: dict[str, str], images: Path, chunk_size: int | No
             "max_wall_s": round(float(np.max(walls)), 1),
             # from the plan to the gather: the whole fanned-out phase, per mapped step
             "phase_s": round(times["gather_chunks"][0] - times["plan_chunks"][1], 1),
+            "phase_peak_rss_mb": round(
+                sampler.peak(times["plan_chunks"][1], times["gather_chunks"][0])
+            ),
         }
     return out
 

@@ -36,7 +36,7 @@ class ImageFeaturesMaterializer(BaseMaterializer):
     def compute_content_hash(self, data: ImageFeatures) -> str:
         h = hashlib.sha256(f"{data.thumb}\n".encode() + "\n".join(data.ids).encode())
         for name in ARRAYS:
-            h.update(np.ascontiguousarray(np.asarray(getattr(data, name))).tobytes())
+            h.update(np.ascontiguousarray(np.asarray(getattr(data, name))).data)  # no copy
         return h.hexdigest()
 
     def extract_metadata(self, data: ImageFeatures) -> dict[str, Any]:

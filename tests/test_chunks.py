@@ -12,7 +12,7 @@ import pytest
 from test_outliers import inject, natural_photos, synthetic_outliers
 
 import bloodcell.data.outliers as outliers
-from bloodcell.data.chunks import FanOut, merge_chunks, plan_chunks, read_chunk
+from bloodcell.data.chunks import MAX_CHUNK, FanOut, merge_chunks, plan_chunks, read_chunk
 from bloodcell.data.dataset import Dataset
 from bloodcell.data.features import image_features
 from bloodcell.data.images import IngestError
@@ -42,7 +42,7 @@ def test_chunks_cover_the_source_once_in_order_and_are_stable(source):
     assert files == read_folder(source).ids  # every file once, in the single path's order
     assert all(len({Path(f).parent for f in c.files}) == 1 for c in plan.chunks)  # one class each
     sizes = [len(c.files) for c in plan.chunks]
-    assert max(sizes) <= 4 * 20 and 8 <= len(sizes) <= 60, sizes
+    assert max(sizes) <= MAX_CHUNK * 20 and 8 <= len(sizes) <= 60, sizes
     assert chunks_of(source) == chunks_of(source)  # the same source gives the same chunks
     with pytest.raises(ValueError, match="parameters.fan_out.chunk_size"):
         FanOut.from_dict({"chunk_size": 0})

@@ -114,6 +114,8 @@ def _tables() -> dict[str, dict[str, str]]:
             key = heading.group(1)
         elif line.startswith("## Adaptation"):
             key = "AdaptConfig"
+        elif line.startswith("## Reading the source a chunk at a time"):
+            key = "FanOut"
         elif line.startswith("## "):
             key = None
         for caption, name in captions.items():
@@ -178,7 +180,7 @@ def _defaults():
         for name, p in inspect.signature(step.entrypoint).parameters.items():
             if p.default is not inspect.Parameter.empty:
                 yield step.name, name, p.default
-    for cls in (TrainConfig, OnlineAugment, AdaptConfig, ReferralConfig):
+    for cls in (TrainConfig, OnlineAugment, AdaptConfig, ReferralConfig, FanOut):
         for name, f in cls.model_fields.items():
             if f.default_factory is None:
                 yield cls.__name__, name, f.default

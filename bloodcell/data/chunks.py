@@ -4,7 +4,7 @@ A chunk is a run of consecutive files of one class folder, in the order a datase
 (``bloodcell.data.ingest.list_folder``). Where a chunk ends is decided by the files' own names,
 not by their count: a file whose relative path hashes to 0 modulo ``chunk_size`` begins a new
 chunk (content-defined chunking, as rsync and restic cut bytes), so chunks hold ``chunk_size``
-files on average and no more than ``MAX_CHUNK`` times that. The same source always gives the same
+files on average and no more than ``MAX_CHUNK`` times that (what a chunk step holds). The same source always gives the same
 chunks, and adding, removing or editing a file changes only the chunk it lands in (adding a file
 that begins a chunk splits one in two).
 
@@ -37,7 +37,7 @@ from bloodcell.data.ingest import class_files, folder_info, list_folder, read_fi
 from bloodcell.data.sharded_images import concat_images
 from bloodcell.options import Options
 
-MAX_CHUNK = 4  # a run longer than this many chunk sizes is cut by count
+MAX_CHUNK = 2  # a run longer than this many chunk sizes is cut by count
 NEW_AFTER_S = 3600  # a file this much newer than the one before it begins a chunk (see above)
 
 Entry = tuple[Path, str, os.stat_result]  # a file, its path relative to the source, its stat

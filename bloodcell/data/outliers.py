@@ -244,6 +244,7 @@ def scores_from_thumbnails(
             dist[where] = np.sqrt(
                 ((codes / np.sqrt(pca.explained_variance_ + 1e-12)) ** 2).sum(axis=1)
             )
+        x = chunk = None  # a block read from storage goes before the next one is read
     return pd.DataFrame({"reconstruction_z": robust_z(err), "distance_z": robust_z(dist)})
 
 

@@ -65,7 +65,7 @@ def write_shards(
     def flush(part: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(part), allow_pickle=False)
-        data = buf.getvalue()
+        data = buf.getbuffer()  # the bytes written, without a copy of the shard
         name = f"{prefix}-{first + len(shards):05d}.npy"
         with fileio.open(_join(folder, name), "wb") as f:
             f.write(data)
