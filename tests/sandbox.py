@@ -78,3 +78,23 @@ def register_local_gpu_stack(proj: Path, operator: str, stack: str, gpus: str, l
     zenml(
         proj, "stack", "register", stack, "-o", "default", "-a", "default", "-s", operator, "--set"
     )
+
+
+def tiny_config(proj: Path, model: str | None = None, **evaluate: object) -> dict:
+    """The quickstart config of ``proj`` trained for two epochs, with every quality floor at zero
+    (two epochs make no usable model; the floors are tested with real values elsewhere), as a
+    dict; ``model``: its own registered model name; ``evaluate``: more evaluate parameters."""
+    import yaml
+
+    cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
+    cfg["steps"]["train"]["parameters"]["training"].update(
+        epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64
+    )
+    cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
+    cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
+    cfg["steps"]["evaluate"]["parameters"].update(
+        min_plain_accuracy=0.0, min_noisy_accuracy=0.0, **evaluate
+    )
+    if model:
+        cfg["model"] = {"name": model}
+    return cfg

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sandbox import make_sandbox, zenml
+from sandbox import make_sandbox, tiny_config, zenml
 
 pytestmark = pytest.mark.pipeline
 
@@ -38,14 +38,7 @@ def _fingerprint(run, step: str, output: str) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     proj = make_sandbox(tmp_path_factory.mktemp("proj"))
-    cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(
-        epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64
-    )
-    cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
-    cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
-    cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
-    cfg["model"] = {"name": MODEL}
+    cfg = tiny_config(proj, MODEL)
     (proj / "configs" / "single.yaml").write_text(yaml.safe_dump(cfg))
     cfg["parameters"] = {"fan_out": {"chunk_size": 100}}
     (proj / "configs" / "fan_out.yaml").write_text(yaml.safe_dump(cfg))

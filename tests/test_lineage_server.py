@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from sandbox import ZENML, make_sandbox
+from sandbox import ZENML, make_sandbox, tiny_config
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.server]
 
@@ -38,15 +38,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     proj = make_sandbox(tmp_path_factory.mktemp("lineage"))
-    cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(
-        epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64
-    )
-    cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
-    cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
-    cfg["steps"]["evaluate"]["parameters"].update(
-        min_plain_accuracy=0.0, min_noisy_accuracy=0.0, corruption_samples=None
-    )
+    cfg = tiny_config(proj, corruption_samples=None)
     (proj / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     env = {
         **os.environ,

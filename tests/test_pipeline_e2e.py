@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sandbox import make_sandbox, zenml
+from sandbox import make_sandbox, tiny_config, zenml
 
 pytestmark = pytest.mark.pipeline
 
@@ -52,16 +52,7 @@ def _status(run) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     proj = make_sandbox(tmp_path_factory.mktemp("proj"))
-    cfg = yaml.safe_load((proj / "configs" / "quickstart.yaml").read_text())
-    cfg["steps"]["train"]["parameters"]["training"].update(
-        epochs=2, swa_epochs=1, recalibrate_samples_per_epoch=64
-    )
-    # two epochs make no usable model: floors at zero keep the gates from flaking (they are tested
-    # with real floors in test_validation.py and test_failed_expectation_stops_the_run...)
-    cfg["steps"]["train"]["parameters"]["min_val_accuracy"] = 0.0
-    cfg["steps"]["fine_tune"]["parameters"]["min_val_accuracy"] = 0.0
-    cfg["steps"]["evaluate"]["parameters"].update(min_plain_accuracy=0.0, min_noisy_accuracy=0.0)
-    cfg["model"] = {"name": MODEL}
+    cfg = tiny_config(proj, MODEL)
     (proj / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return proj
 
