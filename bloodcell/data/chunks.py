@@ -4,9 +4,9 @@ A chunk is a run of consecutive files of one class folder, in the order a datase
 (``bloodcell.data.ingest.list_folder``). Where a chunk ends is decided by the files' own names,
 not by their count: a file whose relative path hashes to 0 modulo ``chunk_size`` begins a new
 chunk (content-defined chunking, as rsync and restic cut bytes), so chunks hold ``chunk_size``
-files on average and no more than ``MAX_CHUNK`` times that (what a chunk step holds). The same source always gives the same
-chunks, and adding, removing or editing a file changes only the chunk it lands in (adding a file
-that begins a chunk splits one in two).
+files on average and no more than ``MAX_CHUNK`` times that (what a chunk step holds). The same
+source always gives the same chunks, and adding, removing or editing a file changes only the
+chunk it lands in (adding a file that begins a chunk splits one in two).
 
 New images usually come as a batch whose names sort after the old ones (analysers number or date
 them). So that such a batch does not reopen the last chunk of each class, a file written more
