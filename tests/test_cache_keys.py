@@ -19,6 +19,9 @@ from steps._cache import PROJECT_PACKAGES, import_closure
 from conftest import ROOT
 
 CACHED_STEPS = {
+    "ingest_chunk",
+    "score_chunk",
+    "gather_chunks",
     "filter_outliers",
     "split",
     "rebalance",
