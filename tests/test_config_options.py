@@ -48,7 +48,7 @@ def test_a_bad_value_names_its_option():
 @pytest.mark.parametrize(
     "step,cls,inputs",
     [
-        ("filter_outliers", OutlierConfig, {"dataset"}),
+        ("filter_outliers", OutlierConfig, {"dataset", "features"}),
         ("rebalance", RebalanceConfig, {"train", "val", "test"}),
     ],
 )
