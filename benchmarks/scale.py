@@ -395,14 +395,13 @@ def _link(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def grow(images: Path, copy: Path, share: float) -> int:
-    """``copy``: ``images`` as hard links (instant; the files keep their times), then ``share``
-    more cells of each class numbered after the old ones, as a scanner numbers new images, and
-    dated a week after the newest old one, as a weekly export is."""
-    shutil.copytree(images, copy, copy_function=_link)
-    week_later = max(p.stat().st_mtime for p in copy.rglob("*.jpg")) + 7 * 24 * 3600
+def grow(source: Path, share: float) -> int:
+    """Add ``share`` more cells to each class of ``source`` (hard links of the cached cells),
+    numbered after the old ones as a scanner numbers new images, and dated a week after the newest
+    old one, as a weekly export is. The cache keeps only the cells it made."""
+    week_later = max(p.stat().st_mtime for p in source.rglob("*.jpg")) + 7 * 24 * 3600
     added = 0
-    for c, folder in enumerate(sorted(p for p in copy.iterdir() if p.is_dir())):
+    for c, folder in enumerate(sorted(p for p in source.iterdir() if p.is_dir())):
         have = sum(1 for _ in folder.iterdir())
         more = max(1, round(share * have))
         _synthesize((str(SOURCE / folder.name), str(folder), c, have, more))
@@ -443,8 +442,7 @@ def fan_out_runs(args, images: Path, workdir: Path) -> dict:
         "first_data_steps_s": fanned["data_steps_s"],
     }
     if args.new:
-        shutil.rmtree(source)
-        added = grow(images, source, args.new)
+        added = grow(source, args.new)
         rerun = data_run(proj, env, source, args.chunk_size, "fan_out_new")
         out.update(
             new_images=added,

@@ -94,12 +94,9 @@ def test_a_later_batch_of_images_makes_chunks_of_its_own(source):
 def test_a_bad_image_names_the_chunk_the_file_and_the_rule(source, tmp_path):
     victim = sorted((source / "lymphocyte").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:300])
+    plan = plan_chunks(str(source), 20)
     spec = next(
-        s
-        for s, c in zip(
-            plan_chunks(str(source), 20).specs(96, 20), plan_chunks(str(source), 20).chunks
-        )
-        if f"lymphocyte/{victim.name}" in c.files
+        s for s, c in zip(plan.specs(96, 20), plan.chunks) if f"lymphocyte/{victim.name}" in c.files
     )
     sink = tmp_path / "artifact"
     with pytest.raises(IngestError) as err:

@@ -95,6 +95,14 @@ class PipelineRunner:
         return outcome
 
 
+def _temporary_config(cfg: dict, stem: str) -> str:
+    """``cfg`` written as YAML to a temporary file named after ``stem``, kept for the process's
+    lifetime (the caller removes it)."""
+    with tempfile.NamedTemporaryFile("w", prefix=f"{stem}.", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump(cfg, tmp, sort_keys=False)
+    return tmp.name
+
+
 def unscheduled_config(config: str) -> tuple[str, str | None]:
     """A copy of ``config`` without its ``schedule:`` section, and that section's cron expression
     (None if it has none). The copy lives in a temporary file kept for the process's lifetime."""
@@ -104,11 +112,7 @@ def unscheduled_config(config: str) -> tuple[str, str | None]:
     schedule = cfg.pop("schedule", None) or {}
     if not schedule:
         return config, None
-    with tempfile.NamedTemporaryFile(
-        "w", prefix=Path(config).stem + ".", suffix=".yaml", delete=False
-    ) as tmp:
-        yaml.safe_dump(cfg, tmp, sort_keys=False)
-    return tmp.name, schedule.get("cron_expression")
+    return _temporary_config(cfg, Path(config).stem), schedule.get("cron_expression")
 
 
 def load_schedule(path: str) -> tuple[str, dict]:
@@ -138,11 +142,7 @@ def load_schedule(path: str) -> tuple[str, dict]:
         return str(config), dict(spec["schedule"])
     merged = yaml.safe_load(config.read_text()) or {}
     merged["parameters"] = {**(merged.get("parameters") or {}), **parameters}
-    with tempfile.NamedTemporaryFile(
-        "w", prefix=f"{config.stem}.{p.stem}.", suffix=".yaml", delete=False
-    ) as tmp:
-        yaml.safe_dump(merged, tmp, sort_keys=False)
-    return tmp.name, dict(spec["schedule"])
+    return _temporary_config(merged, f"{config.stem}.{p.stem}"), dict(spec["schedule"])
 
 
 def register_schedule(config: str, schedule: dict, source: str) -> str:
